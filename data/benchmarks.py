@@ -1,0 +1,124 @@
+"""The benchmark as data (SPEC sections 8-9): suites, their generator folders, how each is
+pre-processed, and the paper's numbers where known.
+
+This is the one place to map folder names: add an alias to ``folders`` (matched
+case-insensitively) when your copy of a dataset spells a folder differently.
+"""
+import os
+from dataclasses import dataclass, field
+
+from .discovery import find_child, is_leaf
+
+
+@dataclass(frozen=True)
+class Generator:
+    name: str                    # shown in tables
+    folders: tuple               # folder names on disk, first match wins (case-insensitive)
+    paper_acc: float = None      # %, from the paper (SPEC section 9)
+    paper_ap: float = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    dirs: tuple                  # candidate folders under --dataroot (case-insensitive, may contain '/')
+    generators: tuple
+    resize: bool                 # resize to loadSize x loadSize before the model
+    crop: bool                   # centre crop to cropSize (small images are tiled up first)
+    note: str = ""
+    custom: bool = field(default=False, compare=False)
+
+
+def G(name, *folders, acc=None, ap=None):
+    return Generator(name, tuple(folders) or (name,), acc, ap)
+
+
+MINI_GENERATORS = ("nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle")
+
+SUITES = (
+    Suite("ForenSynths", ("ForenSynths", "CNN_synth_testset", "ForenSynths_train_val/test", "ForenSynths/test"), (
+        G("ProGAN", "progan", acc=99.8, ap=100.0), G("StyleGAN", "stylegan", acc=96.3, ap=99.8),
+        G("StyleGAN2", "stylegan2", acc=97.3, ap=100.0), G("BigGAN", "biggan", acc=87.5, ap=94.5),
+        G("CycleGAN", "cyclegan", acc=95.0, ap=99.5), G("StarGAN", "stargan", acc=99.7, ap=100.0),
+        G("GauGAN", "gaugan", acc=86.6, ap=88.8), G("Deepfake", "deepfake", acc=77.4, ap=86.2)),
+        resize=True, crop=False, note="Table 1"),
+    Suite("GANGen-Detection", ("GANGen-Detection", "GANGen_Detection"), tuple(G(n, n) for n in (
+        "AttGAN", "BEGAN", "CramerGAN", "InfoMaxGAN", "MMDGAN", "RelGAN", "S3GAN", "SNGAN", "STGAN")),
+        resize=False, crop=False, note="Table 2 (paper numbers not available here)"),
+    Suite("DiffusionForensics", ("DiffusionForensics",), (
+        G("ADM", "adm", acc=88.6, ap=98.9), G("DDPM", "ddpm", acc=99.8, ap=100.0),
+        G("IDDPM", "iddpm", acc=91.8, ap=99.8), G("LDM", "ldm", acc=100.0, ap=100.0),
+        G("PNDM", "pndm", acc=91.2, ap=100.0), G("SDv1", "sdv1_new", "sdv1", acc=97.4, ap=99.8),
+        G("SDv2", "sdv2", acc=93.8, ap=100.0), G("VQ-Diffusion", "vqdiffusion", acc=100.0, ap=100.0)),
+        resize=True, crop=False, note="Table 3 (paper numbers second-hand)"),
+    Suite("UniversalFakeDetect", ("UniversalFakeDetect", "UniversalFakeDetect_test"), (
+        G("DALLE", "dalle"), G("Glide_100_10", "glide_100_10"), G("Glide_100_27", "glide_100_27"),
+        G("Glide_50_27", "glide_50_27"), G("ADM", "guided", "adm"), G("LDM_100", "ldm_100"),
+        G("LDM_200", "ldm_200"), G("LDM_200_cfg", "ldm_200_cfg")),
+        resize=True, crop=False, note="Table 4 (paper numbers not available here)"),
+    Suite("AIGCDetectBenchmark", ("AIGCDetectBenchmark", "AIGCDetect_testset", "AIGCDetectBenchmark/test"), (
+        G("ProGAN", "progan", acc=99.9), G("StyleGAN", "stylegan", acc=96.1), G("BigGAN", "biggan", acc=87.3),
+        G("CycleGAN", "cyclegan", acc=90.3), G("StarGAN", "stargan", acc=99.6), G("GauGAN", "gaugan", acc=85.4),
+        G("StyleGAN2", "stylegan2", acc=98.1), G("WFIR", "whichfaceisreal", acc=60.7),
+        G("ADM", "ADM", acc=84.9), G("Glide", "Glide", acc=96.7), G("Midjourney", "Midjourney", acc=92.6),
+        G("SDv1.4", "stable_diffusion_v_1_4", acc=97.4), G("SDv1.5", "stable_diffusion_v_1_5", acc=97.5),
+        G("VQDM", "VQDM", acc=90.1), G("Wukong", "wukong", acc=91.7), G("DALLE2", "DALLE2", acc=99.6)),
+        resize=False, crop=False, note="mixed image sizes: batched by size"),
+    Suite("GenImage", ("GenImage",), (
+        G("ADM", "ADM", acc=87.8, ap=96.0), G("BigGAN", "BigGAN", acc=80.7, ap=89.8),
+        G("Glide", "glide", acc=93.2, ap=99.1), G("Midjourney", "Midjourney", acc=91.7, ap=97.9),
+        G("SDv1.4", "stable_diffusion_v_1_4"), G("SDv1.5", "stable_diffusion_v_1_5", acc=94.4, ap=99.9),
+        G("VQDM", "VQDM", acc=88.7, ap=96.1), G("Wukong", "wukong", acc=94.0, ap=99.7)),
+        resize=False, crop=True,
+        note="paper column: a model trained on SDv1.4, not ProGAN; small images tiled up to the crop"),
+    Suite("Diffusion1kStep", ("Diffusion1kStep",), (
+        G("DALLE", "DALLE", "dalle"), G("DDPM", "ddpm"), G("Guided", "guided-diffusion"),
+        G("Improved", "improved-diffusion"), G("Midjourney", "midjourney")),
+        resize=True, crop=False, note="Table 5"),
+    Suite("NPR-mini", ("npr-mini/test",), tuple(G(n, n) for n in MINI_GENERATORS),
+          resize=False, crop=False, note="built-in mini benchmark; trained on nn_conv only"),
+)
+
+
+def suite_by_name(name):
+    for s in SUITES:
+        if s.name.lower() == name.lower():
+            return s
+    return None
+
+
+def has_leaves(path):
+    """True when ``path`` is a leaf or holds category folders that are leaves."""
+    if not os.path.isdir(path):
+        return False
+    return is_leaf(path) or any(is_leaf(os.path.join(path, d)) for d in os.listdir(path))
+
+
+def locate_suite(dataroot, suite):
+    """Folder of ``suite`` under ``dataroot`` (or ``dataroot`` itself when it is that folder); None if absent."""
+    base = os.path.basename(os.path.normpath(dataroot)).lower()
+    for d in suite.dirs:
+        if base == d.split("/")[-1].lower() and not find_child(dataroot, d):
+            if any(find_child(dataroot, f) for g in suite.generators for f in g.folders):
+                return dataroot
+        path = find_child(dataroot, d)
+        if path:
+            return path
+    return None
+
+
+def locate_generator(suite_dir, gen):
+    for f in gen.folders:
+        path = find_child(suite_dir, f)
+        if path and has_leaves(path):
+            return path
+    return None
+
+
+def custom_suite(path):
+    """A suite made of every generator folder under ``path`` (no resize, no crop)."""
+    gens = tuple(G(d, d) for d in sorted(os.listdir(path)) if has_leaves(os.path.join(path, d)))
+    if not gens and is_leaf(path):
+        gens = (G(os.path.basename(os.path.normpath(path)), "."),)
+    return Suite(os.path.basename(os.path.normpath(path)), (path,), gens, resize=False, crop=False,
+                 note="custom suite: every generator folder, no resize, no crop", custom=True)

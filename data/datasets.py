@@ -1,0 +1,199 @@
+"""Datasets, samplers and loaders.
+
+* ``BinaryImageDataset`` decodes one (path, label) sample; an unreadable image becomes a
+  logged skip (or an error with ``--strict_images``), never a crash inside a worker.
+* ``EpochSampler`` gives a seeded order per epoch (optionally class-balanced, optionally
+  sharded across distributed ranks) and can start mid-epoch, which is what makes resuming
+  reproduce the same data order.
+* ``bucket_by_size`` groups equally sized images so that un-resized, mixed-size test sets
+  run with batches larger than 1.
+"""
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from util import UserError
+from .transforms import ImageDecodeError, load_rgb
+
+log = logging.getLogger("npr")
+
+
+class UnreadableImageError(UserError):
+    pass
+
+
+def sample_seed(seed, epoch, position):
+    """A per-sample augmentation seed that depends only on (seed, epoch, position)."""
+    return (seed * 1_000_003 + epoch * 7_919_993 + position) % (2**63)
+
+
+class BinaryImageDataset(Dataset):
+    """(path, label) samples -> (uint8 image tensor, label, index); None image when unreadable.
+
+    Keys are either an index (evaluation) or ``(index, seed)`` from ``EpochSampler``
+    (training: the seed drives that sample's random augmentation).
+    """
+
+    def __init__(self, samples, transform, strict=False):
+        self.samples = list(samples)
+        self.transform = transform
+        self.strict = strict
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        path, label = self.samples[index]
+        try:
+            img = self.transform(load_rgb(path), random.Random(seed))
+        except ImageDecodeError as e:
+            if self.strict:
+                raise UnreadableImageError(f"cannot read image '{path}' ({e}); remove it or drop --strict_images")
+            log.warning("skipping unreadable image %s (%s)", path, e)
+            return None, label, index
+        return img, label, index
+
+    @property
+    def labels(self):
+        return [label for _, label in self.samples]
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    labels: torch.Tensor  # float (N,)
+    indices: torch.Tensor  # long (N,): positions in the dataset
+    skipped: list  # dataset indices that could not be decoded
+
+    def pin_memory(self):
+        self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
+        return self
+
+
+def collate_skipping(items):
+    """Stack decoded images; report the unreadable ones in ``Batch.skipped``."""
+    good = [it for it in items if it[0] is not None]
+    skipped = [it[2] for it in items if it[0] is None]
+    if not good:
+        empty = torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
+        return Batch(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped)
+    shapes = {tuple(it[0].shape) for it in good}
+    if len(shapes) > 1:
+        raise RuntimeError(f"images of different sizes {sorted(shapes)} in one batch; bucket them by size")
+    return Batch(torch.stack([it[0] for it in good]),
+                 torch.tensor([float(it[1]) for it in good]),
+                 torch.tensor([it[2] for it in good], dtype=torch.long), skipped)
+
+
+class EpochSampler(Sampler):
+    """Seeded per-epoch order of ``(index, augmentation_seed)`` keys.
+
+    * shuffle (default) or serial order; ``class_balance`` draws real and fake with equal
+      probability (with replacement, as the reference's ``WeightedRandomSampler``).
+    * ``rank`` / ``world_size`` shard the epoch for DistributedDataParallel (each rank gets
+      ``ceil(n / world_size)`` keys, padding by wrap-around as ``DistributedSampler`` does).
+    * ``set_epoch(e, start=k)`` skips the first ``k`` keys of this rank: a resumed run sees
+      exactly the batches it had not seen yet.
+    """
+
+    def __init__(self, labels, seed=0, shuffle=True, class_balance=False, rank=0, world_size=1):
+        self.labels = list(labels)
+        self.seed, self.shuffle, self.class_balance = seed, shuffle, class_balance
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch, start=0):
+        self.epoch, self.start = epoch, start
+
+    def epoch_indices(self, epoch):
+        n = len(self.labels)
+        g = torch.Generator().manual_seed(self.seed * 10_007 + epoch)
+        if self.class_balance:
+            counts = torch.bincount(torch.tensor(self.labels), minlength=2).float()
+            weights = 1.0 / counts[torch.tensor(self.labels)]
+            order = torch.multinomial(weights, n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        per_rank = -(-n // self.world_size)
+        order += order[: per_rank * self.world_size - n]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self):
+        order = self.epoch_indices(self.epoch)
+        for pos in range(self.start, len(order)):
+            yield order[pos], sample_seed(self.seed, self.epoch, pos * self.world_size + self.rank)
+
+    def __len__(self):
+        return -(-len(self.labels) // self.world_size) - self.start
+
+
+def image_size(path):
+    """(width, height) from the file header, or None when the file cannot be opened."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # any unreadable header: the loader will log the skip
+        return None
+
+
+def bucket_by_size(sizes, batch_size):
+    """Group indices of equal ``sizes`` into batches of at most ``batch_size``.
+
+    Buckets keep the original order inside each size; ``None`` sizes (unreadable headers)
+    form their own bucket so the loader can report them.
+    """
+    buckets = {}
+    for i, s in enumerate(sizes):
+        buckets.setdefault(s, []).append(i)
+    batches = []
+    for _, idx in sorted(buckets.items(), key=lambda kv: (kv[0] is None, kv[0] or (0, 0))):
+        batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    return batches
+
+
+def default_workers(requested):
+    """Worker processes: at most the requested number and the CPU count."""
+    return max(0, min(requested, os.cpu_count() or 1))
+
+
+def loader_kwargs(num_workers, device):
+    kw = {"num_workers": num_workers, "collate_fn": collate_skipping,
+          "pin_memory": device is not None and device.type == "cuda"}
+    if num_workers > 0:
+        kw.update(persistent_workers=False, prefetch_factor=4)
+    return kw
+
+
+def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None, strict=False):
+    """A loader over ``samples`` that keeps their order within each size bucket.
+
+    When the transform's output size depends on the input (no resize, no crop), images are
+    bucketed by size from their headers, so batches never mix sizes.
+    """
+    dataset = BinaryImageDataset(samples, transform, strict=strict)
+    if transform.resize or transform.crop:
+        batches = [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
+    else:
+        sizes = []
+        for p, _ in samples:
+            s = image_size(p)
+            sizes.append(None if s is None else transform.output_size(*s))
+        batches = bucket_by_size(sizes, batch_size)
+    return DataLoader(dataset, batch_sampler=batches, **loader_kwargs(num_workers, device))
+
+
+def make_train_loader(samples, transform, opt, device=None, rank=0, world_size=1):
+    dataset = BinaryImageDataset(samples, transform, strict=opt.strict_images)
+    sampler = EpochSampler(dataset.labels, seed=opt.seed, shuffle=not opt.serial_batches,
+                           class_balance=opt.class_bal, rank=rank, world_size=world_size)
+    loader = DataLoader(dataset, batch_size=opt.batch_size, sampler=sampler, drop_last=False,
+                        **loader_kwargs(default_workers(opt.num_threads), device))
+    return loader, sampler

@@ -1,0 +1,177 @@
+"""Image transforms of the reference pipeline as plain functions (SPEC section 6).
+
+Train: resize to loadSize x loadSize -> optional blur / JPEG -> random crop -> random flip.
+Eval:  resize (unless --no_resize) -> centre crop (unless --no_crop).
+Randomness comes from an explicit ``random.Random`` so that a sample's augmentation depends
+only on (seed, epoch, position): the same with any number of workers, and after a resume.
+
+Images stay uint8 until the batch reaches the device; ``normalize_batch`` then does what
+``ToTensor`` + ``Normalize`` do, in the same order, so the values are identical.
+"""
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                  "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
+
+
+class ImageDecodeError(Exception):
+    """An image file that cannot be decoded into RGB pixels."""
+
+
+def load_rgb(path):
+    """Decode an image file into an RGB PIL image, as the reference does (``convert('RGB')``).
+
+    16-bit and 32-bit greyscale are scaled to 8 bits first (``convert`` would clip them to
+    white). Anything unreadable (empty, truncated, not an image, a decompression bomb)
+    raises ``ImageDecodeError`` with the reason.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                    arr = np.asarray(img, dtype=np.float64)
+                    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                    img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+                elif img.mode == "F":
+                    arr = np.asarray(img, dtype=np.float64)
+                    img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), "L")
+                rgb = img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+            MemoryError, EOFError, TypeError) as e:
+        raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageDecodeError("image has no pixels")
+    return rgb
+
+
+def resize_square(img, size, interp="bilinear"):
+    """Resize to ``size`` x ``size`` (the reference ignores the aspect ratio)."""
+    return img.resize((size, size), INTERPOLATIONS[interp])
+
+
+def tile_to_min_size(img, size):
+    """Repeat a small image (wrap-around tiling) until both sides are at least ``size``.
+
+    The authors' advice for images smaller than the crop (GenImage): tile, do not resize,
+    since resizing smooths the very pixel correlations NPR reads.
+    """
+    if img.width >= size and img.height >= size:
+        return img
+    arr = np.asarray(img)
+    reps_y = -(-size // arr.shape[0])
+    reps_x = -(-size // arr.shape[1])
+    return Image.fromarray(np.tile(arr, (reps_y, reps_x, 1)))
+
+
+def center_crop(img, size):
+    img = tile_to_min_size(img, size)
+    # torchvision's CenterCrop rounds the offsets the same way.
+    top = int(round((img.height - size) / 2.0))
+    left = int(round((img.width - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def random_crop(img, size, rng):
+    img = tile_to_min_size(img, size)
+    top = rng.randint(0, img.height - size)
+    left = rng.randint(0, img.width - size)
+    return img.crop((left, top, left + size, top + size))
+
+
+def gaussian_blur(img, sigma):
+    """Gaussian blur of each channel (the reference's scipy ``gaussian_filter``)."""
+    from scipy.ndimage import gaussian_filter
+
+    arr = np.asarray(img).astype(np.float32)
+    out = gaussian_filter(arr, sigma=(sigma, sigma, 0))
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def jpeg_compress(img, quality, method="pil"):
+    """Encode as JPEG at ``quality`` and decode again. ``cv2`` uses OpenCV when installed."""
+    if method == "cv2":
+        try:
+            import cv2
+        except ImportError:
+            cv2 = None
+        if cv2 is not None:
+            bgr = np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+            ok, enc = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+            return Image.fromarray(np.ascontiguousarray(cv2.imdecode(enc, 1)[:, :, ::-1]))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as out:
+        return out.convert("RGB")
+
+
+def sample_continuous(values, rng):
+    return values[0] if len(values) == 1 else rng.uniform(values[0], values[1])
+
+
+class TrainTransform:
+    """resize -> [blur] -> [JPEG] -> random crop -> [flip], returning a uint8 (3, H, W) tensor."""
+
+    def __init__(self, opt):
+        self.load_size = opt.loadSize
+        self.crop_size = opt.cropSize
+        self.flip = not opt.no_flip
+        self.interps = list(opt.rz_interp)
+        self.blur_prob, self.blur_sig = opt.blur_prob, list(opt.blur_sig)
+        self.jpg_prob, self.jpg_method, self.jpg_qual = opt.jpg_prob, list(opt.jpg_method), list(opt.jpg_qual)
+
+    def __call__(self, img, rng):
+        interp = self.interps[0] if len(self.interps) == 1 else rng.choice(self.interps)
+        img = resize_square(img, self.load_size, interp)
+        if self.blur_prob > 0 and rng.random() < self.blur_prob:
+            img = gaussian_blur(img, sample_continuous(self.blur_sig, rng))
+        if self.jpg_prob > 0 and rng.random() < self.jpg_prob:
+            img = jpeg_compress(img, rng.choice(self.jpg_qual), rng.choice(self.jpg_method))
+        img = random_crop(img, self.crop_size, rng)
+        if self.flip and rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return pil_to_uint8_tensor(img)
+
+
+class EvalTransform:
+    """resize (unless ``no_resize``) -> centre crop (unless ``no_crop``) -> uint8 (3, H, W) tensor."""
+
+    def __init__(self, load_size, crop_size, resize=True, crop=True, interp="bilinear"):
+        self.load_size, self.crop_size = load_size, crop_size
+        self.resize, self.crop, self.interp = resize, crop, interp
+
+    def output_size(self, width, height):
+        """(width, height) this transform produces for an input of that size."""
+        if self.crop:
+            return self.crop_size, self.crop_size
+        if self.resize:
+            return self.load_size, self.load_size
+        return width, height
+
+    def __call__(self, img, rng=None):
+        if self.resize:
+            img = resize_square(img, self.load_size, self.interp)
+        if self.crop:
+            img = center_crop(img, self.crop_size)
+        return pil_to_uint8_tensor(img)
+
+
+def pil_to_uint8_tensor(img):
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def normalize_batch(x):
+    """uint8 (N, 3, H, W) -> float32, exactly ``ToTensor()`` then ``Normalize(MEAN, STD)``."""
+    mean = torch.tensor(MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x.float().div_(255.0) - mean).div_(std)

@@ -1,0 +1,103 @@
+"""Checkpoint I/O in one place.
+
+Saving: one dict (model, optimizer, epoch, step, lr, options, RNG states), written to a
+temporary file and renamed over the target, so a crash mid-write never leaves a broken file
+behind the name.
+
+Loading: any of the formats seen in the wild (SPEC section 4) -- a plain state dict
+(``NPR.pth``), a dict with key ``model`` (or ``state_dict``), keys prefixed ``module.``
+(DataParallel) or ``_orig_mod.`` (torch.compile) -- always with ``weights_only=True``.
+"""
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+
+from util import UserError
+
+WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+KEY_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def save_checkpoint(obj, path):
+    """``torch.save`` to a temporary file in the same folder, fsync, then atomically rename.
+
+    If anything fails (disk full, interrupted), the previous file at ``path`` is untouched
+    and the error says so.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, (OSError, RuntimeError)):
+            kept = "the previous checkpoint is intact" if os.path.exists(path) else "no checkpoint was written"
+            raise CheckpointError(f"could not write checkpoint '{path}' ({e}); {kept}") from e
+        raise
+    return path
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint safely (``weights_only=True``); every failure is one readable line."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"refusing to load '{path}': it holds objects other than tensors and plain "
+                              f"containers, which could run code ({first[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None
+
+
+def extract_state_dict(ckpt):
+    """The model's state dict from any supported checkpoint layout, prefixes removed."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"expected a dict of tensors, got {type(ckpt).__name__}")
+    for key in WRAPPER_KEYS:
+        if isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    state = {}
+    for k, v in ckpt.items():
+        for prefix in KEY_PREFIXES:
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        state[k] = v
+    if not any(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError("the checkpoint holds no tensors: not a model state dict")
+    return state
+
+
+def load_state_dict_strict(model, state, source="checkpoint"):
+    """``load_state_dict(strict=True)`` with an error that lists what does not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                   if k in state and torch.is_tensor(state[k]) and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        def show(items):
+            return ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "") or "none"
+        raise CheckpointError(f"{source} does not match the NPR network (another architecture?): "
+                              f"missing keys: {show(missing)}; unexpected keys: {show(unexpected)}; "
+                              f"wrong shapes: {show(wrong_shape)}")
+    model.load_state_dict(state, strict=True)
+    return model

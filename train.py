@@ -1,0 +1,345 @@
+"""Train the NPR detector (SPEC section 6).
+
+    python train.py                      # the built-in mini benchmark (built on first use)
+    python train.py --dataroot ./datasets/ForenSynths_train_val --classes car,cat,chair,horse \
+        --name 4class-resnet-car-cat-chair-horse --batch_size 32 --lr 0.0002 --delr_freq 10 --niter 50
+
+Read top to bottom: ``main`` sets up data, model and optimiser, resumes if asked, then runs
+``train_one_epoch`` and ``evaluate`` per epoch. Everything needed to resume lives in one
+checkpoint dict (see ``checkpoint_state``). ``torchrun --nproc_per_node=N train.py ...`` trains
+with DistributedDataParallel; ``--batch_size`` is then the global batch, split over processes.
+"""
+import argparse
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from data.benchmarks import suite_by_name
+from data.datasets import make_eval_loader, make_train_loader, default_workers
+from data.discovery import make_samples
+from data.transforms import EvalTransform, TrainTransform, normalize_batch
+from networks import extract_state_dict, load_checkpoint, resnet50, save_checkpoint
+from networks.checkpoint import load_state_dict_strict
+from options import MINI_ROOT, check_train, explicit_options, print_options, train_parser
+from util import UserError, ensure_writable_dir, run_cli, seed_everything, select_device, setup_logging, log
+from validate import compute_metrics, evaluate_suite, predict_loader, suite_table
+
+LR_DECAY = 0.9  # SPEC section 6: lr *= 0.9 after every delr_freq epochs
+
+
+class StopRequested(Exception):
+    """SIGINT / SIGTERM arrived: the current step finished and the latest checkpoint was written."""
+
+    def __init__(self, signum):
+        self.signum = signum
+
+
+class GracefulStop:
+    """Turns the first SIGINT / SIGTERM into a flag checked after each step; a second one kills."""
+
+    def __init__(self):
+        self.signum = None
+
+    def install(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signum = signum
+        log.info("Signal %s received: finishing the current step, then saving the latest checkpoint "
+                 "(send it again to stop at once).", signal.Signals(signum).name)
+
+
+def ignore_signals_in_worker(_):
+    # Ctrl-C reaches the whole process group; workers leave the shutdown to the main process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# ----------------------------------------------------------------------------- setup
+
+def parse_options(argv):
+    parser = train_parser()
+    opt = parser.parse_args(argv)
+    opt.mini = opt.dataroot is None
+    if opt.mini:
+        from data.mini import MINI_RECIPE
+        typed = explicit_options(parser, argv)
+        opt.dataroot = MINI_ROOT
+        for k, v in MINI_RECIPE.items():
+            if k not in typed:
+                setattr(opt, k, v)
+        if "name" not in typed:
+            opt.name = "npr-mini"
+    return check_train(opt)
+
+
+def init_distributed(opt):
+    """(rank, world_size, device). Under torchrun: NCCL on CUDA, gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, select_device(opt.gpu_ids)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and str(opt.gpu_ids).strip() != "-1"
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if opt.batch_size % world:
+        raise UserError(f"--batch_size {opt.batch_size} is the global batch and must divide by the "
+                        f"{world} processes")
+    return rank, world, device
+
+
+def checkpoint_path(opt, which):
+    return os.path.join(opt.checkpoints_dir, opt.name, f"model_epoch_{which}.pth")
+
+
+def rng_state():
+    return {"python": list(random.getstate()[1]),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "numpy_pos": int(np.random.get_state()[2]), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def checkpoint_state(model, optimizer, opt, progress):
+    """The one dict that resuming, evaluation and notebooks read."""
+    raw = model.module if hasattr(model, "module") else model
+    raw = getattr(raw, "_orig_mod", raw)
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opt).items()
+               if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    return {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+            "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"],
+            "total_steps": progress["total_steps"], "lr": optimizer.param_groups[0]["lr"],
+            "best_ap": progress["best_ap"], "epochs_no_improve": progress["epochs_no_improve"],
+            "opt": options, "rng": rng_state(), "arch": "npr_resnet50"}
+
+
+def build_optimizer(model, opt):
+    if opt.optim == "adam":
+        return torch.optim.Adam(model.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
+    return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=0.0, weight_decay=0)
+
+
+# ----------------------------------------------------------------------------- loops
+
+def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, save_latest, stopper,
+                    writer=None, rank=0):
+    model.train()
+    epoch = progress["epoch"]
+    channels_last = not opt.no_channels_last
+    use_amp = opt.amp and device.type == "cuda"
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if rank == 0 else True)
+    for batch in bar:
+        if len(batch.labels) == 0:
+            continue
+        x = batch.images.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch.labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(normalize_batch(x)).squeeze(1)
+        loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} at epoch {epoch}, step {progress['total_steps']}; "
+                            f"training stopped and the last good checkpoint ({checkpoint_path(opt, 'latest')}) "
+                            "was kept; try a lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress["total_steps"] += 1
+        progress["step_in_epoch"] += 1
+        step = progress["total_steps"]
+        if step % opt.loss_freq == 0:
+            log.info("Train loss: %.4f at step: %d lr %.3g", loss.item(), step, optimizer.param_groups[0]["lr"])
+            if writer is not None:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+        if step % opt.save_latest_freq == 0:
+            save_latest()
+        if stopper.signum is not None:
+            save_latest()
+            raise StopRequested(stopper.signum)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+
+
+def evaluate(model, samples, device, opt, rank=0, world=1):
+    """Val metrics (resize loadSize + centre crop cropSize); under DDP each rank scores a shard."""
+    raw = model.module if hasattr(model, "module") else model
+    transform = EvalTransform(opt.loadSize, opt.cropSize, resize=True, crop=True, interp=opt.rz_interp[0])
+    loader = make_eval_loader(samples[rank::world], transform, opt.batch_size,
+                              num_workers=default_workers(opt.num_threads), device=device, strict=opt.strict_images)
+    y_true, y_prob, _ = predict_loader(raw.eval(), loader, device, amp=opt.amp,
+                                       channels_last=not opt.no_channels_last)
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (y_true, y_prob))
+        y_true = np.concatenate([p[0] for p in parts])
+        y_prob = np.concatenate([p[1] for p in parts])
+    return compute_metrics(y_true, y_prob)
+
+
+def test_after_training(model, opt, device):
+    """The reference prints the ForenSynths test table at the end when ``<dataroot>/test`` exists."""
+    test_dir = os.path.join(opt.dataroot, "test")
+    if not os.path.isdir(test_dir):
+        return None
+    suite = suite_by_name("NPR-mini" if opt.mini else "ForenSynths")
+    raw = model.module if hasattr(model, "module") else model
+    test_opt = argparse.Namespace(**dict(vars(opt), no_resize=False, no_crop=False))
+    rows, missing = evaluate_suite(raw.eval(), suite, test_dir, device, test_opt)
+    if missing:
+        log.info("Not found under %s (skipped): %s", test_dir, ", ".join(missing))
+    if rows:
+        log.info("%s test (%s):\n%s", suite.name, test_dir, suite_table(rows, suite.name))
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    opt = parse_options(argv)
+    rank, world, device = init_distributed(opt)
+    exp_dir = os.path.join(opt.checkpoints_dir, opt.name)
+    if rank == 0:
+        ensure_writable_dir(exp_dir, "checkpoint folder")
+    setup_logging(os.path.join(exp_dir, "log.log") if rank == 0 else None, rank)
+    log.info("%s", " ".join(["train.py"] + list(argv if argv is not None else sys.argv[1:])))
+    if opt.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(opt.seed)
+
+    if opt.mini:
+        from data.mini import build_mini, MINI_RECIPE
+        log.info("No --dataroot given: using the built-in NPR-mini benchmark (%s). Mini recipe: %s",
+                 MINI_ROOT, ", ".join(f"{k}={getattr(opt, k)}" for k in MINI_RECIPE))
+        if rank == 0:
+            build_mini(MINI_ROOT, rebuild=opt.rebuild)
+        if world > 1:
+            dist.barrier()
+    train_root = os.path.join(opt.dataroot, opt.train_split)
+    val_root = os.path.join(opt.dataroot, opt.val_split)
+    train_samples = make_samples(train_root, opt.classes)
+    val_samples = make_samples(val_root, opt.classes)
+    if rank == 0:
+        with open(os.path.join(exp_dir, "opt.txt"), "w") as f:
+            print_options(opt, file=f)
+    log.info("#training images = %d, #validation images = %d, device = %s, processes = %d",
+             len(train_samples), len(val_samples), device, world)
+
+    model = resnet50(num_classes=1).to(device)
+    if not opt.no_channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, opt)
+    progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0, "best_ap": -1.0, "epochs_no_improve": 0}
+
+    if opt.continue_train:
+        path = checkpoint_path(opt, opt.epoch)
+        if not os.path.isfile(path):
+            raise UserError(f"--continue_train: no checkpoint '{path}' to resume from; "
+                            "check --name / --checkpoints_dir / --epoch, or drop --continue_train")
+        ckpt = load_checkpoint(path)
+        if "optimizer" not in ckpt or "epoch" not in ckpt:
+            raise UserError(f"'{path}' holds weights only, not a training state; it can be evaluated, not resumed")
+        load_state_dict_strict(model, extract_state_dict(ckpt), source=f"checkpoint '{path}'")
+        if not opt.new_optim:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        for k in progress:
+            progress[k] = ckpt.get(k, progress[k])
+        set_rng_state(ckpt["rng"])
+        log.info("Resuming from %s: epoch %d, step %d of the epoch, %d steps in all, lr %.3g",
+                 path, progress["epoch"], progress["step_in_epoch"], progress["total_steps"],
+                 optimizer.param_groups[0]["lr"])
+
+    train_model = model
+    if opt.compile:
+        train_model = torch.compile(model)
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    per_rank = argparse.Namespace(**dict(vars(opt), batch_size=opt.batch_size // world))
+    loader, sampler = make_train_loader(train_samples, TrainTransform(opt), per_rank, device, rank, world)
+    loader.worker_init_fn = ignore_signals_in_worker
+    loss_fn = nn.BCEWithLogitsLoss()
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(os.path.join(exp_dir, "tensorboard"))
+
+    def save(which):
+        if rank == 0:
+            save_checkpoint(checkpoint_state(model, optimizer, opt, progress), checkpoint_path(opt, which))
+
+    stopper = GracefulStop()
+    stopper.install()
+    start = time.time()
+    try:
+        for epoch in range(progress["epoch"], opt.niter):
+            progress["epoch"] = epoch
+            sampler.set_epoch(epoch, start=progress["step_in_epoch"] * per_rank.batch_size)
+            epoch_start = time.time()
+            train_one_epoch(train_model, loader, optimizer, loss_fn, device, per_rank, progress,
+                            lambda: save("latest"), stopper, writer, rank)
+            if epoch % opt.delr_freq == 0 and epoch != 0:
+                for g in optimizer.param_groups:
+                    g["lr"] *= LR_DECAY
+                log.info("Changing lr at the end of epoch %d to %.3g", epoch, optimizer.param_groups[0]["lr"])
+            val = evaluate(model, val_samples, device, opt, rank, world)
+            model.train()
+            log.info("(Val @ epoch %d) acc: %.4f; ap: %.4f; %.1fs", epoch, val["acc"], val["ap"],
+                     time.time() - epoch_start)
+            if writer is not None:
+                writer.add_scalar("val/acc", val["acc"], progress["total_steps"])
+                writer.add_scalar("val/ap", val["ap"], progress["total_steps"])
+            improved = val["ap"] > progress["best_ap"] + 1e-3
+            progress["best_ap"] = max(progress["best_ap"], val["ap"])
+            progress["epochs_no_improve"] = 0 if improved else progress["epochs_no_improve"] + 1
+            progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
+            save("latest")
+            if improved:
+                save("best")
+            if epoch % opt.save_epoch_freq == 0:
+                save(str(epoch))
+            if opt.earlystop_epoch and progress["epochs_no_improve"] >= opt.earlystop_epoch:
+                log.info("Early stopping: val AP did not improve for %d epochs", opt.earlystop_epoch)
+                break
+    except StopRequested as stop:
+        log.info("Interrupted by %s after step %d; the latest checkpoint is %s. Resume with:\n  python train.py %s "
+                 "--continue_train", signal.Signals(stop.signum).name, progress["total_steps"],
+                 checkpoint_path(opt, "latest"), " ".join(a for a in (argv or []) if a != "--continue_train"))
+        return 128 + stop.signum
+    save("last")
+    log.info("Training done in %.1f min; final weights: %s", (time.time() - start) / 60, checkpoint_path(opt, "last"))
+    if rank == 0:
+        test_after_training(model, opt, device)
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,94 @@
+"""Small helpers shared by the scripts: user-facing errors, devices, seeding, logging."""
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+log = logging.getLogger("npr")
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing folder, bad checkpoint).
+
+    Scripts print it as one line and exit with status 2 instead of a traceback.
+    """
+
+
+def run_cli(main, argv=None):
+    """Run ``main(argv)`` and turn a ``UserError`` into one readable line and exit code 2."""
+    try:
+        code = main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
+def select_device(gpu_ids="0"):
+    """CUDA (the first id of ``--gpu_ids``) when available, else the CPU; ``-1`` forces the CPU."""
+    ids = [int(i) for i in str(gpu_ids).split(",") if i.strip() != ""] if gpu_ids is not None else []
+    if not ids or ids[0] < 0 or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if ids[0] >= torch.cuda.device_count():
+        raise UserError(f"--gpu_ids {gpu_ids}: only {torch.cuda.device_count()} CUDA device(s) visible; "
+                        "use --gpu_ids -1 for the CPU")
+    return torch.device("cuda", ids[0])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup_logging(log_file=None, rank=0):
+    """Log to stdout (rank 0 only) and, when given, to ``log_file``."""
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if rank != 0:
+        log.addHandler(logging.NullHandler())
+        return log
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(out)
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+    return log
+
+
+def ensure_writable_dir(path, what):
+    """Create ``path`` if needed and check that files can be written there, before any long work."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{what} '{path}' is not writable ({e.strerror or e}); choose another folder")
+    return path
+
+
+def format_table(rows, columns, floatfmt="{:.1f}"):
+    """Plain-text table of ``rows`` (list of dicts) for the given ``columns`` (key, header)."""
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return "nan" if v != v else floatfmt.format(v)
+        return str(v)
+
+    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, (_, h) in enumerate(columns)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h), w) in enumerate(zip(columns, widths)))
+    out = [line, "-" * len(line)]
+    for b in body:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))))
+    return "\n".join(out)

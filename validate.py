@@ -1,0 +1,181 @@
+"""Validate a checkpoint on one dataset folder; the metrics every other script reports.
+
+    python validate.py --dataroot path/to/folder --model_path NPR.pth
+"""
+import logging
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
+
+from data.datasets import make_eval_loader, default_workers
+from data.discovery import make_samples
+from data.transforms import EvalTransform, normalize_batch
+from util import UserError, run_cli, select_device, setup_logging
+
+log = logging.getLogger("npr")
+
+
+def compute_metrics(y_true, y_prob, threshold=0.5):
+    """ACC / AP / real ACC / fake ACC / ROC-AUC / best-threshold ACC and counts, as a dict.
+
+    ACC counts ``prob > threshold`` as fake (the reference's rule). Metrics undefined for a
+    one-class set (AP without fakes, AUC) are NaN.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
+    pred = y_prob > threshold
+    real, fake = y_true == 0, y_true == 1
+    nan = float("nan")
+    out = {
+        "acc": accuracy_score(y_true, pred) if len(y_true) else nan,
+        "ap": average_precision_score(y_true, y_prob) if fake.any() else nan,
+        "r_acc": accuracy_score(y_true[real], pred[real]) if real.any() else nan,
+        "f_acc": accuracy_score(y_true[fake], pred[fake]) if fake.any() else nan,
+        "auc": roc_auc_score(y_true, y_prob) if real.any() and fake.any() else nan,
+        "best_acc": nan, "best_threshold": nan,
+        "n_real": int(real.sum()), "n_fake": int(fake.sum()),
+    }
+    if real.any() and fake.any():
+        # Accuracy at every distinct threshold of the ROC curve; keep the best.
+        fpr, tpr, thr = roc_curve(y_true, y_prob)
+        accs = (tpr * fake.sum() + (1 - fpr) * real.sum()) / len(y_true)
+        best = int(np.argmax(accs))
+        out["best_acc"], out["best_threshold"] = float(accs[best]), float(min(thr[best], 1.0))
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
+
+
+def prepare_model(model, device, channels_last=True, compile_model=False):
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+@torch.inference_mode()
+def predict_loader(model, loader, device, amp=False, channels_last=True, progress=None):
+    """Run ``model`` over ``loader``; returns (labels, probabilities, skipped indices) in loader order."""
+    labels, probs, skipped = [], [], []
+    use_amp = amp and device.type == "cuda"
+    for batch in loader:
+        skipped += list(batch.skipped)
+        if len(batch.labels):
+            x = batch.images.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(normalize_batch(x))
+            probs.append(torch.sigmoid(logits.float()).flatten().cpu())
+            labels.append(batch.labels)
+        if progress is not None:
+            progress.update(len(batch.labels) + len(batch.skipped))
+    if not probs:
+        return np.zeros(0), np.zeros(0), skipped
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy(), skipped
+
+
+def evaluate_folder(model, root, device, batch_size=64, load_size=256, crop_size=224, resize=True, crop=True,
+                    num_workers=0, classes=None, amp=False, channels_last=True, strict=False, progress=None):
+    """Metrics (``compute_metrics``) of ``model`` on the dataset folder ``root``, plus skip counts."""
+    samples = make_samples(root, classes)
+    transform = EvalTransform(load_size, crop_size, resize=resize, crop=crop)
+    loader = make_eval_loader(samples, transform, batch_size, num_workers=num_workers, device=device, strict=strict)
+    y_true, y_prob, skipped = predict_loader(model, loader, device, amp=amp, channels_last=channels_last,
+                                             progress=progress)
+    metrics = compute_metrics(y_true, y_prob)
+    metrics.update(n_images=len(samples), n_scored=int(len(y_true)), n_skipped=len(skipped))
+    metrics["y_true"], metrics["y_prob"] = y_true, y_prob
+    return metrics
+
+
+METRIC_KEYS = ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc")
+TABLE_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
+                 ("f_acc", "fake ACC"), ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
+                 ("n_scored", "scored"), ("n_skipped", "skipped")]
+
+
+def evaluate_suite(model, suite, suite_dir, device, opt, progress=True):
+    """Evaluate every generator of ``suite`` found under ``suite_dir``.
+
+    Returns ``(rows, missing)``: one dict per generator (metrics in %, the paper's numbers,
+    image counts) and the names of generators whose folder is absent (skipped, not fatal).
+    """
+    from data.benchmarks import locate_generator
+    from tqdm import tqdm
+
+    rows, missing = [], []
+    for gen in suite.generators:
+        path = locate_generator(suite_dir, gen)
+        if path is None:
+            missing.append(gen.name)
+            continue
+        start = time.time()
+        bar = tqdm(desc=f"{suite.name}/{gen.name}", unit="img", leave=False, disable=None if progress else True)
+        m = evaluate_folder(model, path, device, opt.batch_size, opt.loadSize, opt.cropSize,
+                            resize=suite.resize and not opt.no_resize, crop=suite.crop and not opt.no_crop,
+                            num_workers=default_workers(opt.num_threads), amp=getattr(opt, "amp", False),
+                            channels_last=not getattr(opt, "no_channels_last", False),
+                            strict=opt.strict_images, progress=bar)
+        bar.close()
+        row = {"suite": suite.name, "generator": gen.name, "folder": path}
+        row.update({k: 100.0 * m[k] for k in METRIC_KEYS})
+        row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped")})
+        row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
+        row["y_true"], row["y_prob"] = m["y_true"], m["y_prob"]
+        rows.append(row)
+    return rows, missing
+
+
+def mean_row(rows, suite_name):
+    """The suite's Mean row (averages over generators, as the paper's tables)."""
+    out = {"suite": suite_name, "generator": "Mean"}
+    for k in METRIC_KEYS + ("paper_acc", "paper_ap"):
+        vals = [r[k] for r in rows if r.get(k) is not None and not math.isnan(r[k])]
+        # A paper mean is only shown when the paper has every generator we report.
+        if k.startswith("paper") and len(vals) != len(rows):
+            vals = []
+        out[k] = float(np.mean(vals)) if vals else None
+    out["n_scored"] = sum(r["n_scored"] for r in rows)
+    out["n_skipped"] = sum(r["n_skipped"] for r in rows)
+    return out
+
+
+def suite_table(rows, suite_name):
+    from util import format_table
+    return format_table(rows + [mean_row(rows, suite_name)], TABLE_COLUMNS)
+
+
+def main(argv=None):
+    from options import check_test, test_parser
+    from networks import load_detector
+
+    parser = test_parser()
+    parser.description = "Validate a checkpoint on one dataset folder (0_real/1_fake, optionally in categories)."
+    opt = check_test(parser.parse_args(argv))
+    setup_logging()
+    if opt.dataroot is None:
+        raise UserError("--dataroot is required: the folder to validate")
+    if opt.model_path is None:
+        raise UserError("--model_path is required: the checkpoint to validate")
+    device = select_device(opt.gpu_ids)
+    model = prepare_model(load_detector(opt.model_path, device=device), device, not opt.no_channels_last)
+    start = time.time()
+    m = evaluate_folder(model, opt.dataroot, device, opt.batch_size, opt.loadSize, opt.cropSize,
+                        resize=not opt.no_resize, crop=not opt.no_crop, classes=opt.classes,
+                        num_workers=default_workers(opt.num_threads), amp=opt.amp,
+                        channels_last=not opt.no_channels_last, strict=opt.strict_images)
+    print(f"{opt.dataroot}: {m['n_scored']} images scored, {m['n_skipped']} skipped, {time.time() - start:.1f}s")
+    for k in ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc"):
+        v = m[k]
+        print(f"{k:>9}: {'nan' if math.isnan(v) else f'{100 * v:.2f}'}")
+    print(f"best_threshold: {m['best_threshold']:.4f}  n_real: {m['n_real']}  n_fake: {m['n_fake']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
