@@ -1,0 +1,37 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def write_leaf(leaf, n_real=4, n_fake=4, size=(32, 32), seed=0):
+    """A 0_real / 1_fake leaf of random PNGs; fakes carry a 2x2 nearest-neighbour pattern."""
+    rng = np.random.default_rng(seed)
+    for name, n in (("0_real", n_real), ("1_fake", n_fake)):
+        os.makedirs(os.path.join(leaf, name), exist_ok=True)
+        for i in range(n):
+            w, h = size
+            if name == "1_fake":
+                small = rng.integers(0, 256, (h // 2 + 1, w // 2 + 1, 3), dtype=np.uint8)
+                arr = small.repeat(2, 0).repeat(2, 1)[:h, :w]
+            else:
+                arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(os.path.join(leaf, name, f"{i:03d}.png"))
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """<root>/{train,val}/{car,cat}/... and <root>/test/{progan,stylegan}/..."""
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for k, cat in enumerate(("car", "cat")):
+            write_leaf(str(root / split / cat), 6 if split == "train" else 3, 6 if split == "train" else 3,
+                       seed=k + (10 if split == "val" else 0))
+    write_leaf(str(root / "test" / "progan"), 3, 3, seed=20)
+    write_leaf(str(root / "test" / "stylegan" / "bedroom"), 2, 2, seed=21)
+    return root

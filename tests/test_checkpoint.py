@@ -1,0 +1,98 @@
+import os
+
+import pytest
+import torch
+
+from networks import CheckpointError, load_detector, predict_proba, resnet50, save_checkpoint
+from networks.checkpoint import load_checkpoint
+
+
+def _trained_like_model():
+    torch.manual_seed(0)
+    m = resnet50(num_classes=1)
+    for mod in m.modules():  # non-trivial BN statistics so a lost buffer would show
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+@pytest.mark.parametrize("form", ["plain", "wrapped", "module", "wrapped_module"])
+def test_round_trip_all_formats(tmp_path, form):
+    m = _trained_like_model()
+    sd = m.state_dict()
+    if "module" in form:
+        sd = {"module." + k: v for k, v in sd.items()}
+    obj = {"model": sd, "optimizer": {}, "total_steps": 3} if "wrapped" in form else sd
+    path = str(tmp_path / "ck.pth")
+    torch.save(obj, path)
+    loaded = load_detector(path, device="cpu")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), m(x))
+    assert not loaded.training
+
+
+def test_mismatch_lists_missing_and_unexpected(tmp_path):
+    sd = resnet50(num_classes=1).state_dict()
+    sd.pop("fc1.weight")
+    sd["fc.weight"] = torch.zeros(1, 512)
+    path = str(tmp_path / "bad.pth")
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as e:
+        load_detector(path, device="cpu")
+    assert "fc1.weight" in str(e.value) and "fc.weight" in str(e.value)
+
+
+def test_atomic_save_keeps_previous_on_failure(tmp_path, monkeypatch):
+    path = str(tmp_path / "latest.pth")
+    save_checkpoint({"a": torch.ones(2)}, path)
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(CheckpointError, match="previous checkpoint is intact"):
+        save_checkpoint({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["a"], torch.ones(2))
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/npr_pwned_marker",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = "/tmp/npr_pwned_marker"
+    if os.path.exists(marker):
+        os.remove(marker)
+    path = str(tmp_path / "evil.pth")
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_checkpoint(path)
+    assert not os.path.exists(marker)
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "trunc.pth"
+    torch.save(resnet50().state_dict(), str(bad))
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(str(bad))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nope.pth"))
+
+
+def test_predict_proba_inputs(tmp_path):
+    from PIL import Image
+    import numpy as np
+    m = _trained_like_model()
+    arr = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    p = str(tmp_path / "a.png")
+    Image.fromarray(arr).save(p)
+    by_path = predict_proba(m, [p])
+    by_pil = predict_proba(m, Image.fromarray(arr))
+    by_tensor = predict_proba(m, torch.from_numpy(arr).permute(2, 0, 1))
+    assert torch.allclose(by_path, by_pil) and torch.allclose(by_path, by_tensor)
+    assert by_path.shape == (1,) and 0 <= by_path.item() <= 1
