@@ -1,0 +1,112 @@
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
+
+from data.datasets import BinaryImageDataset, UnreadableImageError, make_eval_loader
+from data.discovery import make_samples
+from data.transforms import EvalTransform, ImageDecodeError, load_rgb
+
+
+def png_bytes(arr, mode=None, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, format=kw.pop("format", "PNG"), **kw)
+    return buf.getvalue()
+
+
+def make_corpus(folder):
+    """name -> (bytes, decodable?)"""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    good_png, good_jpg = png_bytes(rgb), png_bytes(rgb, format="JPEG", quality=90)
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, format="JPEG")
+    pal = io.BytesIO()
+    Image.fromarray(rgb).convert("P").save(pal, format="PNG", transparency=0)
+    rgba = np.dstack([rgb, np.full((40, 30), 128, np.uint8)])
+    i16 = io.BytesIO()
+    Image.fromarray((rng.integers(0, 65536, (33, 31))).astype(np.uint16)).save(i16, format="PNG")
+    corpus = {
+        "empty.png": (b"", False),
+        "trunc.png": (good_png[: len(good_png) // 2], False),
+        "trunc.jpg": (good_jpg[: len(good_jpg) // 2], False),
+        "text.jpg": (b"this is not an image at all", False),
+        "cmyk.jpg": (cmyk.getvalue(), True),
+        "palette.png": (pal.getvalue(), True),
+        "rgba.png": (png_bytes(rgba), True),
+        "grey.png": (png_bytes(rgb[:, :, 0]), True),
+        "sixteen.png": (i16.getvalue(), True),
+        "one.png": (png_bytes(rgb[:1, :1]), True),
+        "odd.png": (png_bytes(rgb[:33, :27]), True),
+    }
+    os.makedirs(folder, exist_ok=True)
+    for name, (data, _) in corpus.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    return corpus
+
+
+def test_bad_image_corpus_decodes_or_raises_clearly(tmp_path):
+    corpus = make_corpus(str(tmp_path))
+    for name, (_, ok) in corpus.items():
+        path = str(tmp_path / name)
+        if ok:
+            img = load_rgb(path)
+            assert img.mode == "RGB" and img.width >= 1
+        else:
+            with pytest.raises(ImageDecodeError):
+                load_rgb(path)
+    sixteen = np.asarray(load_rgb(str(tmp_path / "sixteen.png")))
+    assert sixteen.std() > 20  # scaled to 8 bits, not clipped to white
+
+
+def test_decompression_bomb_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    p = tmp_path / "bomb.png"
+    p.write_bytes(png_bytes(np.zeros((64, 64, 3), np.uint8)))
+    with pytest.raises(ImageDecodeError):
+        load_rgb(str(p))
+
+
+def test_loader_skips_counts_and_strict_mode(tmp_path, caplog):
+    corpus = make_corpus(str(tmp_path / "leaf" / "1_fake"))
+    os.makedirs(tmp_path / "leaf" / "0_real")
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "leaf" / "0_real" / "ok.png")
+    samples = make_samples(str(tmp_path / "leaf"))
+    for transform in (EvalTransform(32, 24, resize=True, crop=True), EvalTransform(32, 24, resize=False, crop=False),
+                      EvalTransform(32, 24, resize=False, crop=True)):
+        batches = list(make_eval_loader(samples, transform, batch_size=4))
+        scored = sum(len(b.labels) for b in batches)
+        skipped = sum(len(b.skipped) for b in batches)
+        n_bad = sum(1 for _, ok in corpus.values() if not ok)
+        assert skipped == n_bad and scored == len(samples) - n_bad
+    assert "skipping unreadable image" in caplog.text
+    ds = BinaryImageDataset(samples, EvalTransform(32, 24), strict=True)
+    with pytest.raises(UnreadableImageError, match="--strict_images"):
+        for i in range(len(ds)):
+            ds[i]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(
+    st.binary(max_size=256),
+    st.builds(lambda h, w, c, fmt: (h, w, c, fmt), st.integers(1, 12), st.integers(1, 12), st.sampled_from([1, 3, 4]),
+              st.sampled_from(["PNG", "JPEG", "BMP", "GIF"]))))
+def test_loading_path_never_raises(tmp_path, payload):
+    if isinstance(payload, tuple):
+        h, w, c, fmt = payload
+        arr = np.random.default_rng(h * 13 + w).integers(0, 256, (h, w, c) if c > 1 else (h, w), dtype=np.uint8)
+        if fmt == "JPEG" and c == 4:
+            arr = arr[:, :, :3]
+        data = png_bytes(arr, format=fmt)
+    else:
+        data = payload
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    ds = BinaryImageDataset([(str(path), 1)], EvalTransform(16, 8, resize=False, crop=True))
+    img, label, idx = ds[0]
+    assert img is None or (img.shape == (3, 8, 8) and img.dtype == torch.uint8)
