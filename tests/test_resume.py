@@ -1,0 +1,91 @@
+import os
+import signal
+
+import torch
+
+import train
+
+
+class StopAfter:
+    """Stands in for GracefulStop: 'receives' SIGTERM after ``n`` training steps."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def install(self):
+        pass
+
+    @property
+    def signum(self):
+        self.calls += 1
+        return signal.SIGTERM if self.calls > self.n else None
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, monkeypatch):
+    common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--batch_size", "4",
+              "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0", "--niter", "2",
+              "--deterministic", "--blur_prob", "0.3", "--jpg_prob", "0.3", "--jpg_method", "pil"]
+    assert train.main(common + ["--name", "straight"]) == 0
+
+    monkeypatch.setattr(train, "GracefulStop", lambda: StopAfter(4))  # stop mid-epoch 0 (6 steps/epoch)
+    assert train.main(common + ["--name", "interrupted"]) == 128 + signal.SIGTERM
+    state = torch.load(os.path.join(tmp_path, "interrupted", "model_epoch_latest.pth"), weights_only=True)
+    assert state["epoch"] == 0 and state["step_in_epoch"] == 5 and state["total_steps"] == 5
+    assert not os.path.exists(os.path.join(tmp_path, "interrupted", "model_epoch_last.pth"))
+
+    monkeypatch.setattr(train, "GracefulStop", lambda: StopAfter(10**9))
+    assert train.main(common + ["--name", "interrupted", "--continue_train"]) == 0
+    a = weights(os.path.join(tmp_path, "straight", "model_epoch_last.pth"))
+    b = weights(os.path.join(tmp_path, "interrupted", "model_epoch_last.pth"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    import pytest
+    from util import UserError
+    common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--name", "nan",
+              "--batch_size", "4", "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0"]
+    assert train.main(common + ["--niter", "1"]) == 0
+    before = weights(os.path.join(tmp_path, "nan", "model_epoch_latest.pth"))
+    real_bce = torch.nn.BCEWithLogitsLoss
+    monkeypatch.setattr(torch.nn, "BCEWithLogitsLoss", lambda: (lambda x, y: real_bce()(x, y) * float("nan")))
+    with pytest.raises(UserError, match="loss became nan"):
+        train.main(common + ["--niter", "2", "--continue_train"])
+    after = weights(os.path.join(tmp_path, "nan", "model_epoch_latest.pth"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sigint_saves_latest_and_says_how_to_resume(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-u", os.path.join(root, "train.py"), "--dataroot", str(tiny_dataset),
+           "--checkpoints_dir", str(tmp_path), "--name", "sig", "--batch_size", "4", "--loadSize", "32",
+           "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "1", "--niter", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "(Val @ epoch 1)" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGINT, out
+    assert "--continue_train" in out and "Traceback" not in out
+    state = torch.load(os.path.join(tmp_path, "sig", "model_epoch_latest.pth"), weights_only=True)
+    assert state["total_steps"] >= 12
+
+
+def test_unwritable_output_folder_reported_before_training(tiny_dataset, tmp_path):
+    import pytest
+    from util import UserError
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="not writable"):
+        train.main(["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(blocker), "--gpu_ids", "-1"])
