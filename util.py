@@ -22,9 +22,18 @@ def run_cli(main, argv=None):
     try:
         code = main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def one_line(err):
+    """The user-facing line of an error; a DataLoader worker re-raises it wrapped in a traceback."""
+    text = str(err).strip()
+    if "Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return text
 
 
 def select_device(gpu_ids="0"):

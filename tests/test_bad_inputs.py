@@ -110,3 +110,23 @@ def test_loading_path_never_raises(tmp_path, payload):
     ds = BinaryImageDataset([(str(path), 1)], EvalTransform(16, 8, resize=False, crop=True))
     img, label, idx = ds[0]
     assert img is None or (img.shape == (3, 8, 8) and img.dtype == torch.uint8)
+
+
+def test_strict_images_one_line_error_from_worker(tmp_path):
+    import subprocess
+    import sys
+    from conftest import write_leaf
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    write_leaf(str(tmp_path / "suite" / "gen"), 3, 3)
+    (tmp_path / "suite" / "gen" / "1_fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    from networks import resnet50
+    torch.save(resnet50().state_dict(), str(tmp_path / "m.pth"))
+    base = [sys.executable, os.path.join(root, "test.py"), "--dataroot", str(tmp_path), "--model_path",
+            str(tmp_path / "m.pth"), "--gpu_ids", "-1", "--num_threads", "1", "--results_dir", str(tmp_path / "r")]
+    r = subprocess.run(base + ["--strict_images"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "broken.png" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "skipping unreadable image" in r.stdout + r.stderr
+    import json
+    row = json.load(open(tmp_path / "r" / "results.json"))["results"][0]
+    assert row["n_scored"] == 6 and row["n_skipped"] == 1
