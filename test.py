@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from data.perturb import parse_perturbations
 from data.benchmarks import SUITES, custom_suite, has_leaves, locate_suite, suite_by_name
 from networks import load_detector
 from options import MINI_ROOT, check_test, explicit_options, print_options, test_parser
@@ -22,13 +23,15 @@ from util import UserError, ensure_writable_dir, log, run_cli, select_device, se
 from validate import TABLE_COLUMNS, evaluate_suite, mean_row, prepare_model, suite_table
 
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
-RESULT_FIELDS = ["suite", "generator", "acc", "ap", "r_acc", "f_acc", "auc", "best_acc", "best_threshold",
+RESULT_FIELDS = ["perturbation", "suite", "generator", "acc", "ap", "r_acc", "f_acc", "auc", "best_acc", "best_threshold",
                  "n_real", "n_fake", "n_images", "n_scored", "n_skipped", "paper_acc", "paper_ap", "seconds", "folder"]
 
 
 def parse_options(argv):
     parser = test_parser()
     opt = parser.parse_args(argv)
+    if opt.perturb:
+        parse_perturbations(opt.perturb)  # a bad sweep fails before any work
     typed = explicit_options(parser, argv)
     opt.mini = opt.dataroot is None
     if opt.mini:
@@ -90,8 +93,12 @@ def resolve_suites(dataroot, wanted):
     return found, missing
 
 
-def write_results(rows, opt, results_dir):
-    """results.csv, results.json and results.md in ``results_dir``; returns their paths."""
+def write_results(rows, opt, results_dir, figures=()):
+    """results.csv, results.json and the report results.md in ``results_dir``; returns their paths.
+
+    The Markdown report gathers the tables, the options, the checkpoint's SHA-256 and the figures.
+    """
+    from report import sha256_of
     ensure_writable_dir(results_dir, "--results_dir")
     flat = [{k: r.get(k) for k in RESULT_FIELDS} for r in rows]
     paths = {ext: os.path.join(results_dir, f"results.{ext}") for ext in ("csv", "json", "md")}
@@ -99,21 +106,26 @@ def write_results(rows, opt, results_dir):
         w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
         w.writeheader()
         w.writerows(flat)
-    meta = {"model_path": opt.model_path, "dataroot": opt.dataroot, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn"}
+    meta = {"model_path": opt.model_path, "model_sha256": sha256_of(opt.model_path), "dataroot": opt.dataroot,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn"}
     with open(paths["json"], "w") as f:
         json.dump({"meta": meta, "results": flat}, f, indent=1)
     with open(paths["md"], "w") as f:
-        f.write(f"# NPR results\n\nCheckpoint: `{opt.model_path}`  \nData: `{opt.dataroot}`  \n"
-                f"Metrics in %.\n")
-        for suite in dict.fromkeys(r["suite"] for r in rows if r["generator"] != "Mean"):
-            srows = [r for r in rows if r["suite"] == suite]
-            f.write(f"\n## {suite}\n\n| " + " | ".join(h for _, h in TABLE_COLUMNS) + " |\n|" +
+        f.write(f"# NPR results\n\nCheckpoint: `{opt.model_path}` (SHA-256 `{meta['model_sha256']}`)  \n"
+                f"Data: `{opt.dataroot}`  \nRun: {meta['time']}  \nMetrics in %.\n")
+        for pert, suite in dict.fromkeys((r.get("perturbation", "none"), r["suite"]) for r in rows):
+            srows = [r for r in rows if r["suite"] == suite and r.get("perturbation", "none") == pert]
+            title = suite if pert == "none" else f"{suite}, perturbation {pert}"
+            f.write(f"\n## {title}\n\n| " + " | ".join(h for _, h in TABLE_COLUMNS) + " |\n|" +
                     "---|" * len(TABLE_COLUMNS) + "\n")
             for r in srows:
                 cells = [r.get(k) for k, _ in TABLE_COLUMNS]
                 f.write("| " + " | ".join("-" if c is None else f"{c:.1f}" if isinstance(c, float) else str(c)
                                           for c in cells) + " |\n")
+        if figures:
+            f.write("\n## Figures\n\n" + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n\n"
+                                                    for p in figures))
+        f.write("\n## Options\n\n```\n" + "\n".join(f"{k}: {v}" for k, v in sorted(vars(opt).items())) + "\n```\n")
     return paths
 
 
@@ -134,21 +146,30 @@ def main(argv=None):
     model = prepare_model(load_detector(opt.model_path, device=device), device,
                           channels_last=not opt.no_channels_last, compile_model=opt.compile)
     log.info("Checkpoint %s on %s", opt.model_path, device)
+    settings = [None] + [p for p in parse_perturbations(opt.perturb) if p.steps] if opt.perturb else [None]
     all_rows = []
-    for suite, path in suites:
-        rows, absent = evaluate_suite(model, suite, path, device, opt)
-        if absent:
-            log.info("%s: generators not found under %s (skipped): %s", suite.name, path, ", ".join(absent))
-        if not rows:
-            continue
-        pre = "no resize" if not suite.resize or opt.no_resize else f"resize {opt.loadSize}"
-        pre += ", no crop" if not suite.crop or opt.no_crop else f", centre crop {opt.cropSize}"
-        log.info("\n%s (%s; %s)%s\n%s", suite.name, path, pre, f" - {suite.note}" if suite.note else "",
-                 suite_table(rows, suite.name))
-        all_rows += rows + [mean_row(rows, suite.name)]
+    for perturb in settings:
+        for suite, path in suites:
+            rows, absent = evaluate_suite(model, suite, path, device, opt, perturb=perturb)
+            if absent and perturb is None:
+                log.info("%s: generators not found under %s (skipped): %s", suite.name, path, ", ".join(absent))
+            if not rows:
+                continue
+            pre = "no resize" if not suite.resize or opt.no_resize else f"resize {opt.loadSize}"
+            pre += ", no crop" if not suite.crop or opt.no_crop else f", centre crop {opt.cropSize}"
+            if perturb is not None:
+                pre = f"perturbation {perturb.name}; " + pre
+            log.info("\n%s (%s; %s)%s\n%s", suite.name, path, pre, f" - {suite.note}" if suite.note else "",
+                     suite_table(rows, suite.name))
+            all_rows += rows + [mean_row(rows, suite.name)]
     if not all_rows:
         raise UserError("no generator folders found in the selected suites; nothing was evaluated")
-    paths = write_results(all_rows, opt, opt.results_dir)
+    figures = []
+    if opt.plots:
+        from report import make_figures
+        figures = make_figures([r for r in all_rows if r["generator"] != "Mean"], opt.results_dir)
+        log.info("Figures: %s", ", ".join(figures))
+    paths = write_results(all_rows, opt, opt.results_dir, figures)
     with open(os.path.join(opt.results_dir, "opt.txt"), "w") as f:
         print_options(opt, file=f)
     log.info("Results written to %s", ", ".join(paths.values()))

@@ -80,10 +80,11 @@ def predict_loader(model, loader, device, amp=False, channels_last=True, progres
 
 
 def evaluate_folder(model, root, device, batch_size=64, load_size=256, crop_size=224, resize=True, crop=True,
-                    num_workers=0, classes=None, amp=False, channels_last=True, strict=False, progress=None):
+                    num_workers=0, classes=None, amp=False, channels_last=True, strict=False, progress=None,
+                    perturb=None):
     """Metrics (``compute_metrics``) of ``model`` on the dataset folder ``root``, plus skip counts."""
     samples = make_samples(root, classes)
-    transform = EvalTransform(load_size, crop_size, resize=resize, crop=crop)
+    transform = EvalTransform(load_size, crop_size, resize=resize, crop=crop, perturb=perturb)
     loader = make_eval_loader(samples, transform, batch_size, num_workers=num_workers, device=device, strict=strict)
     y_true, y_prob, skipped = predict_loader(model, loader, device, amp=amp, channels_last=channels_last,
                                              progress=progress)
@@ -99,7 +100,7 @@ TABLE_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_a
                  ("n_scored", "scored"), ("n_skipped", "skipped")]
 
 
-def evaluate_suite(model, suite, suite_dir, device, opt, progress=True):
+def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=None):
     """Evaluate every generator of ``suite`` found under ``suite_dir``.
 
     Returns ``(rows, missing)``: one dict per generator (metrics in %, the paper's numbers,
@@ -120,9 +121,11 @@ def evaluate_suite(model, suite, suite_dir, device, opt, progress=True):
                             resize=suite.resize and not opt.no_resize, crop=suite.crop and not opt.no_crop,
                             num_workers=default_workers(opt.num_threads), amp=getattr(opt, "amp", False),
                             channels_last=not getattr(opt, "no_channels_last", False),
-                            strict=opt.strict_images, progress=bar)
+                            strict=opt.strict_images, progress=bar, perturb=perturb)
         bar.close()
-        row = {"suite": suite.name, "generator": gen.name, "folder": path}
+        row = {"suite": suite.name, "generator": gen.name, "folder": path,
+               "perturbation": perturb.name if perturb is not None else "none",
+               "steps": perturb.steps if perturb is not None else ()}
         row.update({k: 100.0 * m[k] for k in METRIC_KEYS})
         row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped")})
         row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
@@ -133,7 +136,7 @@ def evaluate_suite(model, suite, suite_dir, device, opt, progress=True):
 
 def mean_row(rows, suite_name):
     """The suite's Mean row (averages over generators, as the paper's tables)."""
-    out = {"suite": suite_name, "generator": "Mean"}
+    out = {"suite": suite_name, "generator": "Mean", "perturbation": rows[0].get("perturbation", "none") if rows else "none"}
     for k in METRIC_KEYS + ("paper_acc", "paper_ap"):
         vals = [r[k] for r in rows if r.get(k) is not None and not math.isnan(r[k])]
         # A paper mean is only shown when the paper has every generator we report.

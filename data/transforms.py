@@ -146,9 +146,10 @@ class TrainTransform:
 class EvalTransform:
     """resize (unless ``no_resize``) -> centre crop (unless ``no_crop``) -> uint8 (3, H, W) tensor."""
 
-    def __init__(self, load_size, crop_size, resize=True, crop=True, interp="bilinear"):
+    def __init__(self, load_size, crop_size, resize=True, crop=True, interp="bilinear", perturb=None):
         self.load_size, self.crop_size = load_size, crop_size
         self.resize, self.crop, self.interp = resize, crop, interp
+        self.perturb = perturb  # optional callable on the PIL image, applied first (robustness sweeps)
 
     def output_size(self, width, height):
         """(width, height) this transform produces for an input of that size."""
@@ -159,6 +160,8 @@ class EvalTransform:
         return width, height
 
     def __call__(self, img, rng=None):
+        if self.perturb is not None:
+            img = self.perturb(img)
         if self.resize:
             img = resize_square(img, self.load_size, self.interp)
         if self.crop:

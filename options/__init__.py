@@ -103,6 +103,10 @@ def test_parser():
     g.add_argument("--suites", default="", help="comma-separated suites to run (empty: every suite found)")
     g.add_argument("--results_dir", default="./results", help="where CSV / JSON / Markdown results go")
     g.add_argument("--rebuild", action="store_true", help="rebuild the mini benchmark first")
+    g.add_argument("--perturb", default="",
+                   help="robustness sweep applied to every test image first, e.g. 'jpeg:95,75,50;blur:1,2;resize:0.5;"
+                        "jpeg:75+blur:1' (the clean setting is always included)")
+    g.add_argument("--plots", action="store_true", help="write ROC / PR, ACC / AP bar and sweep figures (PNG)")
     return p
 
 
