@@ -1,0 +1,14 @@
+"""torch.hub entry point (local use; nothing is downloaded):
+
+    model = torch.hub.load("path/to/this/repo", "npr", source="local", checkpoint="NPR.pth")
+"""
+dependencies = ["torch", "numpy", "PIL"]
+
+
+def npr(checkpoint=None, device=None, **kwargs):
+    """The NPR detector; with ``checkpoint``, loaded from that file in eval mode on ``device``."""
+    from networks import load_detector, resnet50
+
+    if checkpoint is None:
+        return resnet50(num_classes=1, **kwargs)
+    return load_detector(checkpoint, device=device)
