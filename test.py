@@ -23,8 +23,11 @@ from util import UserError, ensure_writable_dir, log, run_cli, select_device, se
 from validate import TABLE_COLUMNS, evaluate_suite, mean_row, prepare_model, suite_table
 
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
-RESULT_FIELDS = ["perturbation", "suite", "generator", "acc", "ap", "r_acc", "f_acc", "auc", "best_acc", "best_threshold",
-                 "n_real", "n_fake", "n_images", "n_scored", "n_skipped", "paper_acc", "paper_ap", "seconds", "folder"]
+# The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
+# table's layout does not depend on whether --perturb was given.
+RESULT_FIELDS = ["suite", "generator", "acc", "ap", "r_acc", "f_acc", "auc", "best_acc", "best_threshold",
+                 "n_real", "n_fake", "n_images", "n_scored", "n_skipped", "paper_acc", "paper_ap", "perturbation",
+                 "seconds", "folder"]
 
 
 def parse_options(argv):
