@@ -22,6 +22,7 @@ from data.transforms import EvalTransform, ImageDecodeError, load_rgb, normalize
 from networks import load_detector, npr_residual
 from options import OneLineErrorParser
 from util import UserError, log, run_cli, select_device, setup_logging
+from validate import prepare_model
 
 
 def get_args_parser():
@@ -85,7 +86,7 @@ def main(argv=None):
     if not paths:
         raise UserError("no images found in the given inputs")
     device = select_device(args.gpu_ids)
-    model = load_detector(args.model_path, device=device)
+    model = prepare_model(load_detector(args.model_path, device=device), device)
     transform = EvalTransform(args.loadSize, args.loadSize, resize=args.resize, crop=False)
     if args.visualize:
         os.makedirs(args.visualize, exist_ok=True)

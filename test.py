@@ -36,6 +36,7 @@ def parse_options(argv):
     if opt.perturb:
         parse_perturbations(opt.perturb)  # a bad sweep fails before any work
     typed = explicit_options(parser, argv)
+    opt.auto_workers = "num_threads" not in typed
     opt.mini = opt.dataroot is None
     if opt.mini:
         from data.mini import MINI_RECIPE
@@ -147,7 +148,8 @@ def main(argv=None):
                         f"{', '.join(s.dirs[0] for s in SUITES[:3])}, or generator folders with 0_real/1_fake")
     device = select_device(opt.gpu_ids)
     model = prepare_model(load_detector(opt.model_path, device=device), device,
-                          channels_last=not opt.no_channels_last, compile_model=opt.compile)
+                          channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn,
+                          compile_model=opt.compile)
     log.info("Checkpoint %s on %s", opt.model_path, device)
     settings = [None] + [p for p in parse_perturbations(opt.perturb) if p.steps] if opt.perturb else [None]
     all_rows = []

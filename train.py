@@ -10,6 +10,8 @@ checkpoint dict (see ``checkpoint_state``). ``torchrun --nproc_per_node=N train.
 with DistributedDataParallel; ``--batch_size`` is then the global batch, split over processes.
 """
 import argparse
+import datetime
+import math
 import os
 import random
 import signal
@@ -23,14 +25,14 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from data.benchmarks import suite_by_name
-from data.datasets import make_eval_loader, make_train_loader, default_workers
+from data.datasets import BinaryImageDataset, make_eval_loader, make_train_loader, opt_workers
 from data.discovery import make_samples
 from data.transforms import EvalTransform, TrainTransform, normalize_batch
 from networks import extract_state_dict, load_checkpoint, resnet50, save_checkpoint
 from networks.checkpoint import load_state_dict_strict
 from options import MINI_ROOT, check_train, explicit_options, print_options, train_parser
-from util import UserError, ensure_writable_dir, run_cli, seed_everything, select_device, setup_logging, log
-from validate import compute_metrics, evaluate_suite, predict_loader, suite_table
+from util import AMP_DTYPE, UserError, ensure_writable_dir, run_cli, seed_everything, select_device, setup_logging, log
+from validate import compute_metrics, evaluate_suite, predict_loader, prepare_model, suite_table
 
 LR_DECAY = 0.9  # SPEC section 6: lr *= 0.9 after every delr_freq epochs
 
@@ -57,8 +59,10 @@ class GracefulStop:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         self.signum = signum
-        log.info("Signal %s received: finishing the current step, then saving the latest checkpoint "
-                 "(send it again to stop at once).", signal.Signals(signum).name)
+        # Straight to the file descriptor: the handler may run while the logger is halfway
+        # through a write, and Python's buffered streams refuse re-entrant writes.
+        os.write(2, f"Signal {signal.Signals(signum).name} received: finishing the current step, then saving "
+                    "the latest checkpoint (send it again to stop at once).\n".encode())
 
 
 def ignore_signals_in_worker(_):
@@ -72,10 +76,11 @@ def ignore_signals_in_worker(_):
 def parse_options(argv):
     parser = train_parser()
     opt = parser.parse_args(argv)
+    typed = explicit_options(parser, argv)
+    opt.auto_workers = "num_threads" not in typed
     opt.mini = opt.dataroot is None
     if opt.mini:
         from data.mini import MINI_RECIPE
-        typed = explicit_options(parser, argv)
         opt.dataroot = MINI_ROOT
         for k, v in MINI_RECIPE.items():
             if k not in typed:
@@ -95,11 +100,27 @@ def init_distributed(opt):
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    # Long timeout: rank 0 alone builds --cache_dir and runs the final test while the others wait.
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=3))
     if opt.batch_size % world:
         raise UserError(f"--batch_size {opt.batch_size} is the global batch and must divide by the "
                         f"{world} processes")
     return rank, world, device
+
+
+def train_dataset(samples, transform, opt, rank=0, world=1):
+    """The training images, decoded per step, or read from the --cache_dir store (built by rank 0)."""
+    if not opt.cache_dir:
+        return BinaryImageDataset(samples, transform, strict=opt.strict_images)
+    from data.cache import cached_train_dataset
+    if rank == 0:
+        dataset = cached_train_dataset(opt.cache_dir, samples, transform, opt.strict_images,
+                                       opt_workers(opt, torch.device("cpu")))  # the build is CPU-only work
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        dataset = cached_train_dataset(opt.cache_dir, samples, transform, opt.strict_images, build=False)
+    return dataset
 
 
 def checkpoint_path(opt, which):
@@ -122,7 +143,7 @@ def set_rng_state(state):
     random.setstate((3, tuple(state["python"]), None))
 
 
-def checkpoint_state(model, optimizer, opt, progress):
+def checkpoint_state(model, optimizer, opt, progress, scaler=None):
     """The one dict that resuming, evaluation and notebooks read."""
     raw = model.module if hasattr(model, "module") else model
     raw = getattr(raw, "_orig_mod", raw)
@@ -132,7 +153,8 @@ def checkpoint_state(model, optimizer, opt, progress):
             "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"],
             "total_steps": progress["total_steps"], "lr": optimizer.param_groups[0]["lr"],
             "best_ap": progress["best_ap"], "epochs_no_improve": progress["epochs_no_improve"],
-            "opt": options, "rng": rng_state(), "arch": "npr_resnet50"}
+            "opt": options, "rng": rng_state(), "arch": "npr_resnet50",
+            "scaler": scaler.state_dict() if scaler is not None else None}
 
 
 def build_optimizer(model, opt):
@@ -143,8 +165,18 @@ def build_optimizer(model, opt):
 
 # ----------------------------------------------------------------------------- loops
 
+def sync_step(loss, stopper, world):
+    """(mean loss over processes, whether to stop): one all-reduce under DDP, so every rank
+    sees the same NaN and the same stop request at the same step and none waits forever."""
+    if world == 1:
+        return loss.item(), stopper.signum is not None
+    flags = torch.stack([loss.detach().float(), torch.tensor(float(stopper.signum is not None), device=loss.device)])
+    dist.all_reduce(flags)
+    return flags[0].item() / world, flags[1].item() > 0
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, save_latest, stopper,
-                    writer=None, rank=0):
+                    writer=None, rank=0, world=1, scaler=None):
     model.train()
     epoch = progress["epoch"]
     channels_last = not opt.no_channels_last
@@ -152,35 +184,44 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, sa
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if rank == 0 else True)
     for batch in bar:
         if len(batch.labels) == 0:
+            if world > 1:  # every rank must take every step together
+                raise UserError("every image of one batch was unreadable; under torchrun remove the files named "
+                                "in the warnings above (or find them with --strict_images) and resume")
             continue
         x = batch.images.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch.labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=use_amp):
             logits = model(normalize_batch(x)).squeeze(1)
         loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise UserError(f"the loss became {loss.item()} at epoch {epoch}, step {progress['total_steps']}; "
+        loss_value, stop = sync_step(loss, stopper, world)
+        if not math.isfinite(loss_value):
+            raise UserError(f"the loss became {loss_value} at epoch {epoch}, step {progress['total_steps']}; "
                             f"training stopped and the last good checkpoint ({checkpoint_path(opt, 'latest')}) "
                             "was kept; try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # --amp: float16 gradients are scaled to stay representable
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         progress["total_steps"] += 1
         progress["step_in_epoch"] += 1
         step = progress["total_steps"]
         if step % opt.loss_freq == 0:
-            log.info("Train loss: %.4f at step: %d lr %.3g", loss.item(), step, optimizer.param_groups[0]["lr"])
+            log.info("Train loss: %.4f at step: %d lr %.3g", loss_value, step, optimizer.param_groups[0]["lr"])
             if writer is not None:
-                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/loss", loss_value, step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
         if step % opt.save_latest_freq == 0:
             save_latest()
-        if stopper.signum is not None:
+        if stop:
             save_latest()
-            raise StopRequested(stopper.signum)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+            raise StopRequested(stopper.signum or signal.SIGTERM)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
 
 
@@ -189,8 +230,9 @@ def evaluate(model, samples, device, opt, rank=0, world=1):
     raw = model.module if hasattr(model, "module") else model
     transform = EvalTransform(opt.loadSize, opt.cropSize, resize=True, crop=True, interp=opt.rz_interp[0])
     loader = make_eval_loader(samples[rank::world], transform, opt.batch_size,
-                              num_workers=default_workers(opt.num_threads), device=device, strict=opt.strict_images)
-    y_true, y_prob, _ = predict_loader(raw.eval(), loader, device, amp=opt.amp,
+                              num_workers=opt_workers(opt, device), device=device, strict=opt.strict_images)
+    eval_model = prepare_model(raw, device, channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn)
+    y_true, y_prob, _ = predict_loader(eval_model, loader, device, amp=opt.amp,
                                        channels_last=not opt.no_channels_last)
     if world > 1:
         parts = [None] * world
@@ -208,7 +250,8 @@ def test_after_training(model, opt, device):
     suite = suite_by_name("NPR-mini" if opt.mini else "ForenSynths")
     raw = model.module if hasattr(model, "module") else model
     test_opt = argparse.Namespace(**dict(vars(opt), no_resize=False, no_crop=False))
-    rows, missing = evaluate_suite(raw.eval(), suite, test_dir, device, test_opt)
+    eval_model = prepare_model(raw, device, channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn)
+    rows, missing = evaluate_suite(eval_model, suite, test_dir, device, test_opt)
     if missing:
         log.info("Not found under %s (skipped): %s", test_dir, ", ".join(missing))
     if rows:
@@ -252,6 +295,7 @@ def main(argv=None):
     if not opt.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, opt)
+    scaler = torch.amp.GradScaler("cuda") if opt.amp and device.type == "cuda" else None
     progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0, "best_ap": -1.0, "epochs_no_improve": 0}
 
     if opt.continue_train:
@@ -268,6 +312,8 @@ def main(argv=None):
         for k in progress:
             progress[k] = ckpt.get(k, progress[k])
         set_rng_state(ckpt["rng"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         log.info("Resuming from %s: epoch %d, step %d of the epoch, %d steps in all, lr %.3g",
                  path, progress["epoch"], progress["step_in_epoch"], progress["total_steps"],
                  optimizer.param_groups[0]["lr"])
@@ -280,7 +326,8 @@ def main(argv=None):
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     per_rank = argparse.Namespace(**dict(vars(opt), batch_size=opt.batch_size // world))
-    loader, sampler = make_train_loader(train_samples, TrainTransform(opt), per_rank, device, rank, world)
+    dataset = train_dataset(train_samples, TrainTransform(opt), opt, rank, world)
+    loader, sampler = make_train_loader(dataset, per_rank, device, rank, world)
     loader.worker_init_fn = ignore_signals_in_worker
     loss_fn = nn.BCEWithLogitsLoss()
     writer = None
@@ -290,7 +337,7 @@ def main(argv=None):
 
     def save(which):
         if rank == 0:
-            save_checkpoint(checkpoint_state(model, optimizer, opt, progress), checkpoint_path(opt, which))
+            save_checkpoint(checkpoint_state(model, optimizer, opt, progress, scaler), checkpoint_path(opt, which))
 
     stopper = GracefulStop()
     stopper.install()
@@ -301,15 +348,15 @@ def main(argv=None):
             sampler.set_epoch(epoch, start=progress["step_in_epoch"] * per_rank.batch_size)
             epoch_start = time.time()
             train_one_epoch(train_model, loader, optimizer, loss_fn, device, per_rank, progress,
-                            lambda: save("latest"), stopper, writer, rank)
+                            lambda: save("latest"), stopper, writer, rank, world, scaler)
             if epoch % opt.delr_freq == 0 and epoch != 0:
                 for g in optimizer.param_groups:
                     g["lr"] *= LR_DECAY
                 log.info("Changing lr at the end of epoch %d to %.3g", epoch, optimizer.param_groups[0]["lr"])
             val = evaluate(model, val_samples, device, opt, rank, world)
             model.train()
-            log.info("(Val @ epoch %d) acc: %.4f; ap: %.4f; %.1fs", epoch, val["acc"], val["ap"],
-                     time.time() - epoch_start)
+            log.info("(Val @ epoch %d) acc: %.4f; ap: %.4f; %d images; %.1fs", epoch, val["acc"], val["ap"],
+                     val["n_real"] + val["n_fake"], time.time() - epoch_start)
             if writer is not None:
                 writer.add_scalar("val/acc", val["acc"], progress["total_steps"])
                 writer.add_scalar("val/ap", val["ap"], progress["total_steps"])

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
 
-from data.datasets import make_eval_loader, default_workers
+from data.datasets import make_eval_loader, opt_workers
 from data.discovery import make_samples
 from data.transforms import EvalTransform, normalize_batch
-from util import UserError, run_cli, select_device, setup_logging
+from util import AMP_DTYPE, UserError, run_cli, select_device, setup_logging
 
 log = logging.getLogger("npr")
 
@@ -48,8 +48,16 @@ def compute_metrics(y_true, y_prob, threshold=0.5):
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
 
 
-def prepare_model(model, device, channels_last=True, compile_model=False):
+def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model=False):
+    """The model as evaluation runs it: on ``device``, eval mode, and the fast paths that keep
+    the predictions (BatchNorm folded into the convolutions, channels-last); ``torch.compile``
+    only when asked. Returns a new module when folding; ``model`` itself is not changed.
+    """
+    from networks.fuse import fuse_for_inference
+
     model = model.to(device).eval()
+    if fold_bn:
+        model = fuse_for_inference(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile_model:
@@ -68,7 +76,7 @@ def predict_loader(model, loader, device, amp=False, channels_last=True, progres
             x = batch.images.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=use_amp):
                 logits = model(normalize_batch(x))
             probs.append(torch.sigmoid(logits.float()).flatten().cpu())
             labels.append(batch.labels)
@@ -119,7 +127,7 @@ def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=
         bar = tqdm(desc=f"{suite.name}/{gen.name}", unit="img", leave=False, disable=None if progress else True)
         m = evaluate_folder(model, path, device, opt.batch_size, opt.loadSize, opt.cropSize,
                             resize=suite.resize and not opt.no_resize, crop=suite.crop and not opt.no_crop,
-                            num_workers=default_workers(opt.num_threads), amp=getattr(opt, "amp", False),
+                            num_workers=opt_workers(opt, device), amp=getattr(opt, "amp", False),
                             channels_last=not getattr(opt, "no_channels_last", False),
                             strict=opt.strict_images, progress=bar, perturb=perturb)
         bar.close()
@@ -154,23 +162,25 @@ def suite_table(rows, suite_name):
 
 
 def main(argv=None):
-    from options import check_test, test_parser
+    from options import check_test, explicit_options, test_parser
     from networks import load_detector
 
     parser = test_parser()
     parser.description = "Validate a checkpoint on one dataset folder (0_real/1_fake, optionally in categories)."
     opt = check_test(parser.parse_args(argv))
+    opt.auto_workers = "num_threads" not in explicit_options(parser, argv)
     setup_logging()
     if opt.dataroot is None:
         raise UserError("--dataroot is required: the folder to validate")
     if opt.model_path is None:
         raise UserError("--model_path is required: the checkpoint to validate")
     device = select_device(opt.gpu_ids)
-    model = prepare_model(load_detector(opt.model_path, device=device), device, not opt.no_channels_last)
+    model = prepare_model(load_detector(opt.model_path, device=device), device, not opt.no_channels_last,
+                          fold_bn=not opt.no_fold_bn, compile_model=opt.compile)
     start = time.time()
     m = evaluate_folder(model, opt.dataroot, device, opt.batch_size, opt.loadSize, opt.cropSize,
                         resize=not opt.no_resize, crop=not opt.no_crop, classes=opt.classes,
-                        num_workers=default_workers(opt.num_threads), amp=opt.amp,
+                        num_workers=opt_workers(opt, device), amp=opt.amp,
                         channels_last=not opt.no_channels_last, strict=opt.strict_images)
     print(f"{opt.dataroot}: {m['n_scored']} images scored, {m['n_skipped']} skipped, {time.time() - start:.1f}s")
     for k in ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc"):

@@ -55,7 +55,13 @@ def load_rgb(path):
 
 
 def resize_square(img, size, interp="bilinear"):
-    """Resize to ``size`` x ``size`` (the reference ignores the aspect ratio)."""
+    """Resize to ``size`` x ``size`` (the reference ignores the aspect ratio).
+
+    An image already at that size is returned as is: PIL would only copy it (ProGAN's 256 px
+    images at the default loadSize 256), which is a quarter of the per-image decoding time.
+    """
+    if img.size == (size, size):
+        return img
     return img.resize((size, size), INTERPOLATIONS[interp])
 
 
@@ -78,13 +84,6 @@ def center_crop(img, size):
     # torchvision's CenterCrop rounds the offsets the same way.
     top = int(round((img.height - size) / 2.0))
     left = int(round((img.width - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
-
-
-def random_crop(img, size, rng):
-    img = tile_to_min_size(img, size)
-    top = rng.randint(0, img.height - size)
-    left = rng.randint(0, img.width - size)
     return img.crop((left, top, left + size, top + size))
 
 
@@ -120,7 +119,12 @@ def sample_continuous(values, rng):
 
 
 class TrainTransform:
-    """resize -> [blur] -> [JPEG] -> random crop -> [flip], returning a uint8 (3, H, W) tensor."""
+    """resize -> [blur] -> [JPEG] -> random crop -> [flip], returning a uint8 (3, H, W) tensor.
+
+    ``augment`` is everything after the resize; the decoded-image cache (``--cache_dir``)
+    stores resized images and calls it directly, so both paths give the same tensors for the
+    same random stream.
+    """
 
     def __init__(self, opt):
         self.load_size = opt.loadSize
@@ -132,15 +136,28 @@ class TrainTransform:
 
     def __call__(self, img, rng):
         interp = self.interps[0] if len(self.interps) == 1 else rng.choice(self.interps)
-        img = resize_square(img, self.load_size, interp)
+        return self.augment(resize_square(img, self.load_size, interp), rng)
+
+    def augment(self, img, rng):
+        """Blur / JPEG / crop / flip of an already resized image (PIL or H x W x 3 uint8 array)."""
         if self.blur_prob > 0 and rng.random() < self.blur_prob:
             img = gaussian_blur(img, sample_continuous(self.blur_sig, rng))
         if self.jpg_prob > 0 and rng.random() < self.jpg_prob:
-            img = jpeg_compress(img, rng.choice(self.jpg_qual), rng.choice(self.jpg_method))
-        img = random_crop(img, self.crop_size, rng)
+            img = jpeg_compress(as_pil(img), rng.choice(self.jpg_qual), rng.choice(self.jpg_method))
+        arr = np.asarray(img)
+        if arr.shape[0] < self.crop_size or arr.shape[1] < self.crop_size:
+            arr = np.asarray(tile_to_min_size(as_pil(arr), self.crop_size))
+        # The same draws, in the same order, as a PIL random crop then a left-right flip.
+        top = rng.randint(0, arr.shape[0] - self.crop_size)
+        left = rng.randint(0, arr.shape[1] - self.crop_size)
+        arr = arr[top:top + self.crop_size, left:left + self.crop_size]
         if self.flip and rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return pil_to_uint8_tensor(img)
+            arr = arr[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def as_pil(img):
+    return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
 
 
 class EvalTransform:

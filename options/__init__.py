@@ -34,7 +34,7 @@ def add_common_options(p):
     g.add_argument("--gpu_ids", default="0", help="CUDA device id, e.g. 0; -1 runs on the CPU")
     g.add_argument("--name", default="experiment_name", help="experiment name (used as given)")
     g.add_argument("--epoch", default="latest", help="which checkpoint to load: latest, best, last or an epoch number")
-    g.add_argument("--num_threads", type=int, default=8, help="data-loading worker processes (capped by the CPU count)")
+    g.add_argument("--num_threads", type=int, default=8, help="data-loading worker processes (capped by the CPU count; when not given, a quarter of the cores on the CPU device, see README Speed)")
     g.add_argument("--checkpoints_dir", default="./checkpoints", help="where experiments are written")
     g.add_argument("--serial_batches", action="store_true", help="do not shuffle the training data")
     g.add_argument("--no_flip", action="store_true", help="no random horizontal flip when training")
@@ -58,9 +58,11 @@ def add_common_options(p):
 
 def add_speed_options(p):
     g = p.add_argument_group("speed")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (changes predictions slightly)")
+    g.add_argument("--amp", action="store_true", help="float16 autocast on CUDA, with a gradient scaler when training (probabilities move by ~1e-3)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--no_channels_last", action="store_true", help="keep the contiguous memory format")
+    g.add_argument("--no_fold_bn", action="store_true",
+                   help="evaluate without folding BatchNorm into the convolutions (same predictions to 1e-6, slower)")
     return p
 
 

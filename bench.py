@@ -1,0 +1,422 @@
+"""Measure how fast this codebase trains and evaluates, on the CPU and on CUDA when present.
+
+    python bench.py                  # full run (about 10 minutes on a 2-core CPU)
+    python bench.py --quick          # a short smoke run (numbers are rougher)
+
+What it measures, per device (images per second, peak memory):
+
+* model only: forward and one training step (forward, backward, Adam) on tensors already on
+  the device, at 224 px and at the mini benchmark's 40 px. ``plain`` is an fp32 contiguous model
+  under ``no_grad``; ``default`` is what ``test.py`` runs (BatchNorm folded, channels-last,
+  ``inference_mode``); ``amp`` (CUDA) adds float16 autocast; ``compile`` needs ``--compile``.
+* end to end: evaluation through the ``test.py`` path (``validate.evaluate_folder``) and training
+  through the ``train.py`` path (its loader and ``train_one_epoch``), on a generated folder of
+  PNG images (256 px for the 224 px runs, 48 px for the mini size). ``plain`` evaluation is the
+  reference's pipeline: torchvision Resize / CenterCrop / ToTensor / Normalize in the workers,
+  float batches, the plain model.
+* efficiency = end-to-end / model-only throughput of the same configuration.
+* scaling: peak memory of an evaluation over N and over 4N images.
+
+Peak memory is the process's peak resident set (CPU, main process; data-loader workers are
+separate processes) or ``torch.cuda.max_memory_allocated`` (CUDA). Results are printed as a
+table and written to ``--output/bench.json``.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data.datasets import BinaryImageDataset, default_workers, make_train_loader
+from data.discovery import make_samples
+from data.transforms import TrainTransform
+from networks import resnet50
+from options import OneLineErrorParser, check_train, train_parser
+from util import AMP_DTYPE, format_table, run_cli
+from validate import evaluate_folder, prepare_model
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets the peak resident set size (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, seconds, min_iters=3):
+    """Images per second of ``fn`` (which returns the number of images it processed)."""
+    fn()  # warm-up (cuDNN autotuning, allocator, lazy init)
+    sync(device)
+    reset_peak_memory(device)
+    n_img, iters, start = 0, 0, time.perf_counter()
+    while iters < min_iters or time.perf_counter() - start < seconds:
+        n_img += fn()
+        iters += 1
+    sync(device)
+    return n_img / (time.perf_counter() - start), peak_memory_mb(device)
+
+
+# ----------------------------------------------------------------------------- data
+
+def write_png_folder(root, n, size, seed=0):
+    """``n`` PNGs (half real, half fake) of ``size`` px with natural-image-like statistics:
+    smooth content from up-sampled noise plus fine noise (PNG decoding cost depends on it)."""
+    rng = np.random.default_rng(seed)
+    for label, name in ((0, "0_real"), (1, "1_fake")):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(n // 2 if label == 0 else n - n // 2):
+            coarse = Image.fromarray(rng.integers(0, 256, (size // 8 + 1, size // 8 + 1, 3), dtype=np.uint8))
+            arr = np.asarray(coarse.resize((size, size), Image.BICUBIC), dtype=np.int16)
+            arr = np.clip(arr + rng.integers(-6, 7, arr.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(os.path.join(root, name, f"{i:05d}.png"))
+    return root
+
+
+class ReferenceEvalDataset(torch.utils.data.Dataset):
+    """The reference's evaluation input pipeline: float tensors made in the workers."""
+
+    def __init__(self, samples, load_size, crop_size):
+        import torchvision.transforms as T
+        self.samples = samples
+        self.transform = T.Compose([T.Resize((load_size, load_size)), T.CenterCrop(crop_size), T.ToTensor(),
+                                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return self.transform(Image.open(path).convert("RGB")), label
+
+
+@torch.no_grad()
+def plain_evaluate_folder(model, root, device, batch_size, load_size, crop_size, num_workers):
+    samples = make_samples(root)
+    loader = torch.utils.data.DataLoader(ReferenceEvalDataset(samples, load_size, crop_size), batch_size=batch_size,
+                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    probs = [torch.sigmoid(model(x.to(device))).flatten().cpu() for x, _ in loader]
+    return torch.cat(probs)
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+def make_model(device, seed=0):
+    torch.manual_seed(seed)
+    return resnet50(num_classes=1).to(device).eval()
+
+
+def bench_model(device, size, batch, seconds, variants):
+    """Model-only forward and training-step throughput for each variant."""
+    rows = []
+    x_cpu = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    from data.transforms import normalize_batch
+    x = normalize_batch(x_cpu.to(device))
+    for variant in variants:
+        base = make_model(device)
+        amp = variant == "amp"
+        if variant == "plain":
+            fwd_model, ctx, xin = base, torch.no_grad, x
+        else:
+            fwd_model = prepare_model(base, device, channels_last=True, fold_bn=True,
+                                      compile_model=variant == "compile")
+            ctx, xin = torch.inference_mode, x.contiguous(memory_format=torch.channels_last)
+
+        def forward():
+            with ctx(), torch.autocast(device.type, dtype=AMP_DTYPE, enabled=amp):
+                fwd_model(xin)
+            return batch
+
+        ips, mem = timed(forward, device, seconds)
+        rows.append({"device": device.type, "what": "model forward", "variant": variant, "size": size,
+                     "batch": batch, "images_per_s": ips, "peak_mem_mb": mem})
+
+        train_model = make_model(device).train()
+        if variant != "plain":
+            train_model = train_model.to(memory_format=torch.channels_last)
+        if variant == "compile":
+            train_model = torch.compile(train_model)
+        opt = torch.optim.Adam(train_model.parameters(), lr=1e-4)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        scaler = torch.amp.GradScaler(device.type, enabled=amp)  # a pass-through when disabled
+        tb = max(1, batch // 2)  # the paper trains with batch 32
+        xt = xin[:tb].clone() if variant == "plain" else xin[:tb].contiguous(memory_format=torch.channels_last)
+        y = (torch.arange(tb, device=device) % 2).float()
+
+        def step():
+            with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=amp):
+                logits = train_model(xt).squeeze(1)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            return tb
+
+        ips, mem = timed(step, device, seconds)
+        rows.append({"device": device.type, "what": "model train step", "variant": variant, "size": size,
+                     "batch": tb, "images_per_s": ips, "peak_mem_mb": mem})
+    return rows
+
+
+def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, repeats=1):
+    rows = []
+    n = len(make_samples(folder))
+    for variant in variants:
+        base = make_model(device)
+        if variant == "plain":
+            def run():
+                return plain_evaluate_folder(base, folder, device, batch, load_size, crop_size, workers)
+        else:
+            model = prepare_model(base, device, compile_model=variant == "compile")
+
+            def run():
+                return evaluate_folder(model, folder, device, batch, load_size, crop_size, num_workers=workers,
+                                       amp=variant == "amp")["y_prob"]
+        run()  # warm-up: page cache, lazy init
+        reset_peak_memory(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        sync(device)
+        ips = n * repeats / (time.perf_counter() - start)
+        rows.append({"device": device.type, "what": "end-to-end eval", "variant": variant, "size": crop_size,
+                     "batch": batch, "workers": workers, "images": n, "images_per_s": ips,
+                     "peak_mem_mb": peak_memory_mb(device)})
+    return rows
+
+
+def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants, cache_root=None):
+    """One epoch through train.py's loader and ``train_one_epoch`` (after a warm-up epoch)."""
+    import train
+
+    rows = []
+    for variant in variants:
+        argv = ["--dataroot", dataroot, "--loadSize", str(load_size), "--cropSize", str(crop_size),
+                "--batch_size", str(batch), "--num_threads", str(workers), "--loss_freq", "1000000",
+                "--save_latest_freq", "1000000"]
+        if variant == "plain":
+            argv.append("--no_channels_last")
+        if variant == "amp":
+            argv.append("--amp")
+        opt = check_train(train_parser().parse_args(argv))
+        samples = make_samples(os.path.join(dataroot, "train"))
+        transform = TrainTransform(opt)
+        if variant == "cache":
+            from data.cache import cached_train_dataset
+            dataset = cached_train_dataset(cache_root, samples, transform, num_workers=workers)
+        else:
+            dataset = BinaryImageDataset(samples, transform)
+        loader, sampler = make_train_loader(dataset, opt, device)
+        model = make_model(device).train()
+        if not opt.no_channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0}
+        stopper = argparse.Namespace(signum=None)
+        scaler = torch.amp.GradScaler("cuda") if variant == "amp" and device.type == "cuda" else None
+
+        def epoch(e):
+            sampler.set_epoch(e)
+            progress["epoch"] = e
+            train.train_one_epoch(model, loader, optimizer, torch.nn.BCEWithLogitsLoss(), device, opt, progress,
+                                  lambda: None, stopper, scaler=scaler)
+
+        epoch(0)  # warm-up: worker start, page cache
+        sync(device)
+        reset_peak_memory(device)
+        start = time.perf_counter()
+        epoch(1)
+        sync(device)
+        ips = len(samples) / (time.perf_counter() - start)
+        rows.append({"device": device.type, "what": "end-to-end train", "variant": variant, "size": crop_size,
+                     "batch": batch, "workers": workers, "images": len(samples), "images_per_s": ips,
+                     "peak_mem_mb": peak_memory_mb(device)})
+    return rows
+
+
+def bench_scaling(device, folder, mult, size=64):
+    """Peak memory of one evaluation of ``folder`` (workers 0: everything in this process)."""
+    model = prepare_model(make_model(device), device)
+    n = len(make_samples(folder))
+    start = time.perf_counter()
+    evaluate_folder(model, folder, device, 64, size, size - 8, num_workers=0)
+    return [{"device": device.type, "what": "eval memory scaling", "variant": f"{mult}x", "size": size - 8,
+             "batch": 64, "images": n, "images_per_s": n / (time.perf_counter() - start),
+             "peak_mem_mb": peak_memory_mb(device)}]
+
+
+# ----------------------------------------------------------------------------- isolation
+
+def _child(queue, fn, args):
+    try:
+        queue.put(("ok", fn(*args)))
+    except BaseException as e:  # report, never hang the parent
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def isolated(fn, *args):
+    """Run ``fn(*args)`` in a fresh process, so that each peak-memory figure is its own and not
+    the high-water mark of everything measured before (freed memory stays in the allocator)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    status, value = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark {fn.__name__} failed: {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------- main
+
+def get_args_parser():
+    p = OneLineErrorParser(description="Throughput and memory of the model, evaluation and training paths.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu, and cuda when present)")
+    p.add_argument("--batch_size", type=int, default=64, help="evaluation batch (training uses half)")
+    p.add_argument("--seconds", type=float, default=8.0, help="time per model-only measurement")
+    p.add_argument("--eval_images", type=int, default=0,
+                   help="images in the generated 256 px evaluation folder (0: 4 batches on CPU, 64 on CUDA)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="data-loading workers for the end-to-end runs (-1: what the scripts use by default "
+                        "on that device)")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    p.add_argument("--quick", action="store_true", help="short smoke run: tiny folders, 1 s per measurement")
+    p.add_argument("--output", default="results/bench", help="folder for bench.json")
+    return p
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else \
+        [d.strip() for d in args.devices.split(",")]
+    if "cuda" in devices and not torch.cuda.is_available():
+        from util import UserError
+        raise UserError("--devices cuda: no CUDA device is visible")
+    seconds = 1.0 if args.quick else args.seconds
+    rows = []
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "workers": {},
+            "argv": sys.argv[1:] if argv is None else list(argv)}
+    with tempfile.TemporaryDirectory(prefix="npr-bench-") as tmp:
+        for name in devices:
+            device = torch.device(name)
+            cuda = device.type == "cuda"
+            workers = default_workers(8, device, auto=True) if args.workers < 0 else args.workers
+            info["workers"][name] = workers
+            variants = ["plain", "default"] + (["amp"] if cuda else []) + (["compile"] if args.compile else [])
+            n_eval = args.eval_images or (8 if args.quick else (64 if cuda else 4) * args.batch_size)
+            n_train = 8 if args.quick else (64 if cuda else 2) * args.batch_size
+            print(f"[{name}] model only ...", flush=True)
+            for size in (224, 40):
+                for v in variants:
+                    rows += isolated(bench_model, device, size, args.batch_size, seconds, [v])
+            print(f"[{name}] end-to-end evaluation and training on generated PNGs ...", flush=True)
+            big = write_png_folder(os.path.join(tmp, name, "eval256"), n_eval, 256)
+            small = write_png_folder(os.path.join(tmp, name, "eval48"), n_eval * (1 if args.quick else 16), 48)
+            for v in variants:
+                rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, [v])
+                rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, [v])
+            train_root = os.path.join(tmp, name, "train256")
+            write_png_folder(os.path.join(train_root, "train"), n_train, 256, seed=5)
+            for v in ["plain", "default", "cache"] + (["amp"] if cuda else []):
+                rows += isolated(bench_train, device, train_root, 256, 224, args.batch_size // 2, workers, [v],
+                                 os.path.join(tmp, name, "cache"))
+            n_scale = 16 if args.quick else 256
+            for mult in (1, 4):
+                folder = write_png_folder(os.path.join(tmp, name, f"scale{mult}"), n_scale * mult, 64, seed=mult)
+                rows += isolated(bench_scaling, device, folder, mult)
+    summary = summarize(rows)
+    print(report(rows, summary, info))
+    os.makedirs(args.output, exist_ok=True)
+    path = os.path.join(args.output, "bench.json")
+    with open(path, "w") as f:
+        json.dump({"info": info, "results": rows, "summary": summary}, f, indent=1)
+    print(f"Wrote {path}")
+    return 0
+
+
+def find(rows, **kw):
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def summarize(rows):
+    """Speed-ups and pipeline efficiencies, per device and size."""
+    out = []
+    for device in dict.fromkeys(r["device"] for r in rows):
+        for size in (224, 40):
+            s = {"device": device, "size": size}
+            fwd = {v: find(rows, device=device, what="model forward", variant=v, size=size) for v in ("plain", "default")}
+            ev = {v: find(rows, device=device, what="end-to-end eval", variant=v, size=size) for v in ("plain", "default")}
+            if fwd["plain"] and fwd["default"]:
+                s["model_speedup_default_vs_plain"] = fwd["default"]["images_per_s"] / fwd["plain"]["images_per_s"]
+            if ev["plain"] and ev["default"]:
+                s["eval_speedup_default_vs_plain"] = ev["default"]["images_per_s"] / ev["plain"]["images_per_s"]
+            if ev["default"] and fwd["default"]:
+                s["eval_efficiency"] = ev["default"]["images_per_s"] / fwd["default"]["images_per_s"]
+            tr = find(rows, device=device, what="end-to-end train", variant="default", size=size)
+            step = find(rows, device=device, what="model train step", variant="default", size=size)
+            if tr and step:
+                s["train_efficiency"] = tr["images_per_s"] / step["images_per_s"]
+            trc = find(rows, device=device, what="end-to-end train", variant="cache", size=size)
+            if trc and step:
+                s["train_efficiency_cache"] = trc["images_per_s"] / step["images_per_s"]
+            if len(s) > 2:
+                out.append(s)
+    return out
+
+
+def report(rows, summary, info):
+    cols = [("device", "device"), ("what", "what"), ("variant", "variant"), ("size", "px"), ("batch", "batch"),
+            ("images_per_s", "images/s"), ("peak_mem_mb", "peak MiB")]
+    text = [f"torch {info['torch']}, {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
+            f"CUDA: {info['cuda'] or 'none'}, loader workers: {info['workers']}",
+            format_table(rows, cols)]
+    scols = [("device", "device"), ("size", "px"), ("model_speedup_default_vs_plain", "model default/plain"),
+             ("eval_speedup_default_vs_plain", "eval default/plain"), ("eval_efficiency", "eval efficiency"),
+             ("train_efficiency", "train efficiency"), ("train_efficiency_cache", "train efficiency (cache)")]
+    text.append(format_table(summary, scols, floatfmt="{:.2f}"))
+    return "\n\n".join(text)
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
