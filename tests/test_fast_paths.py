@@ -200,3 +200,24 @@ def test_ddp_batch_must_split_evenly(tiny_dataset, tmp_path):
     r = torchrun("--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--batch_size", "3",
                  "--gpu_ids", "-1", "--num_threads", "0", "--niter", "1")
     assert r.returncode != 0 and "must divide by the 2 processes" in r.stderr + r.stdout
+
+
+# ----------------------------------------------------------------------------- bench.py
+
+def test_bench_pieces_run_and_summarize(tmp_path):
+    """bench.py's measurements on tiny inputs: every row carries a throughput and a peak memory."""
+    import bench
+    cpu = torch.device("cpu")
+    folder = bench.write_png_folder(str(tmp_path / "e"), 6, 48)
+    assert len(make_samples(folder)) == 6 and Image.open(make_samples(folder)[0][0]).size == (48, 48)
+    rows = bench.bench_model(cpu, 40, 4, 0.05, ["plain", "default"])
+    rows += bench.bench_eval(cpu, folder, 48, 40, 4, 0, ["plain", "default"])
+    bench.write_png_folder(str(tmp_path / "t" / "train"), 8, 48)
+    rows += bench.bench_train(cpu, str(tmp_path / "t"), 48, 40, 4, 0, ["default", "cache"], str(tmp_path / "c"))
+    rows += bench.bench_scaling(cpu, folder, 1, size=48)
+    assert all(r["images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in rows)
+    s = {r["size"]: r for r in bench.summarize(rows)}[40]
+    assert {"model_speedup_default_vs_plain", "eval_speedup_default_vs_plain", "eval_efficiency",
+            "train_efficiency", "train_efficiency_cache"} <= set(s)
+    assert "images/s" in bench.report(rows, bench.summarize(rows), {"torch": "x", "cpu_count": 2, "torch_threads": 2,
+                                                                      "cuda": None, "workers": {}})
