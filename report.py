@@ -16,6 +16,13 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def _slug(text):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
@@ -47,10 +54,7 @@ def plot_curves(rows, suite, path):
     for ax in (ax_roc, ax_pr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_bars(rows, suite, path):
@@ -71,10 +75,7 @@ def plot_bars(rows, suite, path):
         ax.set(ylim=(0, 105), ylabel=f"{key.upper()} (%)", title=f"{suite}: {key.upper()}")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sweeps(rows, suite, path):
@@ -101,10 +102,7 @@ def plot_sweeps(rows, suite, path):
             ax.invert_xaxis()  # stronger perturbation to the right
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def make_figures(rows, out_dir):
