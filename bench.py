@@ -1,6 +1,6 @@
 """Measure how fast this codebase trains and evaluates, on the CPU and on CUDA when present.
 
-    python bench.py                  # full run (about 10 minutes on a 2-core CPU)
+    python bench.py                  # full run (about 11 minutes on a 2-core CPU)
     python bench.py --quick          # a short smoke run (numbers are rougher)
 
 What it measures, per device (images per second, peak memory):
