@@ -9,6 +9,8 @@ What it measures, per device (images per second, peak memory):
   the device, at 224 px and at the mini benchmark's 40 px. ``plain`` is an fp32 contiguous model
   under ``no_grad``; ``default`` is what ``test.py`` runs (BatchNorm folded, channels-last,
   ``inference_mode``); ``amp`` (CUDA) adds float16 autocast; ``compile`` needs ``--compile``.
+  Training steps are labelled ``contiguous`` (what ``train.py`` runs by default, step for step
+  the reference) and ``channels_last`` (``--train_channels_last``).
 * end to end: evaluation through the ``test.py`` path (``validate.evaluate_folder``) and training
   through the ``train.py`` path (its loader and ``train_one_epoch``), on a generated folder of
   PNG images (256 px for the 224 px runs, 48 px for the mini size). ``plain`` evaluation is the
@@ -185,7 +187,9 @@ def bench_model(device, size, batch, seconds, variants):
             return tb
 
         ips, mem = timed(step, device, seconds)
-        rows.append({"device": device.type, "what": "model train step", "variant": variant, "size": size,
+        # Training runs contiguous by default (step-for-step the reference); channels-last is --train_channels_last.
+        train_variant = {"plain": "contiguous", "default": "channels_last"}.get(variant, variant)
+        rows.append({"device": device.type, "what": "model train step", "variant": train_variant, "size": size,
                      "batch": tb, "images_per_s": ips, "peak_mem_mb": mem})
     return rows
 
@@ -226,8 +230,8 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
         argv = ["--dataroot", dataroot, "--loadSize", str(load_size), "--cropSize", str(crop_size),
                 "--batch_size", str(batch), "--num_threads", str(workers), "--loss_freq", "1000000",
                 "--save_latest_freq", "1000000"]
-        if variant == "plain":
-            argv.append("--no_channels_last")
+        if variant == "channels_last":
+            argv.append("--train_channels_last")
         if variant == "amp":
             argv.append("--amp")
         opt = check_train(train_parser().parse_args(argv))
@@ -240,7 +244,7 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
             dataset = BinaryImageDataset(samples, transform)
         loader, sampler = make_train_loader(dataset, opt, device)
         model = make_model(device).train()
-        if not opt.no_channels_last:
+        if opt.train_channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0}
@@ -355,7 +359,7 @@ def main(argv=None):
                 rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, [v])
             train_root = os.path.join(tmp, name, "train256")
             write_png_folder(os.path.join(train_root, "train"), n_train, 256, seed=5)
-            for v in ["plain", "default", "cache"] + (["amp"] if cuda else []):
+            for v in ["default", "channels_last", "cache"] + (["amp"] if cuda else []):
                 rows += isolated(bench_train, device, train_root, 256, 224, args.batch_size // 2, workers, [v],
                                  os.path.join(tmp, name, "cache"))
             n_scale = 16 if args.quick else 256
@@ -394,7 +398,7 @@ def summarize(rows):
             if ev["default"] and fwd["default"]:
                 s["eval_efficiency"] = ev["default"]["images_per_s"] / fwd["default"]["images_per_s"]
             tr = find(rows, device=device, what="end-to-end train", variant="default", size=size)
-            step = find(rows, device=device, what="model train step", variant="default", size=size)
+            step = find(rows, device=device, what="model train step", variant="contiguous", size=size)
             if tr and step:
                 s["train_efficiency"] = tr["images_per_s"] / step["images_per_s"]
             trc = find(rows, device=device, what="end-to-end train", variant="cache", size=size)

@@ -21,7 +21,7 @@ from data.discovery import IMG_EXTENSIONS, list_images
 from data.transforms import EvalTransform, ImageDecodeError, load_rgb, normalize_batch, pil_to_uint8_tensor
 from networks import load_detector, npr_residual
 from options import OneLineErrorParser
-from util import UserError, log, run_cli, select_device, setup_logging
+from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
 from validate import prepare_model
 
 
@@ -86,6 +86,7 @@ def main(argv=None):
     if not paths:
         raise UserError("no images found in the given inputs")
     device = select_device(args.gpu_ids)
+    set_numerics()  # float32 on CUDA (no TF32), as the reference computed
     model = prepare_model(load_detector(args.model_path, device=device), device)
     transform = EvalTransform(args.loadSize, args.loadSize, resize=args.resize, crop=False)
     if args.visualize:

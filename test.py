@@ -3,11 +3,14 @@
     python test.py                                            # NPR-mini with the mini checkpoint
     python test.py --dataroot ./datasets --model_path NPR.pth # every known suite found there
     python test.py --dataroot ./datasets --model_path NPR.pth --suites ForenSynths,GenImage
+    python test.py --dataroot ./datasets --model_path seed100.pth seed101.pth seed102.pth  # + mean ± sd
 
 ``--dataroot`` holds the suite folders (names in ``data/benchmarks.py``, matched
 case-insensitively). A folder there that is not a known suite is evaluated as a custom suite
 (every generator folder under it, no resize, no crop). Results go to ``--results_dir`` as
-CSV, JSON and Markdown.
+CSV, JSON and Markdown. With several checkpoints (one per training seed, say), every
+checkpoint gets its tables and ``summary.csv`` / the report add, per generator, the mean and
+the sample standard deviation across checkpoints: one seed's number is not a reproduction.
 """
 import csv
 import json
@@ -19,15 +22,18 @@ from data.perturb import parse_perturbations
 from data.benchmarks import SUITES, custom_suite, has_leaves, locate_suite, suite_by_name
 from networks import load_detector
 from options import MINI_ROOT, check_test, explicit_options, print_options, test_parser
-from util import UserError, ensure_writable_dir, log, run_cli, select_device, setup_logging
-from validate import TABLE_COLUMNS, evaluate_suite, mean_row, prepare_model, suite_table
+from util import UserError, ensure_writable_dir, format_table, log, run_cli, select_device, set_numerics, setup_logging
+from validate import (SUMMARY_METRICS, TABLE_COLUMNS, evaluate_suite, mean_row, prepare_model, suite_table,
+                      summarize_checkpoints)
 
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.
 RESULT_FIELDS = ["suite", "generator", "acc", "ap", "r_acc", "f_acc", "auc", "best_acc", "best_threshold",
                  "n_real", "n_fake", "n_images", "n_scored", "n_skipped", "paper_acc", "paper_ap", "perturbation",
-                 "seconds", "folder"]
+                 "seconds", "folder", "n_truncated", "model_path"]
+SUMMARY_FIELDS = (["suite", "generator", "perturbation", "n_checkpoints"] +
+                  [f"{k}_{stat}" for k in SUMMARY_METRICS for stat in ("mean", "sd")] + ["paper_acc", "paper_ap"])
 
 
 def parse_options(argv):
@@ -49,12 +55,15 @@ def parse_options(argv):
         if "results_dir" not in typed:
             opt.results_dir = os.path.join(opt.results_dir, "npr-mini")
         if opt.model_path is None:
-            opt.model_path = MINI_CHECKPOINT
+            opt.model_path = [MINI_CHECKPOINT]
             if not os.path.isfile(MINI_CHECKPOINT):
                 raise UserError(f"no --model_path given and no mini checkpoint at {MINI_CHECKPOINT}; "
                                 "run `python train.py` first, or pass --model_path")
     if opt.model_path is None:
         raise UserError("--model_path is required: the checkpoint to evaluate (e.g. NPR.pth)")
+    absent = [p for p in opt.model_path if not os.path.isfile(p)]
+    if absent:
+        raise UserError(f"--model_path: no checkpoint at {', '.join(absent)}")
     return check_test(opt)
 
 
@@ -97,10 +106,45 @@ def resolve_suites(dataroot, wanted):
     return found, missing
 
 
-def write_results(rows, opt, results_dir, figures=()):
-    """results.csv, results.json and the report results.md in ``results_dir``; returns their paths.
+def summary_cell(row, key):
+    mean, sd = row.get(f"{key}_mean"), row.get(f"{key}_sd")
+    if mean is None:
+        return None
+    return f"{mean:.1f}" if sd is None else f"{mean:.1f} ± {sd:.1f}"
 
-    The Markdown report gathers the tables, the options, the checkpoint's SHA-256 and the figures.
+
+SUMMARY_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
+                   ("f_acc", "fake ACC"), ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
+                   ("n_checkpoints", "checkpoints")]
+
+
+def summary_table(rows):
+    """Text table of ``summarize_checkpoints`` rows: mean ± sd per generator."""
+    shown = [{k: (summary_cell(r, k) if k in SUMMARY_METRICS else r.get(k)) for k, _ in SUMMARY_COLUMNS}
+             for r in rows]
+    return format_table(shown, SUMMARY_COLUMNS)
+
+
+def markdown_table(rows, columns, cell):
+    out = "| " + " | ".join(h for _, h in columns) + " |\n|" + "---|" * len(columns) + "\n"
+    for r in rows:
+        cells = [cell(r, k) for k, _ in columns]
+        out += "| " + " | ".join("-" if c is None else f"{c:.1f}" if isinstance(c, float) else str(c)
+                                 for c in cells) + " |\n"
+    return out
+
+
+def groups(rows):
+    """(perturbation, suite, rows) in the order they were evaluated."""
+    for pert, suite in dict.fromkeys((r.get("perturbation", "none"), r["suite"]) for r in rows):
+        yield pert, suite, [r for r in rows if r["suite"] == suite and r.get("perturbation", "none") == pert]
+
+
+def write_results(rows, opt, results_dir, figures=(), summary=()):
+    """results.csv, results.json and the report results.md in ``results_dir`` (plus summary.csv
+    with several checkpoints); returns their paths.
+
+    The Markdown report gathers the tables, the options, the checkpoints' SHA-256 and the figures.
     """
     from report import sha256_of
     ensure_writable_dir(results_dir, "--results_dir")
@@ -110,22 +154,34 @@ def write_results(rows, opt, results_dir, figures=()):
         w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
         w.writeheader()
         w.writerows(flat)
-    meta = {"model_path": opt.model_path, "model_sha256": sha256_of(opt.model_path), "dataroot": opt.dataroot,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn"}
+    if summary:
+        paths["summary"] = os.path.join(results_dir, "summary.csv")
+        with open(paths["summary"], "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(summary)
+    hashes = {p: sha256_of(p) for p in opt.model_path}
+    meta = {"model_path": opt.model_path, "model_sha256": hashes, "dataroot": opt.dataroot,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn; summary: mean and sample standard "
+                       "deviation (ddof=1) across checkpoints"}
     with open(paths["json"], "w") as f:
-        json.dump({"meta": meta, "results": flat}, f, indent=1)
+        json.dump({"meta": meta, "results": flat, "summary": list(summary)}, f, indent=1)
     with open(paths["md"], "w") as f:
-        f.write(f"# NPR results\n\nCheckpoint: `{opt.model_path}` (SHA-256 `{meta['model_sha256']}`)  \n"
+        f.write("# NPR results\n\n" + "".join(f"Checkpoint: `{p}` (SHA-256 `{h}`)  \n" for p, h in hashes.items()) +
                 f"Data: `{opt.dataroot}`  \nRun: {meta['time']}  \nMetrics in %.\n")
-        for pert, suite in dict.fromkeys((r.get("perturbation", "none"), r["suite"]) for r in rows):
-            srows = [r for r in rows if r["suite"] == suite and r.get("perturbation", "none") == pert]
-            title = suite if pert == "none" else f"{suite}, perturbation {pert}"
-            f.write(f"\n## {title}\n\n| " + " | ".join(h for _, h in TABLE_COLUMNS) + " |\n|" +
-                    "---|" * len(TABLE_COLUMNS) + "\n")
-            for r in srows:
-                cells = [r.get(k) for k, _ in TABLE_COLUMNS]
-                f.write("| " + " | ".join("-" if c is None else f"{c:.1f}" if isinstance(c, float) else str(c)
-                                          for c in cells) + " |\n")
+        if summary:
+            f.write(f"\n# Mean ± standard deviation over {len(opt.model_path)} checkpoints\n")
+            for pert, suite, srows in groups(summary):
+                title = suite if pert == "none" else f"{suite}, perturbation {pert}"
+                f.write(f"\n## {title}\n\n" + markdown_table(
+                    srows, SUMMARY_COLUMNS, lambda r, k: summary_cell(r, k) if k in SUMMARY_METRICS else r.get(k)))
+        for path in opt.model_path:
+            if len(opt.model_path) > 1:
+                f.write(f"\n# Checkpoint `{path}`\n")
+            for pert, suite, srows in groups([r for r in rows if r.get("model_path") == path]):
+                title = suite if pert == "none" else f"{suite}, perturbation {pert}"
+                f.write(f"\n## {title}\n\n" + markdown_table(srows, TABLE_COLUMNS, lambda r, k: r.get(k)))
         if figures:
             f.write("\n## Figures\n\n" + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n\n"
                                                     for p in figures))
@@ -133,26 +189,13 @@ def write_results(rows, opt, results_dir, figures=()):
     return paths
 
 
-def main(argv=None):
-    opt = parse_options(argv)
-    setup_logging()
-    if opt.mini:
-        from data.mini import build_mini
-        log.info("No --dataroot given: evaluating on the built-in NPR-mini benchmark (%s)", MINI_ROOT)
-        build_mini(MINI_ROOT, rebuild=opt.rebuild)
-    suites, missing = resolve_suites(opt.dataroot, opt.suites)
-    if missing:
-        log.info("Suites not found under %s (skipped): %s", opt.dataroot, ", ".join(missing))
-    if not suites:
-        raise UserError(f"no suite found under --dataroot '{opt.dataroot}'; expected folders such as "
-                        f"{', '.join(s.dirs[0] for s in SUITES[:3])}, or generator folders with 0_real/1_fake")
-    device = select_device(opt.gpu_ids)
-    model = prepare_model(load_detector(opt.model_path, device=device), device,
+def evaluate_checkpoint(model_path, suites, settings, opt, device):
+    """Result rows (with each suite's Mean row) of one checkpoint over every suite and perturbation."""
+    model = prepare_model(load_detector(model_path, device=device), device,
                           channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn,
                           compile_model=opt.compile)
-    log.info("Checkpoint %s on %s", opt.model_path, device)
-    settings = [None] + [p for p in parse_perturbations(opt.perturb) if p.steps] if opt.perturb else [None]
-    all_rows = []
+    log.info("Checkpoint %s on %s", model_path, device)
+    out = []
     for perturb in settings:
         for suite, path in suites:
             rows, absent = evaluate_suite(model, suite, path, device, opt, perturb=perturb)
@@ -166,15 +209,44 @@ def main(argv=None):
                 pre = f"perturbation {perturb.name}; " + pre
             log.info("\n%s (%s; %s)%s\n%s", suite.name, path, pre, f" - {suite.note}" if suite.note else "",
                      suite_table(rows, suite.name))
-            all_rows += rows + [mean_row(rows, suite.name)]
+            out += rows + [mean_row(rows, suite.name)]
+    for r in out:
+        r["model_path"] = model_path
+    return out
+
+
+def main(argv=None):
+    opt = parse_options(argv)
+    setup_logging()
+    set_numerics(tf32=opt.tf32)
+    if opt.mini:
+        from data.mini import build_mini
+        log.info("No --dataroot given: evaluating on the built-in NPR-mini benchmark (%s)", MINI_ROOT)
+        build_mini(MINI_ROOT, rebuild=opt.rebuild)
+    suites, missing = resolve_suites(opt.dataroot, opt.suites)
+    if missing:
+        log.info("Suites not found under %s (skipped): %s", opt.dataroot, ", ".join(missing))
+    if not suites:
+        raise UserError(f"no suite found under --dataroot '{opt.dataroot}'; expected folders such as "
+                        f"{', '.join(s.dirs[0] for s in SUITES[:3])}, or generator folders with 0_real/1_fake")
+    device = select_device(opt.gpu_ids)
+    settings = [None] + [p for p in parse_perturbations(opt.perturb) if p.steps] if opt.perturb else [None]
+    all_rows = []
+    for model_path in opt.model_path:
+        all_rows += evaluate_checkpoint(model_path, suites, settings, opt, device)
     if not all_rows:
         raise UserError("no generator folders found in the selected suites; nothing was evaluated")
+    summary = summarize_checkpoints(all_rows) if len(opt.model_path) > 1 else []
+    for pert, suite, srows in groups(summary):
+        log.info("\n%s%s: mean ± sd over %d checkpoints\n%s", suite, "" if pert == "none" else f", perturbation {pert}",
+                 len(opt.model_path), summary_table(srows))
     figures = []
     if opt.plots:
         from report import make_figures
-        figures = make_figures([r for r in all_rows if r["generator"] != "Mean"], opt.results_dir)
-        log.info("Figures: %s", ", ".join(figures))
-    paths = write_results(all_rows, opt, opt.results_dir, figures)
+        first = [r for r in all_rows if r["generator"] != "Mean" and r["model_path"] == opt.model_path[0]]
+        figures = make_figures(first, opt.results_dir)
+        log.info("Figures (of %s): %s", opt.model_path[0], ", ".join(figures))
+    paths = write_results(all_rows, opt, opt.results_dir, figures, summary)
     with open(os.path.join(opt.results_dir, "opt.txt"), "w") as f:
         print_options(opt, file=f)
     log.info("Results written to %s", ", ".join(paths.values()))

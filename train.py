@@ -1,4 +1,4 @@
-"""Train the NPR detector (SPEC section 6).
+"""Train the NPR detector: the reference's ``train.py`` recipe (chuangchuangtan/NPR-DeepfakeDetection).
 
     python train.py                      # the built-in mini benchmark (built on first use)
     python train.py --dataroot ./datasets/ForenSynths_train_val --classes car,cat,chair,horse \
@@ -31,10 +31,11 @@ from data.transforms import EvalTransform, TrainTransform, normalize_batch
 from networks import extract_state_dict, load_checkpoint, resnet50, save_checkpoint
 from networks.checkpoint import load_state_dict_strict
 from options import MINI_ROOT, check_train, explicit_options, print_options, train_parser
-from util import AMP_DTYPE, UserError, ensure_writable_dir, run_cli, seed_everything, select_device, setup_logging, log
+from util import (AMP_DTYPE, UserError, ensure_writable_dir, log, run_cli, seed_everything, select_device,
+                  set_numerics, setup_logging)
 from validate import compute_metrics, evaluate_suite, predict_loader, prepare_model, suite_table
 
-LR_DECAY = 0.9  # SPEC section 6: lr *= 0.9 after every delr_freq epochs
+LR_DECAY = 0.9  # the reference's networks/trainer.py: lr *= 0.9 after every delr_freq epochs
 
 
 class StopRequested(Exception):
@@ -111,7 +112,7 @@ def init_distributed(opt):
 def train_dataset(samples, transform, opt, rank=0, world=1):
     """The training images, decoded per step, or read from the --cache_dir store (built by rank 0)."""
     if not opt.cache_dir:
-        return BinaryImageDataset(samples, transform, strict=opt.strict_images)
+        return BinaryImageDataset(samples, transform, strict=opt.strict_images, skip_truncated=opt.skip_truncated)
     from data.cache import cached_train_dataset
     if rank == 0:
         dataset = cached_train_dataset(opt.cache_dir, samples, transform, opt.strict_images,
@@ -157,7 +158,13 @@ def checkpoint_state(model, optimizer, opt, progress, scaler=None):
             "scaler": scaler.state_dict() if scaler is not None else None}
 
 
+def build_loss():
+    """The reference's loss: binary cross-entropy on the logit (label 1 = fake)."""
+    return nn.BCEWithLogitsLoss()
+
+
 def build_optimizer(model, opt):
+    """Adam (betas (beta1, 0.999), no weight decay) or SGD without momentum, as the reference."""
     if opt.optim == "adam":
         return torch.optim.Adam(model.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
     return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=0.0, weight_decay=0)
@@ -179,7 +186,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, sa
                     writer=None, rank=0, world=1, scaler=None):
     model.train()
     epoch = progress["epoch"]
-    channels_last = not opt.no_channels_last
+    channels_last = opt.train_channels_last
     use_amp = opt.amp and device.type == "cuda"
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if rank == 0 else True)
     for batch in bar:
@@ -229,10 +236,10 @@ def evaluate(model, samples, device, opt, rank=0, world=1):
     """Val metrics (resize loadSize + centre crop cropSize); under DDP each rank scores a shard."""
     raw = model.module if hasattr(model, "module") else model
     transform = EvalTransform(opt.loadSize, opt.cropSize, resize=True, crop=True, interp=opt.rz_interp[0])
-    loader = make_eval_loader(samples[rank::world], transform, opt.batch_size,
-                              num_workers=opt_workers(opt, device), device=device, strict=opt.strict_images)
+    loader = make_eval_loader(samples[rank::world], transform, opt.batch_size, num_workers=opt_workers(opt, device),
+                              device=device, strict=opt.strict_images, skip_truncated=opt.skip_truncated)
     eval_model = prepare_model(raw, device, channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn)
-    y_true, y_prob, _ = predict_loader(eval_model, loader, device, amp=opt.amp,
+    y_true, y_prob, _, _ = predict_loader(eval_model, loader, device, amp=opt.amp,
                                        channels_last=not opt.no_channels_last)
     if world > 1:
         parts = [None] * world
@@ -269,8 +276,7 @@ def main(argv=None):
         ensure_writable_dir(exp_dir, "checkpoint folder")
     setup_logging(os.path.join(exp_dir, "log.log") if rank == 0 else None, rank)
     log.info("%s", " ".join(["train.py"] + list(argv if argv is not None else sys.argv[1:])))
-    if opt.deterministic:
-        torch.use_deterministic_algorithms(True)
+    set_numerics(tf32=opt.tf32, exact=opt.exact, deterministic=opt.deterministic)
     seed_everything(opt.seed)
 
     if opt.mini:
@@ -292,7 +298,7 @@ def main(argv=None):
              len(train_samples), len(val_samples), device, world)
 
     model = resnet50(num_classes=1).to(device)
-    if not opt.no_channels_last:
+    if opt.train_channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, opt)
     scaler = torch.amp.GradScaler("cuda") if opt.amp and device.type == "cuda" else None
@@ -329,7 +335,7 @@ def main(argv=None):
     dataset = train_dataset(train_samples, TrainTransform(opt), opt, rank, world)
     loader, sampler = make_train_loader(dataset, per_rank, device, rank, world)
     loader.worker_init_fn = ignore_signals_in_worker
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = build_loss()
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter

@@ -51,6 +51,32 @@ def select_device(gpu_ids="0"):
     return torch.device("cuda", ids[0])
 
 
+def set_numerics(tf32=False, exact=False, deterministic=False):
+    """Float32 numerics on CUDA: TF32 off unless asked; ``exact`` also does what the reference's
+    ``seed_torch`` does (cuDNN disabled, deterministic algorithms).
+
+    PyTorch lets cuDNN convolutions use TF32 by default, which on Ampere / Hopper GPUs rounds
+    their inputs to 10 mantissa bits; the reference ran with cuDNN disabled, i.e. in full float32.
+    ``deterministic`` only asks for deterministic algorithms. On the CPU TF32 and cuDNN change
+    nothing.
+    """
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        precision = "tf32" if tf32 else "ieee"  # PyTorch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    if exact:
+        torch.backends.cudnn.enabled = False
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    if exact or deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic (PyTorch's reproducibility notes).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -2,6 +2,7 @@
 
     python validate.py --dataroot path/to/folder --model_path NPR.pth
 """
+import copy
 import logging
 import math
 import sys
@@ -14,7 +15,7 @@ from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_sco
 from data.datasets import make_eval_loader, opt_workers
 from data.discovery import make_samples
 from data.transforms import EvalTransform, normalize_batch
-from util import AMP_DTYPE, UserError, run_cli, select_device, setup_logging
+from util import AMP_DTYPE, UserError, run_cli, select_device, set_numerics, setup_logging
 
 log = logging.getLogger("npr")
 
@@ -58,6 +59,8 @@ def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model
     model = model.to(device).eval()
     if fold_bn:
         model = fuse_for_inference(model)
+    elif channels_last:
+        model = copy.deepcopy(model)  # Module.to(memory_format) works in place; leave the caller's model as it is
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile_model:
@@ -67,11 +70,13 @@ def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model
 
 @torch.inference_mode()
 def predict_loader(model, loader, device, amp=False, channels_last=True, progress=None):
-    """Run ``model`` over ``loader``; returns (labels, probabilities, skipped indices) in loader order."""
-    labels, probs, skipped = [], [], []
+    """Run ``model`` over ``loader``; returns (labels, probabilities, skipped indices, truncated
+    indices) in loader order."""
+    labels, probs, skipped, truncated = [], [], [], []
     use_amp = amp and device.type == "cuda"
     for batch in loader:
         skipped += list(batch.skipped)
+        truncated += list(batch.truncated)
         if len(batch.labels):
             x = batch.images.to(device, non_blocking=True)
             if channels_last:
@@ -83,21 +88,24 @@ def predict_loader(model, loader, device, amp=False, channels_last=True, progres
         if progress is not None:
             progress.update(len(batch.labels) + len(batch.skipped))
     if not probs:
-        return np.zeros(0), np.zeros(0), skipped
-    return torch.cat(labels).numpy(), torch.cat(probs).numpy(), skipped
+        return np.zeros(0), np.zeros(0), skipped, truncated
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy(), skipped, truncated
 
 
 def evaluate_folder(model, root, device, batch_size=64, load_size=256, crop_size=224, resize=True, crop=True,
                     num_workers=0, classes=None, amp=False, channels_last=True, strict=False, progress=None,
-                    perturb=None):
-    """Metrics (``compute_metrics``) of ``model`` on the dataset folder ``root``, plus skip counts."""
+                    perturb=None, skip_truncated=False):
+    """Metrics (``compute_metrics``) of ``model`` on the dataset folder ``root``, plus counts of
+    images scored, skipped (unreadable or too small) and truncated (scored, as the reference does)."""
     samples = make_samples(root, classes)
     transform = EvalTransform(load_size, crop_size, resize=resize, crop=crop, perturb=perturb)
-    loader = make_eval_loader(samples, transform, batch_size, num_workers=num_workers, device=device, strict=strict)
-    y_true, y_prob, skipped = predict_loader(model, loader, device, amp=amp, channels_last=channels_last,
-                                             progress=progress)
+    loader = make_eval_loader(samples, transform, batch_size, num_workers=num_workers, device=device, strict=strict,
+                              skip_truncated=skip_truncated)
+    y_true, y_prob, skipped, truncated = predict_loader(model, loader, device, amp=amp, channels_last=channels_last,
+                                                        progress=progress)
     metrics = compute_metrics(y_true, y_prob)
-    metrics.update(n_images=len(samples), n_scored=int(len(y_true)), n_skipped=len(skipped))
+    metrics.update(n_images=len(samples), n_scored=int(len(y_true)), n_skipped=len(skipped),
+                   n_truncated=len(truncated))
     metrics["y_true"], metrics["y_prob"] = y_true, y_prob
     return metrics
 
@@ -105,7 +113,7 @@ def evaluate_folder(model, root, device, batch_size=64, load_size=256, crop_size
 METRIC_KEYS = ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc")
 TABLE_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
                  ("f_acc", "fake ACC"), ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
-                 ("n_scored", "scored"), ("n_skipped", "skipped")]
+                 ("n_scored", "scored"), ("n_skipped", "skipped"), ("n_truncated", "truncated")]
 
 
 def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=None):
@@ -129,13 +137,15 @@ def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=
                             resize=suite.resize and not opt.no_resize, crop=suite.crop and not opt.no_crop,
                             num_workers=opt_workers(opt, device), amp=getattr(opt, "amp", False),
                             channels_last=not getattr(opt, "no_channels_last", False),
-                            strict=opt.strict_images, progress=bar, perturb=perturb)
+                            strict=opt.strict_images, progress=bar, perturb=perturb,
+                            skip_truncated=getattr(opt, "skip_truncated", False))
         bar.close()
-        row = {"suite": suite.name, "generator": gen.name, "folder": path,
+        row = {"suite": suite.name, "generator": gen.name, "folder": path, "in_mean": gen.in_mean,
                "perturbation": perturb.name if perturb is not None else "none",
                "steps": perturb.steps if perturb is not None else ()}
         row.update({k: 100.0 * m[k] for k in METRIC_KEYS})
-        row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped")})
+        row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped",
+                                      "n_truncated")})
         row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
         row["y_true"], row["y_prob"] = m["y_true"], m["y_prob"]
         rows.append(row)
@@ -143,17 +153,42 @@ def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=
 
 
 def mean_row(rows, suite_name):
-    """The suite's Mean row (averages over generators, as the paper's tables)."""
+    """The suite's Mean row: averages over its generators, as the paper's tables, leaving out
+    those marked ``in_mean=False`` (GenImage's training generator); counts are totals."""
     out = {"suite": suite_name, "generator": "Mean", "perturbation": rows[0].get("perturbation", "none") if rows else "none"}
+    averaged = [r for r in rows if r.get("in_mean", True)]
     for k in METRIC_KEYS + ("paper_acc", "paper_ap"):
-        vals = [r[k] for r in rows if r.get(k) is not None and not math.isnan(r[k])]
+        vals = [r[k] for r in averaged if r.get(k) is not None and not math.isnan(r[k])]
         # A paper mean is only shown when the paper has every generator we report.
-        if k.startswith("paper") and len(vals) != len(rows):
+        if k.startswith("paper") and len(vals) != len(averaged):
             vals = []
         out[k] = float(np.mean(vals)) if vals else None
-    out["n_scored"] = sum(r["n_scored"] for r in rows)
-    out["n_skipped"] = sum(r["n_skipped"] for r in rows)
+    for k in ("n_scored", "n_skipped", "n_truncated"):
+        out[k] = sum(r.get(k, 0) for r in rows)
     return out
+
+
+SUMMARY_METRICS = ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc")
+
+
+def summarize_checkpoints(rows):
+    """Mean and sample standard deviation (ddof=1) of each metric across checkpoints, per
+    (perturbation, suite, generator) -- the Mean rows included, so that the suite mean is
+    averaged over checkpoints too. ``rows`` carry ``model_path``; returns one dict per group."""
+    out = {}
+    for r in rows:
+        key = (r.get("perturbation", "none"), r["suite"], r["generator"])
+        out.setdefault(key, []).append(r)
+    summary = []
+    for (pert, suite, gen), group in out.items():
+        s = {"suite": suite, "generator": gen, "perturbation": pert, "n_checkpoints": len(group),
+             "paper_acc": group[0].get("paper_acc"), "paper_ap": group[0].get("paper_ap")}
+        for k in SUMMARY_METRICS:
+            vals = np.array([r[k] for r in group if r.get(k) is not None and not math.isnan(r[k])], dtype=np.float64)
+            s[f"{k}_mean"] = float(vals.mean()) if len(vals) else None
+            s[f"{k}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else None
+        summary.append(s)
+    return summary
 
 
 def suite_table(rows, suite_name):
@@ -172,8 +207,10 @@ def main(argv=None):
     setup_logging()
     if opt.dataroot is None:
         raise UserError("--dataroot is required: the folder to validate")
-    if opt.model_path is None:
-        raise UserError("--model_path is required: the checkpoint to validate")
+    if opt.model_path is None or len(opt.model_path) != 1:
+        raise UserError("--model_path: give one checkpoint to validate (test.py takes several)")
+    opt.model_path = opt.model_path[0]
+    set_numerics(tf32=opt.tf32)
     device = select_device(opt.gpu_ids)
     model = prepare_model(load_detector(opt.model_path, device=device), device, not opt.no_channels_last,
                           fold_bn=not opt.no_fold_bn, compile_model=opt.compile)
@@ -181,8 +218,10 @@ def main(argv=None):
     m = evaluate_folder(model, opt.dataroot, device, opt.batch_size, opt.loadSize, opt.cropSize,
                         resize=not opt.no_resize, crop=not opt.no_crop, classes=opt.classes,
                         num_workers=opt_workers(opt, device), amp=opt.amp,
-                        channels_last=not opt.no_channels_last, strict=opt.strict_images)
-    print(f"{opt.dataroot}: {m['n_scored']} images scored, {m['n_skipped']} skipped, {time.time() - start:.1f}s")
+                        channels_last=not opt.no_channels_last, strict=opt.strict_images,
+                        skip_truncated=opt.skip_truncated)
+    print(f"{opt.dataroot}: {m['n_scored']} images scored ({m['n_truncated']} of them truncated), "
+          f"{m['n_skipped']} skipped, {time.time() - start:.1f}s")
     for k in ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc"):
         v = m[k]
         print(f"{k:>9}: {'nan' if math.isnan(v) else f'{100 * v:.2f}'}")

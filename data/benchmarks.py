@@ -1,5 +1,5 @@
-"""The benchmark as data (SPEC sections 8-9): suites, their generator folders, how each is
-pre-processed, and the paper's numbers where known.
+"""The benchmark as data: suites (the paper's Tables 1-5 and the test sets the reference
+evaluates), their generator folders, how each is pre-processed, and the paper's numbers where known.
 
 This is the one place to map folder names: add an alias to ``folders`` (matched
 case-insensitively) when your copy of a dataset spells a folder differently.
@@ -14,8 +14,9 @@ from .discovery import find_child, is_leaf
 class Generator:
     name: str                    # shown in tables
     folders: tuple               # folder names on disk, first match wins (case-insensitive)
-    paper_acc: float = None      # %, from the paper (SPEC section 9)
+    paper_acc: float = None      # %, from the paper's tables
     paper_ap: float = None
+    in_mean: bool = True         # False: shown, but left out of the suite's Mean row
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,8 @@ class Suite:
     custom: bool = field(default=False, compare=False)
 
 
-def G(name, *folders, acc=None, ap=None):
-    return Generator(name, tuple(folders) or (name,), acc, ap)
+def G(name, *folders, acc=None, ap=None, in_mean=True):
+    return Generator(name, tuple(folders) or (name,), acc, ap, in_mean)
 
 
 MINI_GENERATORS = ("nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle")
@@ -67,10 +68,11 @@ SUITES = (
     Suite("GenImage", ("GenImage",), (
         G("ADM", "ADM", acc=87.8, ap=96.0), G("BigGAN", "BigGAN", acc=80.7, ap=89.8),
         G("Glide", "glide", acc=93.2, ap=99.1), G("Midjourney", "Midjourney", acc=91.7, ap=97.9),
-        G("SDv1.4", "stable_diffusion_v_1_4"), G("SDv1.5", "stable_diffusion_v_1_5", acc=94.4, ap=99.9),
+        G("SDv1.4", "stable_diffusion_v_1_4", in_mean=False), G("SDv1.5", "stable_diffusion_v_1_5", acc=94.4, ap=99.9),
         G("VQDM", "VQDM", acc=88.7, ap=96.1), G("Wukong", "wukong", acc=94.0, ap=99.7)),
         resize=False, crop=True,
-        note="paper column: a model trained on SDv1.4, not ProGAN; small images tiled up to the crop"),
+        note="paper column: a model trained on SDv1.4, not ProGAN; Mean over the 7 other generators, as the "
+             "paper's GenImage table; small images tiled up to the crop"),
     Suite("Diffusion1kStep", ("Diffusion1kStep",), (
         G("DALLE", "DALLE", "dalle"), G("DDPM", "ddpm"), G("Guided", "guided-diffusion"),
         G("Improved", "improved-diffusion"), G("Midjourney", "midjourney")),

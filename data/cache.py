@@ -150,7 +150,7 @@ class TrainCache:
 
 
 class CachedImageDataset(Dataset):
-    """``BinaryImageDataset`` over the cache: (uint8 tensor, label, index), None when unreadable."""
+    """``BinaryImageDataset`` over the cache: (uint8 tensor, label, index, False), None when unreadable."""
 
     def __init__(self, cache, transform, strict=False):
         check_cacheable(transform)
@@ -182,11 +182,11 @@ class CachedImageDataset(Dataset):
             path = self.samples[index][0]
             if self.strict:
                 raise UnreadableImageError(f"cannot read image '{path}'; remove it or drop --strict_images")
-            return None, label, index
+            return None, label, index, False
         if self._images is None:
             self._images = np.memmap(self.cache.images_path, dtype=np.uint8, mode="r", shape=self.cache.shape)
         img = self.transform.augment(self._images[index], random.Random(seed))
-        return img, label, index
+        return img, label, index, False
 
 
 def check_cacheable(transform):

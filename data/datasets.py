@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from util import UserError
-from .transforms import ImageDecodeError, load_rgb
+from .transforms import ImageDecodeError, load_for_model
 
 log = logging.getLogger("npr")
 
@@ -33,16 +33,19 @@ def sample_seed(seed, epoch, position):
 
 
 class BinaryImageDataset(Dataset):
-    """(path, label) samples -> (uint8 image tensor, label, index); None image when unreadable.
+    """(path, label) samples -> (uint8 image tensor, label, index, truncated); None image when the
+    file is unreadable or too small for the model (``load_for_model``).
 
     Keys are either an index (evaluation) or ``(index, seed)`` from ``EpochSampler``
-    (training: the seed drives that sample's random augmentation).
+    (training: the seed drives that sample's random augmentation). Truncated files are scored
+    as the reference scores them, with a warning, unless ``skip_truncated``.
     """
 
-    def __init__(self, samples, transform, strict=False):
+    def __init__(self, samples, transform, strict=False, skip_truncated=False):
         self.samples = list(samples)
         self.transform = transform
         self.strict = strict
+        self.skip_truncated = skip_truncated
 
     def __len__(self):
         return len(self.samples)
@@ -51,13 +54,17 @@ class BinaryImageDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, key)
         path, label = self.samples[index]
         try:
-            img = self.transform(load_rgb(path), random.Random(seed))
+            img, truncated = load_for_model(path, self.transform, random.Random(seed),
+                                            allow_truncated=not self.skip_truncated)
         except ImageDecodeError as e:
             if self.strict:
-                raise UnreadableImageError(f"cannot read image '{path}' ({e}); remove it or drop --strict_images")
-            log.warning("skipping unreadable image %s (%s)", path, e)
-            return None, label, index
-        return img, label, index
+                raise UnreadableImageError(f"cannot use image '{path}' ({e}); remove it or drop --strict_images")
+            log.warning("skipping image %s (%s)", path, e)
+            return None, label, index, False
+        if truncated:
+            log.warning("image %s is truncated: scored as the reference does (decoded as far as it goes); "
+                        "--skip_truncated skips such files", path)
+        return img, label, index, truncated
 
     @property
     def labels(self):
@@ -69,7 +76,8 @@ class Batch:
     images: torch.Tensor  # uint8 (N, 3, H, W)
     labels: torch.Tensor  # float (N,)
     indices: torch.Tensor  # long (N,): positions in the dataset
-    skipped: list  # dataset indices that could not be decoded
+    skipped: list  # dataset indices that could not be used (unreadable or too small)
+    truncated: list = ()  # dataset indices of truncated files that were scored
 
     def pin_memory(self):
         self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
@@ -77,18 +85,20 @@ class Batch:
 
 
 def collate_skipping(items):
-    """Stack decoded images; report the unreadable ones in ``Batch.skipped``."""
+    """Stack the usable images; report the others in ``Batch.skipped``. Items are
+    (image or None, label, index[, truncated])."""
     good = [it for it in items if it[0] is not None]
     skipped = [it[2] for it in items if it[0] is None]
+    truncated = [it[2] for it in good if len(it) > 3 and it[3]]
     if not good:
         empty = torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
-        return Batch(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped)
+        return Batch(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped, truncated)
     shapes = {tuple(it[0].shape) for it in good}
     if len(shapes) > 1:
         raise RuntimeError(f"images of different sizes {sorted(shapes)} in one batch; bucket them by size")
     return Batch(torch.stack([it[0] for it in good]),
                  torch.tensor([float(it[1]) for it in good]),
-                 torch.tensor([it[2] for it in good], dtype=torch.long), skipped)
+                 torch.tensor([it[2] for it in good], dtype=torch.long), skipped, truncated)
 
 
 class EpochSampler(Sampler):
@@ -188,13 +198,13 @@ def loader_kwargs(num_workers, device, persistent=False):
     return kw
 
 
-def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None, strict=False):
+def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None, strict=False, skip_truncated=False):
     """A loader over ``samples`` that keeps their order within each size bucket.
 
     When the transform's output size depends on the input (no resize, no crop), images are
     bucketed by size from their headers, so batches never mix sizes.
     """
-    dataset = BinaryImageDataset(samples, transform, strict=strict)
+    dataset = BinaryImageDataset(samples, transform, strict=strict, skip_truncated=skip_truncated)
     if transform.resize or transform.crop:
         batches = [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
     else:

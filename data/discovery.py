@@ -1,4 +1,4 @@
-"""Finding datasets on disk (SPEC section 5).
+"""Finding datasets on disk (the CNNDetection / NPR layout).
 
 A *leaf* is a folder holding ``0_real`` and ``1_fake``. A dataset folder is a leaf itself or
 holds category folders that are leaves (``progan/airplane/0_real``). Labels come from the

@@ -1,4 +1,4 @@
-"""Image transforms of the reference pipeline as plain functions (SPEC section 6).
+"""Image transforms of the reference pipeline (``data/datasets.py`` of the reference code) as plain functions.
 
 Train: resize to loadSize x loadSize -> optional blur / JPEG -> random crop -> random flip.
 Eval:  resize (unless --no_resize) -> centre crop (unless --no_crop).
@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -23,35 +23,80 @@ INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
 
 
 class ImageDecodeError(Exception):
-    """An image file that cannot be decoded into RGB pixels."""
+    """An image that cannot be used: not decodable into RGB pixels, or too small for the model."""
 
 
-def load_rgb(path):
+class ImageTooSmallError(ImageDecodeError):
+    """An image with a side under ``MIN_SIDE`` pixels after the transform."""
+
+
+# npr_residual works on 2x2 blocks: an image needs at least one of them.
+MIN_SIDE = 2
+
+
+def _decode(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+            elif img.mode == "F":
+                arr = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), "L")
+            return img.convert("RGB")
+
+
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+                 MemoryError, EOFError, TypeError)
+
+
+def load_rgb(path, allow_truncated=True):
     """Decode an image file into an RGB PIL image, as the reference does (``convert('RGB')``).
 
     16-bit and 32-bit greyscale are scaled to 8 bits first (``convert`` would clip them to
-    white). Anything unreadable (empty, truncated, not an image, a decompression bomb)
-    raises ``ImageDecodeError`` with the reason.
+    white). A truncated file is decoded as far as it goes, as the reference's
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` does (the missing part is black), and marked
+    ``img.info["truncated"] = True``; ``allow_truncated=False`` refuses it instead. Anything
+    else unreadable (empty, not an image, a decompression bomb) raises ``ImageDecodeError``.
     """
+    truncated = False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                    arr = np.asarray(img, dtype=np.float64)
-                    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                    img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-                elif img.mode == "F":
-                    arr = np.asarray(img, dtype=np.float64)
-                    img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), "L")
-                rgb = img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            MemoryError, EOFError, TypeError) as e:
+        try:
+            rgb = _decode(path)
+        except OSError as e:
+            # A file PIL can identify but not finish is truncated; one it cannot identify is not an image.
+            if not allow_truncated or isinstance(e, UnidentifiedImageError):
+                raise
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+            try:
+                rgb = _decode(path)
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+            truncated = True
+    except DECODE_ERRORS as e:
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
     if rgb.width < 1 or rgb.height < 1:
         raise ImageDecodeError("image has no pixels")
+    rgb.info["truncated"] = truncated
     return rgb
+
+
+def load_for_model(image, transform, rng=None, allow_truncated=True):
+    """(uint8 (3, H, W) tensor, truncated) for an image file or PIL image, the one rule every
+    scoring path applies: decode (``load_rgb``), ``transform``, then refuse an image with a side
+    under ``MIN_SIDE`` pixels (``ImageTooSmallError``), since the model reads 2x2 blocks.
+    ``transform`` None keeps the pixels as they are.
+    """
+    img = load_rgb(image, allow_truncated) if not isinstance(image, Image.Image) else image.convert("RGB")
+    truncated = bool(getattr(image, "info", None) and image.info.get("truncated")) or img.info.get("truncated", False)
+    x = transform(img, rng) if transform is not None else pil_to_uint8_tensor(img)
+    if min(x.shape[-2:]) < MIN_SIDE:
+        raise ImageTooSmallError(f"too small for the model: {x.shape[-1]}x{x.shape[-2]} pixels after the transform "
+                                 f"(NPR needs at least {MIN_SIDE}x{MIN_SIDE})")
+    return x, truncated
 
 
 def resize_square(img, size, interp="bilinear"):
@@ -121,6 +166,9 @@ def sample_continuous(values, rng):
 class TrainTransform:
     """resize -> [blur] -> [JPEG] -> random crop -> [flip], returning a uint8 (3, H, W) tensor.
 
+    With ``--no_resize`` (the authors' GenImage recipe) the resize is skipped: images keep
+    their pixels, and those smaller than the crop are tiled up to it before the random crop.
+
     ``augment`` is everything after the resize; the decoded-image cache (``--cache_dir``)
     stores resized images and calls it directly, so both paths give the same tensors for the
     same random stream.
@@ -128,6 +176,7 @@ class TrainTransform:
 
     def __init__(self, opt):
         self.load_size = opt.loadSize
+        self.resize = not getattr(opt, "no_resize", False)
         self.crop_size = opt.cropSize
         self.flip = not opt.no_flip
         self.interps = list(opt.rz_interp)
@@ -135,6 +184,8 @@ class TrainTransform:
         self.jpg_prob, self.jpg_method, self.jpg_qual = opt.jpg_prob, list(opt.jpg_method), list(opt.jpg_qual)
 
     def __call__(self, img, rng):
+        if not self.resize:
+            return self.augment(img, rng)
         interp = self.interps[0] if len(self.interps) == 1 else rng.choice(self.interps)
         return self.augment(resize_square(img, self.load_size, interp), rng)
 

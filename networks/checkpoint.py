@@ -4,7 +4,7 @@ Saving: one dict (model, optimizer, epoch, step, lr, options, RNG states), writt
 temporary file and renamed over the target, so a crash mid-write never leaves a broken file
 behind the name.
 
-Loading: any of the formats seen in the wild (SPEC section 4) -- a plain state dict
+Loading: any of the formats seen in the wild -- a plain state dict
 (``NPR.pth``), a dict with key ``model`` (or ``state_dict``), keys prefixed ``module.``
 (DataParallel) or ``_orig_mod.`` (torch.compile) -- always with ``weights_only=True``.
 """

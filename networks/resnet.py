@@ -1,6 +1,8 @@
 """The NPR detector: the NPR residual followed by a truncated ResNet-50.
 
-Everything the paper specifies about the network lives in this file (SPEC sections 2-3).
+Everything the paper (Tan et al., CVPR 2024) and the reference code
+(chuangchuangtan/NPR-DeepfakeDetection, ``networks/resnet.py``) specify about the network
+lives in this file.
 State-dict names match the authors' release, so the official ``NPR.pth`` loads with
 ``strict=True``.
 """
@@ -8,9 +10,6 @@ import torch
 import torch.nn as nn
 
 __all__ = ["npr_residual", "Bottleneck", "NPRResNet", "resnet50"]
-
-# Checkpoints trained with the reference depend on this constant (SPEC section 2).
-NPR_SCALE = 2.0 / 3.0
 
 
 def npr_residual(x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +68,7 @@ class Bottleneck(nn.Module):
 class NPRResNet(nn.Module):
     """NPR residual -> 3x3/2 stem -> layer1 -> layer2 -> global average pool -> ``fc1``.
 
-    Only the first two ResNet-50 stages exist (SPEC section 3): 1,437,761 parameters.
+    Only the first two ResNet-50 stages exist: 1,437,761 parameters.
     """
 
     def __init__(self, block=Bottleneck, layers=(3, 4), num_classes=1):
@@ -105,7 +104,12 @@ class NPRResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x):
-        x = self.conv1(npr_residual(x) * NPR_SCALE)
+        # The reference multiplies the residual by 2/3 before the first convolution (its
+        # checkpoints depend on that constant) and writes it ``NPR*2.0/3.0``: two roundings,
+        # ``(npr * 2.0) / 3.0``. ``npr * (2.0 / 3.0)`` differs in the last bit for some inputs,
+        # and Adam amplifies that into another model within a few steps, so keep this order
+        # (tests/test_train_parity.py).
+        x = self.conv1(npr_residual(x) * 2.0 / 3.0)
         x = self.maxpool(self.relu(self.bn1(x)))
         x = self.layer2(self.layer1(x))
         return self.fc1(torch.flatten(self.avgpool(x), 1))

@@ -1,4 +1,5 @@
-"""Command-line options: the reference's names and defaults (SPEC section 7), plus a few of ours.
+"""Command-line options: the names and defaults of the reference code
+(chuangchuangtan/NPR-DeepfakeDetection, ``options/*.py``), plus a few of ours.
 
 Only argparse lives here. Each script calls ``train_parser()`` / ``test_parser()`` and then
 ``check_*`` to turn invalid values into one readable line.
@@ -52,7 +53,11 @@ def add_common_options(p):
     g.add_argument("--mode", default="binary", choices=["binary"], help="dataset mode (binary 0_real / 1_fake)")
     g.add_argument("--arch", default="res50", choices=["res50"], help="network (NPR's truncated ResNet-50)")
     g.add_argument("--seed", type=int, default=100, help="random seed (the paper uses 100)")
-    g.add_argument("--strict_images", action="store_true", help="stop on the first unreadable image instead of skipping it")
+    g.add_argument("--strict_images", action="store_true",
+                   help="stop on the first unreadable or too small (< 2 px) image instead of skipping it")
+    g.add_argument("--skip_truncated", action="store_true",
+                   help="skip truncated image files; by default they are decoded as far as they go and scored, as the "
+                        "reference does (PIL LOAD_TRUNCATED_IMAGES), and counted in the 'truncated' column")
     return p
 
 
@@ -60,7 +65,11 @@ def add_speed_options(p):
     g = p.add_argument_group("speed")
     g.add_argument("--amp", action="store_true", help="float16 autocast on CUDA, with a gradient scaler when training (probabilities move by ~1e-3)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--no_channels_last", action="store_true", help="keep the contiguous memory format")
+    g.add_argument("--no_channels_last", action="store_true",
+                   help="evaluate in the contiguous memory format (same predictions to 1e-4, slower)")
+    g.add_argument("--tf32", action="store_true",
+                   help="let CUDA convolutions and matmuls use TF32 (faster on Ampere / Hopper; changes the numbers; "
+                        "off by default: the reference computed in float32)")
     g.add_argument("--no_fold_bn", action="store_true",
                    help="evaluate without folding BatchNorm into the convolutions (same predictions to 1e-6, slower)")
     return p
@@ -71,8 +80,9 @@ def train_parser():
     add_common_options(p)
     add_speed_options(p)
     g = p.add_argument_group("training")
-    g.add_argument("--earlystop_epoch", type=int, default=15,
-                   help="stop after this many epochs without val-AP improvement (0 disables)")
+    g.add_argument("--earlystop_epoch", type=int, default=0,
+                   help="stop after this many epochs without val-AP improvement; 0 (default) trains all --niter "
+                        "epochs, as the reference does (it parses this option but never uses it)")
     g.add_argument("--data_aug", action="store_true", help="kept for reference compatibility; use --blur_prob / --jpg_prob")
     g.add_argument("--optim", default="adam", choices=["adam", "sgd"], help="optimiser")
     g.add_argument("--new_optim", action="store_true", help="with --continue_train: start a fresh optimiser")
@@ -88,6 +98,15 @@ def train_parser():
     g.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
     g.add_argument("--lr", type=float, default=0.0001, help="initial learning rate")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on the CPU)")
+    g.add_argument("--exact", action="store_true",
+                   help="the reference's numerics on any device: cuDNN disabled and deterministic kernels, as its "
+                        "seed_torch does; no TF32, AMP, compile or channels-last (slow on a GPU)")
+    g.add_argument("--train_channels_last", action="store_true",
+                   help="train in the channels-last memory format (faster, but not step-for-step identical to the "
+                        "reference's training: see README, Differences from the reference)")
+    g.add_argument("--no_resize", action="store_true",
+                   help="train without resizing: images smaller than cropSize are tiled up, then randomly cropped "
+                        "(the authors' GenImage recipe)")
     g.add_argument("--cache_dir", default=None, help="decode the train split once into a uint8 cache here")
     g.add_argument("--rebuild", action="store_true", help="rebuild the mini benchmark before training")
     return p
@@ -98,7 +117,9 @@ def test_parser():
     add_common_options(p)
     add_speed_options(p)
     g = p.add_argument_group("evaluation")
-    g.add_argument("--model_path", default=None, help="checkpoint to evaluate (NPR.pth or one of ours)")
+    g.add_argument("--model_path", nargs="+", default=None,
+                   help="checkpoint(s) to evaluate (NPR.pth or ours); several (e.g. one per seed) add a table of "
+                        "mean and standard deviation across them")
     g.add_argument("--no_resize", action="store_true", help="override every suite: do not resize")
     g.add_argument("--no_crop", action="store_true", help="override every suite: do not crop")
     g.add_argument("--eval", action="store_true", help="kept for reference compatibility (always eval mode)")
@@ -170,6 +191,13 @@ def check_train(opt):
     check_common(opt)
     if opt.lr <= 0:
         raise UserError(f"--lr {opt.lr}: the learning rate must be positive")
+    if opt.exact:
+        clash = [f"--{k}" for k in ("amp", "compile", "tf32", "train_channels_last") if getattr(opt, k)]
+        if clash:
+            raise UserError(f"--exact computes as the reference does; drop {', '.join(clash)}")
+        opt.deterministic = True
+    if opt.no_resize and opt.cache_dir:
+        raise UserError("--cache_dir stores images resized to --loadSize; it cannot be used with --no_resize")
     if opt.niter < 1:
         raise UserError(f"--niter {opt.niter}: train for at least one epoch")
     if opt.delr_freq < 1:

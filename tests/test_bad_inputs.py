@@ -19,7 +19,8 @@ def png_bytes(arr, mode=None, **kw):
 
 
 def make_corpus(folder):
-    """name -> (bytes, decodable?)"""
+    """name -> (bytes, status): "ok" decodes, "bad" cannot be decoded, "truncated" decodes only
+    as far as it goes (scored by default, as the reference does)."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
     good_png, good_jpg = png_bytes(rgb), png_bytes(rgb, format="JPEG", quality=90)
@@ -31,17 +32,17 @@ def make_corpus(folder):
     i16 = io.BytesIO()
     Image.fromarray((rng.integers(0, 65536, (33, 31))).astype(np.uint16)).save(i16, format="PNG")
     corpus = {
-        "empty.png": (b"", False),
-        "trunc.png": (good_png[: len(good_png) // 2], False),
-        "trunc.jpg": (good_jpg[: len(good_jpg) // 2], False),
-        "text.jpg": (b"this is not an image at all", False),
-        "cmyk.jpg": (cmyk.getvalue(), True),
-        "palette.png": (pal.getvalue(), True),
-        "rgba.png": (png_bytes(rgba), True),
-        "grey.png": (png_bytes(rgb[:, :, 0]), True),
-        "sixteen.png": (i16.getvalue(), True),
-        "one.png": (png_bytes(rgb[:1, :1]), True),
-        "odd.png": (png_bytes(rgb[:33, :27]), True),
+        "empty.png": (b"", "bad"),
+        "trunc.png": (good_png[: len(good_png) // 2], "truncated"),
+        "trunc.jpg": (good_jpg[: len(good_jpg) // 2], "truncated"),
+        "text.jpg": (b"this is not an image at all", "bad"),
+        "cmyk.jpg": (cmyk.getvalue(), "ok"),
+        "palette.png": (pal.getvalue(), "ok"),
+        "rgba.png": (png_bytes(rgba), "ok"),
+        "grey.png": (png_bytes(rgb[:, :, 0]), "ok"),
+        "sixteen.png": (i16.getvalue(), "ok"),
+        "one.png": (png_bytes(rgb[:1, :1]), "ok"),
+        "odd.png": (png_bytes(rgb[:33, :27]), "ok"),
     }
     os.makedirs(folder, exist_ok=True)
     for name, (data, _) in corpus.items():
@@ -52,14 +53,17 @@ def make_corpus(folder):
 
 def test_bad_image_corpus_decodes_or_raises_clearly(tmp_path):
     corpus = make_corpus(str(tmp_path))
-    for name, (_, ok) in corpus.items():
+    for name, (_, status) in corpus.items():
         path = str(tmp_path / name)
-        if ok:
-            img = load_rgb(path)
-            assert img.mode == "RGB" and img.width >= 1
-        else:
+        if status == "bad":
             with pytest.raises(ImageDecodeError):
                 load_rgb(path)
+            continue
+        img = load_rgb(path)
+        assert img.mode == "RGB" and img.width >= 1 and img.info["truncated"] == (status == "truncated")
+        if status == "truncated":
+            with pytest.raises(ImageDecodeError, match="truncated"):
+                load_rgb(path, allow_truncated=False)
     sixteen = np.asarray(load_rgb(str(tmp_path / "sixteen.png")))
     assert sixteen.std() > 20  # scaled to 8 bits, not clipped to white
 
@@ -77,14 +81,22 @@ def test_loader_skips_counts_and_strict_mode(tmp_path, caplog):
     os.makedirs(tmp_path / "leaf" / "0_real")
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "leaf" / "0_real" / "ok.png")
     samples = make_samples(str(tmp_path / "leaf"))
-    for transform in (EvalTransform(32, 24, resize=True, crop=True), EvalTransform(32, 24, resize=False, crop=False),
-                      EvalTransform(32, 24, resize=False, crop=True)):
-        batches = list(make_eval_loader(samples, transform, batch_size=4))
-        scored = sum(len(b.labels) for b in batches)
-        skipped = sum(len(b.skipped) for b in batches)
-        n_bad = sum(1 for _, ok in corpus.values() if not ok)
-        assert skipped == n_bad and scored == len(samples) - n_bad
-    assert "skipping unreadable image" in caplog.text
+    n_bad = sum(1 for _, status in corpus.values() if status == "bad")
+    n_trunc = sum(1 for _, status in corpus.values() if status == "truncated")
+    # (transform, images too small for the model after it): without resize or crop, one.png stays 1x1.
+    for transform, n_small in ((EvalTransform(32, 24, resize=True, crop=True), 0),
+                               (EvalTransform(32, 24, resize=False, crop=False), 1),
+                               (EvalTransform(32, 24, resize=False, crop=True), 0)):
+        for skip_truncated in (False, True):
+            batches = list(make_eval_loader(samples, transform, batch_size=4, skip_truncated=skip_truncated))
+            scored = sum(len(b.labels) for b in batches)
+            skipped = sum(len(b.skipped) for b in batches)
+            truncated = sum(len(b.truncated) for b in batches)
+            n_out = n_bad + n_small + (n_trunc if skip_truncated else 0)
+            assert skipped == n_out and scored == len(samples) - n_out
+            assert truncated == (0 if skip_truncated else n_trunc)
+    assert "skipping image" in caplog.text and "too small for the model: 1x1" in caplog.text
+    assert "is truncated" in caplog.text
     ds = BinaryImageDataset(samples, EvalTransform(32, 24), strict=True)
     with pytest.raises(UnreadableImageError, match="--strict_images"):
         for i in range(len(ds)):
@@ -108,7 +120,7 @@ def test_loading_path_never_raises(tmp_path, payload):
     path = tmp_path / "x.png"
     path.write_bytes(data)
     ds = BinaryImageDataset([(str(path), 1)], EvalTransform(16, 8, resize=False, crop=True))
-    img, label, idx = ds[0]
+    img, label, idx, _ = ds[0]
     assert img is None or (img.shape == (3, 8, 8) and img.dtype == torch.uint8)
 
 
@@ -126,7 +138,7 @@ def test_strict_images_one_line_error_from_worker(tmp_path):
     r = subprocess.run(base + ["--strict_images"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "broken.png" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = subprocess.run(base, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "skipping unreadable image" in r.stdout + r.stderr
+    assert r.returncode == 0 and "skipping image" in r.stdout + r.stderr
     import json
     row = json.load(open(tmp_path / "r" / "results.json"))["results"][0]
     assert row["n_scored"] == 6 and row["n_skipped"] == 1

@@ -104,8 +104,8 @@ def test_cached_samples_equal_decoded_samples(tiny_dataset, tmp_path, extra):
     decoded = BinaryImageDataset(samples, transform)
     for index in range(len(samples)):
         for seed in (0, 7, 12345):
-            a, la, _ = cached[(index, seed)]
-            b, lb, _ = decoded[(index, seed)]
+            a, la, *_ = cached[(index, seed)]
+            b, lb, *_ = decoded[(index, seed)]
             assert la == lb and a.dtype == torch.uint8 and a.shape == (3, 24, 24)
             assert torch.equal(a, b), (index, seed)
 
@@ -141,7 +141,7 @@ def test_cache_build_resumes_and_skips_unreadable(tiny_dataset, tmp_path, monkey
     assert state[bad_index] == UNREADABLE and (np.delete(state, bad_index) == 1).all()
     ds = cache.dataset(transform)
     assert ds[(bad_index, 0)][0] is None
-    img, _, _ = ds[(0, 3)]
+    img, *_ = ds[(0, 3)]
     assert torch.equal(img, BinaryImageDataset(samples, transform)[(0, 3)][0])
 
 
