@@ -133,12 +133,27 @@ def center_crop(img, size):
 
 
 def gaussian_blur(img, sigma):
-    """Gaussian blur of each channel (the reference's scipy ``gaussian_filter``)."""
+    """Gaussian blur of each channel, rounded to uint8 (the robustness sweep's ``blur``)."""
     from scipy.ndimage import gaussian_filter
 
     arr = np.asarray(img).astype(np.float32)
     out = gaussian_filter(arr, sigma=(sigma, sigma, 0))
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def reference_blur(img, sigma):
+    """Gaussian blur as the CNNDetection code that the reference's blur option comes from:
+    scipy's ``gaussian_filter`` per channel, written in place into the uint8 image.
+
+    In place on uint8 matters: scipy filters one axis after the other, and each pass is cast
+    (truncated) to uint8 before the next reads it, so the result is not a rounded float blur.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    arr = np.array(img, dtype=np.uint8, copy=True)
+    for c in range(arr.shape[2]):
+        gaussian_filter(arr[:, :, c], output=arr[:, :, c], sigma=sigma)
+    return Image.fromarray(arr)
 
 
 def jpeg_compress(img, quality, method="pil"):
@@ -192,7 +207,7 @@ class TrainTransform:
     def augment(self, img, rng):
         """Blur / JPEG / crop / flip of an already resized image (PIL or H x W x 3 uint8 array)."""
         if self.blur_prob > 0 and rng.random() < self.blur_prob:
-            img = gaussian_blur(img, sample_continuous(self.blur_sig, rng))
+            img = reference_blur(img, sample_continuous(self.blur_sig, rng))
         if self.jpg_prob > 0 and rng.random() < self.jpg_prob:
             img = jpeg_compress(as_pil(img), rng.choice(self.jpg_qual), rng.choice(self.jpg_method))
         arr = np.asarray(img)
