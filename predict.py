@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from data.discovery import IMG_EXTENSIONS, list_images
-from data.transforms import EvalTransform, ImageDecodeError, load_rgb, normalize_batch, pil_to_uint8_tensor
+from data.transforms import EvalTransform, ImageDecodeError, ImageTooSmallError, load_for_model, normalize_batch
 from networks import load_detector, npr_residual
 from options import OneLineErrorParser
 from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
@@ -36,6 +36,10 @@ def get_args_parser():
     p.add_argument("--output", default="results/predictions", help="writes <output>.csv and <output>.json")
     p.add_argument("--visualize", default=None, help="folder for one PNG per image: image, NPR residual, probability")
     p.add_argument("--gpu_ids", default="0", help="CUDA device id; -1 for the CPU")
+    p.add_argument("--strict_images", action="store_true",
+                   help="stop on the first unreadable or too small (< 2 px) image instead of skipping it")
+    p.add_argument("--skip_truncated", action="store_true",
+                   help="skip truncated files instead of scoring them as far as they decode (the reference's way)")
     return p
 
 
@@ -94,18 +98,24 @@ def main(argv=None):
     rows = []
     for i, path in enumerate(tqdm(paths, desc="scoring", unit="img", disable=None)):
         try:
-            img = load_rgb(path)
+            pixels, truncated = load_for_model(path, transform, allow_truncated=not args.skip_truncated)
         except ImageDecodeError as e:
-            log.warning("skipping unreadable image %s (%s)", path, e)
-            rows.append({"path": path, "prob_fake": None, "verdict": "unreadable"})
+            if args.strict_images:
+                raise UserError(f"cannot use image '{path}' ({e}); remove it or drop --strict_images")
+            log.warning("skipping image %s (%s)", path, e)
+            verdict = "too small" if isinstance(e, ImageTooSmallError) else "unreadable"
+            rows.append({"path": path, "prob_fake": None, "verdict": verdict, "truncated": False})
             continue
-        x = normalize_batch(transform(img).unsqueeze(0)).to(device)
+        if truncated:
+            log.warning("image %s is truncated: scored as far as it decodes (--skip_truncated skips it)", path)
+        x = normalize_batch(pixels.unsqueeze(0)).to(device)
         with torch.inference_mode():
             prob = torch.sigmoid(model(x)).item()
-        rows.append({"path": path, "prob_fake": prob, "verdict": "fake" if prob > args.threshold else "real"})
+        rows.append({"path": path, "prob_fake": prob, "verdict": "fake" if prob > args.threshold else "real",
+                     "truncated": truncated})
         if args.visualize:
             import matplotlib.pyplot as plt
-            shown = transform(img).permute(1, 2, 0).numpy()
+            shown = pixels.permute(1, 2, 0).numpy()
             fig = residual_figure(shown, npr_residual(x.cpu()), prob, args.threshold, path)
             # numbered, since files in different folders often share a name
             out = os.path.join(args.visualize, f"{i:04d}_{os.path.splitext(os.path.basename(path))[0]}_npr.png")
@@ -118,12 +128,15 @@ def main(argv=None):
         print(f"{r['path'].ljust(width)}  {p}  {r['verdict']}")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "prob_fake", "verdict"])
+        w = csv.DictWriter(f, fieldnames=["path", "prob_fake", "verdict", "truncated"])
         w.writeheader()
         w.writerows(rows)
     with open(args.output + ".json", "w") as f:
         json.dump({"model_path": args.model_path, "threshold": args.threshold, "resize": args.resize,
                    "predictions": rows}, f, indent=1)
+    scored = sum(r["prob_fake"] is not None for r in rows)
+    print(f"{scored} images scored ({sum(r['truncated'] for r in rows)} of them truncated), "
+          f"{len(rows) - scored} skipped (unreadable or too small)")
     print(f"Wrote {args.output}.csv and {args.output}.json" +
           (f"; figures in {args.visualize}" if args.visualize else ""))
     return 0

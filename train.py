@@ -189,7 +189,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, sa
     channels_last = opt.train_channels_last
     use_amp = opt.amp and device.type == "cuda"
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if rank == 0 else True)
+    skipped = 0
     for batch in bar:
+        skipped += len(batch.skipped)
         if len(batch.labels) == 0:
             if world > 1:  # every rank must take every step together
                 raise UserError("every image of one batch was unreadable; under torchrun remove the files named "
@@ -230,6 +232,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, sa
             raise StopRequested(stopper.signum or signal.SIGTERM)
         bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
+    return skipped
 
 
 def evaluate(model, samples, device, opt, rank=0, world=1):
@@ -239,14 +242,16 @@ def evaluate(model, samples, device, opt, rank=0, world=1):
     loader = make_eval_loader(samples[rank::world], transform, opt.batch_size, num_workers=opt_workers(opt, device),
                               device=device, strict=opt.strict_images, skip_truncated=opt.skip_truncated)
     eval_model = prepare_model(raw, device, channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn)
-    y_true, y_prob, _, _ = predict_loader(eval_model, loader, device, amp=opt.amp,
-                                       channels_last=not opt.no_channels_last)
+    y_true, y_prob, skipped, _ = predict_loader(eval_model, loader, device, amp=opt.amp,
+                                                channels_last=not opt.no_channels_last)
+    n_skipped = len(skipped)
     if world > 1:
         parts = [None] * world
-        dist.all_gather_object(parts, (y_true, y_prob))
+        dist.all_gather_object(parts, (y_true, y_prob, n_skipped))
         y_true = np.concatenate([p[0] for p in parts])
         y_prob = np.concatenate([p[1] for p in parts])
-    return compute_metrics(y_true, y_prob)
+        n_skipped = sum(p[2] for p in parts)
+    return dict(compute_metrics(y_true, y_prob), n_skipped=n_skipped)
 
 
 def test_after_training(model, opt, device):
@@ -353,8 +358,8 @@ def main(argv=None):
             progress["epoch"] = epoch
             sampler.set_epoch(epoch, start=progress["step_in_epoch"] * per_rank.batch_size)
             epoch_start = time.time()
-            train_one_epoch(train_model, loader, optimizer, loss_fn, device, per_rank, progress,
-                            lambda: save("latest"), stopper, writer, rank, world, scaler)
+            train_skipped = train_one_epoch(train_model, loader, optimizer, loss_fn, device, per_rank, progress,
+                                            lambda: save("latest"), stopper, writer, rank, world, scaler)
             if epoch % opt.delr_freq == 0 and epoch != 0:
                 for g in optimizer.param_groups:
                     g["lr"] *= LR_DECAY
@@ -363,6 +368,9 @@ def main(argv=None):
             model.train()
             log.info("(Val @ epoch %d) acc: %.4f; ap: %.4f; %d images; %.1fs", epoch, val["acc"], val["ap"],
                      val["n_real"] + val["n_fake"], time.time() - epoch_start)
+            if train_skipped or val["n_skipped"]:
+                log.info("Images skipped in epoch %d (named in the warnings above): %d in training (this process), "
+                         "%d in validation", epoch, train_skipped, val["n_skipped"])
             if writer is not None:
                 writer.add_scalar("val/acc", val["acc"], progress["total_steps"])
                 writer.add_scalar("val/ap", val["ap"], progress["total_steps"])

@@ -58,10 +58,12 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError:
+        # PyTorch's own message suggests weights_only=False, i.e. running the file's code: not repeated here.
         raise CheckpointError(f"refusing to load '{path}': it holds objects other than tensors and plain "
-                              f"containers, which could run code ({first[:200]})") from None
+                              "containers, and unpickling them could run code. If the file comes from a source "
+                              "you trust, re-save its weights there as a plain state dict "
+                              "(torch.save(model.state_dict(), 'weights.pth')) and load that file") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): "
                               f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None

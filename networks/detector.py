@@ -1,5 +1,6 @@
 """The detector interface used by notebooks and every script: load a checkpoint, score images."""
 import os
+import warnings
 
 import torch
 from PIL import Image
@@ -21,30 +22,29 @@ def load_detector(path, device=None):
 
 
 def _as_batch(images, transform):
-    from data.transforms import load_rgb, normalize_batch, pil_to_uint8_tensor
+    from data.transforms import normalize_batch
 
     if torch.is_tensor(images):
         x = images if images.dim() == 4 else images.unsqueeze(0)
         return x if x.is_floating_point() else normalize_batch(x)
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        images = [images]
-    tensors = []
-    for im in images:
-        im = load_rgb(im) if isinstance(im, (str, os.PathLike)) else im.convert("RGB")
-        tensors.append(transform(im) if transform is not None else pil_to_uint8_tensor(im))
-    return normalize_batch(torch.stack(tensors))
+    raise TypeError(f"expected a tensor batch, got {type(images).__name__}")
 
 
 @torch.inference_mode()
-def predict_proba(model, images, transform=None, batch_size=32):
+def predict_proba(model, images, transform=None, batch_size=32, strict=False):
     """Fake-probabilities (sigmoid of the logit) for PIL images, file paths or tensors.
 
     * paths / PIL images go through ``transform`` (a ``data.transforms.EvalTransform``; by
-      default none, i.e. the pixels as they are -- NPR reads pixel-level traces); images of
-      different sizes are scored one by one.
+      default none, i.e. the pixels as they are -- NPR reads pixel-level traces) and are
+      scored one by one (sizes may differ). An image that cannot be used -- unreadable, or
+      under 2x2 pixels after the transform -- gets NaN and one warning naming it
+      (``strict=True`` raises instead); truncated files are scored as far as they decode,
+      as the reference does.
     * a uint8 tensor (N, 3, H, W) is normalised; a float tensor is taken as already normalised.
     Returns a 1-D float tensor on the CPU.
     """
+    from data.transforms import ImageDecodeError, load_for_model, normalize_batch
+
     device = next(model.parameters()).device
     if torch.is_tensor(images):
         x = _as_batch(images, transform)
@@ -52,5 +52,17 @@ def predict_proba(model, images, transform=None, batch_size=32):
                           for i in range(0, len(x), batch_size)])
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
-    return torch.cat([torch.sigmoid(model(_as_batch(im, transform).to(device)).float()).flatten().cpu()
-                      for im in images])
+    probs = []
+    for im in images:
+        try:
+            pixels, _ = load_for_model(im, transform)
+        except ImageDecodeError as e:
+            name = im if isinstance(im, (str, os.PathLike)) else f"PIL image {getattr(im, 'size', '')}"
+            if strict:
+                raise ValueError(f"cannot use image {name}: {e}") from None
+            warnings.warn(f"predict_proba: image {name} gets NaN ({e})", stacklevel=2)
+            probs.append(torch.tensor([float("nan")]))
+            continue
+        x = normalize_batch(pixels.unsqueeze(0)).to(device)
+        probs.append(torch.sigmoid(model(x).float()).flatten().cpu())
+    return torch.cat(probs) if probs else torch.zeros(0)

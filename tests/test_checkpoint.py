@@ -69,9 +69,11 @@ def test_malicious_pickle_is_refused(tmp_path):
         os.remove(marker)
     path = str(tmp_path / "evil.pth")
     torch.save({"model": Evil()}, path)
-    with pytest.raises(CheckpointError, match="refusing"):
+    with pytest.raises(CheckpointError, match="refusing") as err:
         load_checkpoint(path)
     assert not os.path.exists(marker)
+    # The advice is the safe one; PyTorch's own hint (weights_only=False) would run the file's code.
+    assert "weights_only" not in str(err.value) and "plain state dict" in str(err.value)
 
 
 def test_corrupt_and_missing_files(tmp_path):
