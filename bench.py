@@ -306,6 +306,45 @@ def isolated(fn, *args):
     return value
 
 
+def train_agreement(device="cpu"):
+    """How far each training variant lands from the reference's loop after the same 9 steps.
+
+    Runs ``train.main`` (default, ``--train_channels_last``) on the small set of
+    ``tests/test_train_parity.py`` and the transcription of the reference loop kept there, over
+    the same batches; prints the first step whose loss differs and the largest weight difference.
+    """
+    import tempfile
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
+    import test_train_parity as parity
+    import train
+
+    root = os.path.join(tempfile.mkdtemp(prefix="npr-agreement-"), "data")
+    parity.write_images(root)
+    ref_losses, ref_state, _ = parity.reference_training(root)
+    rows = []
+    for variant, extra in (("default", []), ("channels_last", ["--train_channels_last"])):
+        losses, build_loss = [], train.build_loss
+        train.build_loss = lambda: parity.RecordingLoss(build_loss(), losses)
+        try:
+            train.main(["--dataroot", root, "--classes", ",".join(parity.CLASSES), "--name", variant,
+                        "--checkpoints_dir", os.path.join(root, "ck"), "--batch_size", str(parity.BATCH),
+                        "--loadSize", str(parity.LOAD), "--cropSize", str(parity.CROP), "--niter", str(parity.EPOCHS),
+                        "--delr_freq", "1", "--lr", str(parity.LR), "--gpu_ids", "-1" if device == "cpu" else "0",
+                        "--num_threads", "0"] + extra)
+        finally:
+            train.build_loss = build_loss
+        state = torch.load(os.path.join(root, "ck", variant, "model_epoch_last.pth"), weights_only=True)["model"]
+        first = next((i for i, (a, b) in enumerate(zip(losses, ref_losses)) if a != b), None)
+        rows.append({"variant": variant, "steps": len(losses), "first_differing_step": "none" if first is None else first,
+                     "max_loss_diff": max(abs(a - b) for a, b in zip(losses, ref_losses)),
+                     "max_weight_diff": max((state[k].float() - ref_state[k].float()).abs().max().item()
+                                            for k in state if state[k].is_floating_point())})
+    print(format_table(rows, [("variant", "training"), ("steps", "steps"), ("first_differing_step", "first differing step"),
+                              ("max_loss_diff", "max |loss diff|"), ("max_weight_diff", "max |weight diff|")],
+                       floatfmt="{:.3g}"))
+    return rows
+
+
 # ----------------------------------------------------------------------------- main
 
 def get_args_parser():
@@ -322,11 +361,16 @@ def get_args_parser():
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     p.add_argument("--quick", action="store_true", help="short smoke run: tiny folders, 1 s per measurement")
     p.add_argument("--output", default="results/bench", help="folder for bench.json")
+    p.add_argument("--agreement", action="store_true",
+                   help="only compare the training variants with the reference's loop, step for step (CPU, seconds)")
     return p
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.agreement:
+        train_agreement()
+        return 0
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else \
         [d.strip() for d in args.devices.split(",")]
     if "cuda" in devices and not torch.cuda.is_available():

@@ -221,3 +221,19 @@ def test_bench_pieces_run_and_summarize(tmp_path):
             "train_efficiency", "train_efficiency_cache"} <= set(s)
     assert "images/s" in bench.report(rows, bench.summarize(rows), {"torch": "x", "cpu_count": 2, "torch_threads": 2,
                                                                       "cuda": None, "workers": {}})
+
+
+def test_size_buckets_give_the_reference_batch_size_1_predictions(tmp_path):
+    """Mixed-size suites run in size buckets; the reference needs batch size 1 there. In eval
+    mode an image's score does not depend on its batch-mates, up to float rounding (kernels
+    differ with the batch size; 7e-5 seen here)."""
+    write_leaf(str(tmp_path / "d" / "a"), 3, 3, size=(32, 32), seed=4)
+    write_leaf(str(tmp_path / "d" / "b"), 3, 3, size=(40, 26), seed=5)
+    model = randomized_model(2)
+    x = torch.randn(4, 3, 32, 32)
+    model = calibrate(model, x)
+    runs = [evaluate_folder(prepare_model(model, torch.device("cpu"), channels_last=False, fold_bn=False),
+                            str(tmp_path / "d"), torch.device("cpu"), batch_size=b, resize=False, crop=False,
+                            channels_last=False) for b in (1, 8)]
+    assert runs[0]["y_true"].tolist() == runs[1]["y_true"].tolist()
+    assert np.abs(runs[0]["y_prob"] - runs[1]["y_prob"]).max() <= 1e-4

@@ -58,7 +58,7 @@ def test_predict_table_files_and_visualisation(tmp_path, checkpoint):
             "--model_path", checkpoint, "--output", out, "--visualize", str(tmp_path / "vis"), "--gpu_ids", "-1")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out + ".csv")))
-    assert len(rows) == 5 and set(rows[0]) == {"path", "prob_fake", "verdict"}
+    assert len(rows) == 5 and set(rows[0]) == {"path", "prob_fake", "verdict", "truncated"}
     assert sum(r["verdict"] == "unreadable" for r in rows) == 1
     assert all(0 <= float(r["prob_fake"]) <= 1 for r in rows if r["prob_fake"])
     assert len(json.load(open(out + ".json"))["predictions"]) == 5
