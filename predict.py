@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from data.discovery import IMG_EXTENSIONS, list_images
 from data.transforms import EvalTransform, ImageDecodeError, ImageTooSmallError, load_for_model, normalize_batch
-from networks import load_detector, npr_residual
-from options import OneLineErrorParser
+from networks import load_detector, npr_residual, predict_proba
+from options import OneLineErrorParser, add_threshold_options, check_threshold
 from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
-from validate import prepare_model
+from validate import prepare_model, threshold_at_fpr
 
 
 def get_args_parser():
@@ -30,7 +30,6 @@ def get_args_parser():
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model_path", default="checkpoints/npr-mini/model_epoch_last.pth", help="checkpoint")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability above which an image is called fake")
     p.add_argument("--resize", action="store_true", help="resize to --loadSize first (the reference's test-time resize)")
     p.add_argument("--loadSize", type=int, default=256, help="size for --resize")
     p.add_argument("--output", default="results/predictions", help="writes <output>.csv and <output>.json")
@@ -40,7 +39,25 @@ def get_args_parser():
                    help="stop on the first unreadable or too small (< 2 px) image instead of skipping it")
     p.add_argument("--skip_truncated", action="store_true",
                    help="skip truncated files instead of scoring them as far as they decode (the reference's way)")
+    add_threshold_options(p)
     return p
+
+
+def verdict_threshold(args, model, transform):
+    """(threshold, where it comes from): --calibrate_real, --threshold <p> / stored, else 0.5."""
+    if args.calibrate_real is not None:
+        reals = expand_inputs([args.calibrate_real])
+        probs = predict_proba(model, reals, transform).numpy()
+        probs = probs[~np.isnan(probs)]
+        t = threshold_at_fpr(probs, args.target_fpr)
+        return t, f"calibrated on {len(probs)} real images for a false-positive rate of {args.target_fpr:g}"
+    if isinstance(args.threshold, float):
+        return args.threshold, "given with --threshold"
+    if args.threshold == "stored":
+        if getattr(model, "threshold", None) is None:
+            raise UserError("--threshold stored: the checkpoint holds no threshold; give a number or --calibrate_real")
+        return float(model.threshold), "stored by train.py: best balanced accuracy on its validation split"
+    return 0.5, "the paper's rule"
 
 
 def expand_inputs(inputs):
@@ -84,15 +101,17 @@ def residual_figure(img, residual, prob, threshold, path):
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = check_threshold(get_args_parser().parse_args(argv))
     setup_logging()
     paths = expand_inputs(args.inputs)
     if not paths:
         raise UserError("no images found in the given inputs")
     device = select_device(args.gpu_ids)
     set_numerics()  # float32 on CUDA (no TF32), as the reference computed
-    model = prepare_model(load_detector(args.model_path, device=device), device)
+    model = prepare_model(load_detector(args.model_path, device=device, ema=args.ema), device)
     transform = EvalTransform(args.loadSize, args.loadSize, resize=args.resize, crop=False)
+    threshold, source = verdict_threshold(args, model, transform)
+    log.info("Verdict: fake when P(fake) > %.4f (%s)", threshold, source)
     if args.visualize:
         os.makedirs(args.visualize, exist_ok=True)
     rows = []
@@ -111,12 +130,12 @@ def main(argv=None):
         x = normalize_batch(pixels.unsqueeze(0)).to(device)
         with torch.inference_mode():
             prob = torch.sigmoid(model(x)).item()
-        rows.append({"path": path, "prob_fake": prob, "verdict": "fake" if prob > args.threshold else "real",
+        rows.append({"path": path, "prob_fake": prob, "verdict": "fake" if prob > threshold else "real",
                      "truncated": truncated})
         if args.visualize:
             import matplotlib.pyplot as plt
             shown = pixels.permute(1, 2, 0).numpy()
-            fig = residual_figure(shown, npr_residual(x.cpu()), prob, args.threshold, path)
+            fig = residual_figure(shown, npr_residual(x.cpu()), prob, threshold, path)
             # numbered, since files in different folders often share a name
             out = os.path.join(args.visualize, f"{i:04d}_{os.path.splitext(os.path.basename(path))[0]}_npr.png")
             fig.savefig(out, dpi=100)
@@ -132,7 +151,8 @@ def main(argv=None):
         w.writeheader()
         w.writerows(rows)
     with open(args.output + ".json", "w") as f:
-        json.dump({"model_path": args.model_path, "threshold": args.threshold, "resize": args.resize,
+        json.dump({"model_path": args.model_path, "ema": args.ema, "threshold": threshold, "threshold_source": source,
+                   "resize": args.resize,
                    "predictions": rows}, f, indent=1)
     scored = sum(r["prob_fake"] is not None for r in rows)
     print(f"{scored} images scored ({sum(r['truncated'] for r in rows)} of them truncated), "

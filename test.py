@@ -23,15 +23,15 @@ from data.benchmarks import SUITES, custom_suite, has_leaves, locate_suite, suit
 from networks import load_detector
 from options import MINI_ROOT, check_test, explicit_options, print_options, test_parser
 from util import UserError, ensure_writable_dir, format_table, log, run_cli, select_device, set_numerics, setup_logging
-from validate import (SUMMARY_METRICS, TABLE_COLUMNS, evaluate_suite, mean_row, prepare_model, suite_table,
-                      summarize_checkpoints)
+from validate import (SUMMARY_METRICS, TABLE_COLUMNS, evaluate_suite, mean_row, prepare_model, resolve_threshold,
+                      shown_columns, suite_table, summarize_checkpoints)
 
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.
 RESULT_FIELDS = ["suite", "generator", "acc", "ap", "r_acc", "f_acc", "auc", "best_acc", "best_threshold",
                  "n_real", "n_fake", "n_images", "n_scored", "n_skipped", "paper_acc", "paper_ap", "perturbation",
-                 "seconds", "folder", "n_truncated", "model_path"]
+                 "seconds", "folder", "n_truncated", "model_path", "threshold", "acc_t", "r_acc_t", "f_acc_t"]
 SUMMARY_FIELDS = (["suite", "generator", "perturbation", "n_checkpoints"] +
                   [f"{k}_{stat}" for k in SUMMARY_METRICS for stat in ("mean", "sd")] + ["paper_acc", "paper_ap"])
 
@@ -113,15 +113,20 @@ def summary_cell(row, key):
 
 
 SUMMARY_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
-                   ("f_acc", "fake ACC"), ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
-                   ("n_checkpoints", "checkpoints")]
+                   ("f_acc", "fake ACC"), ("acc_t", "ACC@t"), ("r_acc_t", "real@t"), ("f_acc_t", "fake@t"),
+                   ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"), ("n_checkpoints", "checkpoints")]
+
+
+def summary_columns(rows):
+    return SUMMARY_COLUMNS if any(r.get("acc_t_mean") is not None for r in rows) else \
+        shown_columns([], SUMMARY_COLUMNS)
 
 
 def summary_table(rows):
     """Text table of ``summarize_checkpoints`` rows: mean ± sd per generator."""
-    shown = [{k: (summary_cell(r, k) if k in SUMMARY_METRICS else r.get(k)) for k, _ in SUMMARY_COLUMNS}
-             for r in rows]
-    return format_table(shown, SUMMARY_COLUMNS)
+    columns = summary_columns(rows)
+    shown = [{k: (summary_cell(r, k) if k in SUMMARY_METRICS else r.get(k)) for k, _ in columns} for r in rows]
+    return format_table(shown, columns)
 
 
 def markdown_table(rows, columns, cell):
@@ -139,7 +144,7 @@ def groups(rows):
         yield pert, suite, [r for r in rows if r["suite"] == suite and r.get("perturbation", "none") == pert]
 
 
-def write_results(rows, opt, results_dir, figures=(), summary=()):
+def write_results(rows, opt, results_dir, figures=(), summary=(), thresholds=None):
     """results.csv, results.json and the report results.md in ``results_dir`` (plus summary.csv
     with several checkpoints); returns their paths.
 
@@ -160,27 +165,38 @@ def write_results(rows, opt, results_dir, figures=(), summary=()):
             w.writeheader()
             w.writerows(summary)
     hashes = {p: sha256_of(p) for p in opt.model_path}
-    meta = {"model_path": opt.model_path, "model_sha256": hashes, "dataroot": opt.dataroot,
+    thresholds = thresholds or {}
+    meta = {"model_path": opt.model_path, "model_sha256": hashes, "dataroot": opt.dataroot, "ema": opt.ema,
+            "thresholds": {p: {"threshold": t, "source": src} for p, (t, src) in thresholds.items()},
             "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn; summary: mean and sample standard "
                        "deviation (ddof=1) across checkpoints"}
     with open(paths["json"], "w") as f:
         json.dump({"meta": meta, "results": flat, "summary": list(summary)}, f, indent=1)
     with open(paths["md"], "w") as f:
-        f.write("# NPR results\n\n" + "".join(f"Checkpoint: `{p}` (SHA-256 `{h}`)  \n" for p, h in hashes.items()) +
-                f"Data: `{opt.dataroot}`  \nRun: {meta['time']}  \nMetrics in %.\n")
+        f.write("# NPR results\n\n" + "".join(f"Checkpoint: `{p}` (SHA-256 `{h}`)" + (" (moving-average weights)" if
+                                                opt.ema else "") + "  \n" for p, h in hashes.items()) +
+                f"Data: `{opt.dataroot}`  \nRun: {meta['time']}  \nMetrics in %. ACC, real ACC and fake ACC call "
+                "an image fake when its probability is above 0.5 (the paper's rule)")
+        used = {p: v for p, v in thresholds.items() if v[0] is not None}
+        if used:
+            f.write("; ACC@t, real@t and fake@t use the threshold t of each checkpoint:\n\n" +
+                    "".join(f"- `{p}`: t = {t:.4f}, {src}\n" for p, (t, src) in used.items()))
+        else:
+            f.write(".\n")
         if summary:
             f.write(f"\n# Mean ± standard deviation over {len(opt.model_path)} checkpoints\n")
             for pert, suite, srows in groups(summary):
                 title = suite if pert == "none" else f"{suite}, perturbation {pert}"
                 f.write(f"\n## {title}\n\n" + markdown_table(
-                    srows, SUMMARY_COLUMNS, lambda r, k: summary_cell(r, k) if k in SUMMARY_METRICS else r.get(k)))
+                    srows, summary_columns(srows), lambda r, k: summary_cell(r, k) if k in SUMMARY_METRICS else r.get(k)))
         for path in opt.model_path:
             if len(opt.model_path) > 1:
                 f.write(f"\n# Checkpoint `{path}`\n")
             for pert, suite, srows in groups([r for r in rows if r.get("model_path") == path]):
                 title = suite if pert == "none" else f"{suite}, perturbation {pert}"
-                f.write(f"\n## {title}\n\n" + markdown_table(srows, TABLE_COLUMNS, lambda r, k: r.get(k)))
+                f.write(f"\n## {title}\n\n" + markdown_table(srows, shown_columns(srows, TABLE_COLUMNS),
+                                                               lambda r, k: r.get(k)))
         if figures:
             f.write("\n## Figures\n\n" + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n\n"
                                                     for p in figures))
@@ -189,15 +205,18 @@ def write_results(rows, opt, results_dir, figures=(), summary=()):
 
 
 def evaluate_checkpoint(model_path, suites, settings, opt, device):
-    """Result rows (with each suite's Mean row) of one checkpoint over every suite and perturbation."""
-    model = prepare_model(load_detector(model_path, device=device), device,
+    """(result rows with each suite's Mean row, (threshold, its source)) of one checkpoint over
+    every suite and perturbation."""
+    model = prepare_model(load_detector(model_path, device=device, ema=opt.ema), device,
                           channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn,
                           compile_model=opt.compile)
-    log.info("Checkpoint %s on %s", model_path, device)
+    threshold, source = resolve_threshold(opt, model, device)
+    log.info("Checkpoint %s%s on %s%s", model_path, " (moving-average weights)" if opt.ema else "", device,
+             f"; threshold for ACC@t: {threshold:.4f} ({source})" if threshold is not None else "")
     out = []
     for perturb in settings:
         for suite, path in suites:
-            rows, absent = evaluate_suite(model, suite, path, device, opt, perturb=perturb)
+            rows, absent = evaluate_suite(model, suite, path, device, opt, perturb=perturb, threshold=threshold)
             if absent and perturb is None:
                 log.info("%s: generators not found under %s (skipped): %s", suite.name, path, ", ".join(absent))
             if not rows:
@@ -211,7 +230,8 @@ def evaluate_checkpoint(model_path, suites, settings, opt, device):
             out += rows + [mean_row(rows, suite.name)]
     for r in out:
         r["model_path"] = model_path
-    return out
+        r["threshold"] = threshold
+    return out, (threshold, source)
 
 
 def main(argv=None):
@@ -230,9 +250,10 @@ def main(argv=None):
                         f"{', '.join(s.dirs[0] for s in SUITES[:3])}, or generator folders with 0_real/1_fake")
     device = select_device(opt.gpu_ids)
     settings = [None] + [p for p in parse_perturbations(opt.perturb) if p.steps] if opt.perturb else [None]
-    all_rows = []
+    all_rows, thresholds = [], {}
     for model_path in opt.model_path:
-        all_rows += evaluate_checkpoint(model_path, suites, settings, opt, device)
+        rows, thresholds[model_path] = evaluate_checkpoint(model_path, suites, settings, opt, device)
+        all_rows += rows
     if not all_rows:
         raise UserError("no generator folders found in the selected suites; nothing was evaluated")
     summary = summarize_checkpoints(all_rows) if len(opt.model_path) > 1 else []
@@ -245,7 +266,7 @@ def main(argv=None):
         first = [r for r in all_rows if r["generator"] != "Mean" and r["model_path"] == opt.model_path[0]]
         figures = make_figures(first, opt.results_dir)
         log.info("Figures (of %s): %s", opt.model_path[0], ", ".join(figures))
-    paths = write_results(all_rows, opt, opt.results_dir, figures, summary)
+    paths = write_results(all_rows, opt, opt.results_dir, figures, summary, thresholds)
     with open(os.path.join(opt.results_dir, "opt.txt"), "w") as f:
         print_options(opt, file=f)
     log.info("Results written to %s", ", ".join(paths.values()))

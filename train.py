@@ -33,7 +33,7 @@ from networks.checkpoint import load_state_dict_strict
 from options import MINI_ROOT, check_train, explicit_options, print_options, train_parser
 from util import (AMP_DTYPE, UserError, ensure_writable_dir, log, run_cli, seed_everything, select_device,
                   set_numerics, setup_logging)
-from validate import compute_metrics, evaluate_suite, predict_loader, prepare_model, suite_table
+from validate import balanced_threshold, compute_metrics, evaluate_suite, predict_loader, prepare_model, suite_table
 
 LR_DECAY = 0.9  # the reference's networks/trainer.py: lr *= 0.9 after every delr_freq epochs
 
@@ -144,10 +144,17 @@ def set_rng_state(state):
     random.setstate((3, tuple(state["python"]), None))
 
 
-def checkpoint_state(model, optimizer, opt, progress, scaler=None):
-    """The one dict that resuming, evaluation and notebooks read."""
-    raw = model.module if hasattr(model, "module") else model
-    raw = getattr(raw, "_orig_mod", raw)
+def unwrap(model):
+    """The plain model inside a DistributedDataParallel and/or torch.compile wrapper."""
+    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def checkpoint_state(model, optimizer, opt, progress, scaler=None, ema=None):
+    """The one dict that resuming, evaluation and notebooks read. ``threshold`` is the decision
+    threshold with the best balanced accuracy on the last validation (``threshold_ema`` for the
+    moving-average weights ``model_ema``); the scripts show ACC at it beside ACC at 0.5."""
+    raw = unwrap(model)
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opt).items()
                if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
     return {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
@@ -155,7 +162,10 @@ def checkpoint_state(model, optimizer, opt, progress, scaler=None):
             "total_steps": progress["total_steps"], "lr": optimizer.param_groups[0]["lr"],
             "best_ap": progress["best_ap"], "epochs_no_improve": progress["epochs_no_improve"],
             "opt": options, "rng": rng_state(), "arch": "npr_resnet50",
-            "scaler": scaler.state_dict() if scaler is not None else None}
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "threshold": progress.get("threshold"), "threshold_ema": progress.get("threshold_ema"),
+            "model_ema": ema.module.state_dict() if ema is not None else None,
+            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0}
 
 
 def build_loss():
@@ -182,8 +192,15 @@ def sync_step(loss, stopper, world):
     return flags[0].item() / world, flags[1].item() > 0
 
 
+def build_ema(model, decay):
+    """torch's ``AveragedModel`` with an exponential moving average of the parameters and of the
+    BatchNorm buffers (``use_buffers``), updated after every optimiser step."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, save_latest, stopper,
-                    writer=None, rank=0, world=1, scaler=None):
+                    writer=None, rank=0, world=1, scaler=None, ema=None):
     model.train()
     epoch = progress["epoch"]
     channels_last = opt.train_channels_last
@@ -217,6 +234,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, sa
         else:
             loss.backward()
             optimizer.step()
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
         progress["total_steps"] += 1
         progress["step_in_epoch"] += 1
         step = progress["total_steps"]
@@ -237,7 +256,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, sa
 
 def evaluate(model, samples, device, opt, rank=0, world=1):
     """Val metrics (resize loadSize + centre crop cropSize); under DDP each rank scores a shard."""
-    raw = model.module if hasattr(model, "module") else model
+    raw = unwrap(model)
     transform = EvalTransform(opt.loadSize, opt.cropSize, resize=True, crop=True, interp=opt.rz_interp[0])
     loader = make_eval_loader(samples[rank::world], transform, opt.batch_size, num_workers=opt_workers(opt, device),
                               device=device, strict=opt.strict_images, skip_truncated=opt.skip_truncated)
@@ -251,7 +270,7 @@ def evaluate(model, samples, device, opt, rank=0, world=1):
         y_true = np.concatenate([p[0] for p in parts])
         y_prob = np.concatenate([p[1] for p in parts])
         n_skipped = sum(p[2] for p in parts)
-    return dict(compute_metrics(y_true, y_prob), n_skipped=n_skipped)
+    return dict(compute_metrics(y_true, y_prob), n_skipped=n_skipped, threshold=balanced_threshold(y_true, y_prob))
 
 
 def test_after_training(model, opt, device):
@@ -260,7 +279,7 @@ def test_after_training(model, opt, device):
     if not os.path.isdir(test_dir):
         return None
     suite = suite_by_name("NPR-mini" if opt.mini else "ForenSynths")
-    raw = model.module if hasattr(model, "module") else model
+    raw = unwrap(model)
     test_opt = argparse.Namespace(**dict(vars(opt), no_resize=False, no_crop=False))
     eval_model = prepare_model(raw, device, channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn)
     rows, missing = evaluate_suite(eval_model, suite, test_dir, device, test_opt)
@@ -307,7 +326,9 @@ def main(argv=None):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, opt)
     scaler = torch.amp.GradScaler("cuda") if opt.amp and device.type == "cuda" else None
-    progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0, "best_ap": -1.0, "epochs_no_improve": 0}
+    progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0, "best_ap": -1.0, "epochs_no_improve": 0,
+                "threshold": None, "threshold_ema": None}
+    ema = build_ema(model, opt.ema) if opt.ema else None
 
     if opt.continue_train:
         path = checkpoint_path(opt, opt.epoch)
@@ -325,6 +346,9 @@ def main(argv=None):
         set_rng_state(ckpt["rng"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("model_ema"):
+            ema.module.load_state_dict(ckpt["model_ema"])
+            ema.n_averaged.fill_(ckpt["ema_n_averaged"])
         log.info("Resuming from %s: epoch %d, step %d of the epoch, %d steps in all, lr %.3g",
                  path, progress["epoch"], progress["step_in_epoch"], progress["total_steps"],
                  optimizer.param_groups[0]["lr"])
@@ -348,7 +372,7 @@ def main(argv=None):
 
     def save(which):
         if rank == 0:
-            save_checkpoint(checkpoint_state(model, optimizer, opt, progress, scaler), checkpoint_path(opt, which))
+            save_checkpoint(checkpoint_state(model, optimizer, opt, progress, scaler, ema), checkpoint_path(opt, which))
 
     stopper = GracefulStop()
     stopper.install()
@@ -359,12 +383,17 @@ def main(argv=None):
             sampler.set_epoch(epoch, start=progress["step_in_epoch"] * per_rank.batch_size)
             epoch_start = time.time()
             train_skipped = train_one_epoch(train_model, loader, optimizer, loss_fn, device, per_rank, progress,
-                                            lambda: save("latest"), stopper, writer, rank, world, scaler)
+                                            lambda: save("latest"), stopper, writer, rank, world, scaler, ema)
             if epoch % opt.delr_freq == 0 and epoch != 0:
                 for g in optimizer.param_groups:
                     g["lr"] *= LR_DECAY
                 log.info("Changing lr at the end of epoch %d to %.3g", epoch, optimizer.param_groups[0]["lr"])
             val = evaluate(model, val_samples, device, opt, rank, world)
+            progress["threshold"] = val["threshold"]
+            if ema is not None:
+                val_ema = evaluate(ema.module, val_samples, device, opt, rank, world)
+                progress["threshold_ema"] = val_ema["threshold"]
+                log.info("(Val EMA @ epoch %d) acc: %.4f; ap: %.4f", epoch, val_ema["acc"], val_ema["ap"])
             model.train()
             log.info("(Val @ epoch %d) acc: %.4f; ap: %.4f; %d images; %.1fs", epoch, val["acc"], val["ap"],
                      val["n_real"] + val["n_fake"], time.time() - epoch_start)

@@ -5,6 +5,7 @@
 import copy
 import logging
 import math
+import os
 import sys
 import time
 
@@ -47,6 +48,63 @@ def compute_metrics(y_true, y_prob, threshold=0.5):
         best = int(np.argmax(accs))
         out["best_acc"], out["best_threshold"] = float(accs[best]), float(min(thr[best], 1.0))
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
+
+
+def balanced_threshold(y_true, y_prob):
+    """The decision threshold with the best balanced accuracy ((real ACC + fake ACC) / 2) on a
+    labelled set, for the rule ``prob > t``: train.py stores it as the checkpoint's threshold.
+
+    It maximises TPR - FPR over the ROC curve; since ``roc_curve`` calls ``score >= thr`` fake,
+    ``t`` is taken halfway between that score and the next lower one. None for a one-class set.
+    """
+    y_true = np.asarray(y_true).ravel()
+    y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
+    if len(np.unique(y_true)) < 2:
+        return None
+    fpr, tpr, thr = roc_curve(y_true, y_prob)
+    k = int(np.argmax(tpr - fpr))
+    if not np.isfinite(thr[k]) or thr[k] > 1.0:
+        return 1.0
+    lower = y_prob[y_prob < thr[k]]
+    return float((thr[k] + lower.max()) / 2) if len(lower) else float(thr[k] / 2)
+
+
+def threshold_at_fpr(real_probs, target_fpr):
+    """The lowest threshold ``t`` such that at most ``target_fpr`` of ``real_probs`` are ``> t``
+    (calibration on real images only: a target false-positive rate)."""
+    probs = np.sort(np.asarray(real_probs, dtype=np.float64).ravel())[::-1]
+    if not len(probs):
+        raise UserError("no real image could be scored for the calibration")
+    return float(probs[min(int(np.floor(target_fpr * len(probs))), len(probs) - 1)])
+
+
+def resolve_threshold(opt, model, device):
+    """(threshold or None, where it comes from) for the extra ACC@t columns / verdicts:
+    ``--calibrate_real`` > ``--threshold <p>`` > the checkpoint's stored one (``--threshold stored``,
+    or by default when it has one)."""
+    stored = getattr(model, "threshold", None)
+    if opt.calibrate_real is not None:
+        from data.discovery import list_images
+        if not os.path.isdir(opt.calibrate_real):
+            raise UserError(f"--calibrate_real '{opt.calibrate_real}' is not a folder")
+        samples = [(p, 0) for p in list_images(opt.calibrate_real)]
+        if not samples:
+            raise UserError(f"--calibrate_real '{opt.calibrate_real}' holds no images")
+        transform = EvalTransform(opt.loadSize, opt.cropSize, resize=not opt.no_resize, crop=not opt.no_crop)
+        loader = make_eval_loader(samples, transform, opt.batch_size, num_workers=opt_workers(opt, device),
+                                  device=device, skip_truncated=opt.skip_truncated)
+        _, probs, _, _ = predict_loader(model, loader, device, channels_last=not opt.no_channels_last)
+        t = threshold_at_fpr(probs, opt.target_fpr)
+        return t, (f"calibrated on {len(probs)} real images in {opt.calibrate_real} for a false-positive rate of "
+                   f"{opt.target_fpr:g}")
+    if isinstance(opt.threshold, float):
+        return opt.threshold, "given with --threshold"
+    if opt.threshold == "stored" and stored is None:
+        raise UserError("--threshold stored: the checkpoint holds no threshold (train.py stores one in its "
+                        "checkpoints); give a number or --calibrate_real")
+    if stored is not None:
+        return float(stored), "stored by train.py: best balanced accuracy on its validation split"
+    return None, "none"
 
 
 def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model=False):
@@ -111,16 +169,26 @@ def evaluate_folder(model, root, device, batch_size=64, load_size=256, crop_size
 
 
 METRIC_KEYS = ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc")
+THRESHOLD_KEYS = ("acc_t", "r_acc_t", "f_acc_t")  # ACC / real ACC / fake ACC at the chosen threshold
 TABLE_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
-                 ("f_acc", "fake ACC"), ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
+                 ("f_acc", "fake ACC"), ("acc_t", "ACC@t"), ("r_acc_t", "real@t"), ("f_acc_t", "fake@t"),
+                 ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
                  ("n_scored", "scored"), ("n_skipped", "skipped"), ("n_truncated", "truncated")]
 
 
-def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=None):
+def shown_columns(rows, columns):
+    """``columns`` without the ACC@t ones when no row has a threshold."""
+    if any(r.get("acc_t") is not None for r in rows):
+        return columns
+    return [c for c in columns if c[0] not in THRESHOLD_KEYS]
+
+
+def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=None, threshold=None):
     """Evaluate every generator of ``suite`` found under ``suite_dir``.
 
     Returns ``(rows, missing)``: one dict per generator (metrics in %, the paper's numbers,
-    image counts) and the names of generators whose folder is absent (skipped, not fatal).
+    image counts; with a ``threshold``, also ACC / real ACC / fake ACC at it) and the names of
+    generators whose folder is absent (skipped, not fatal).
     """
     from data.benchmarks import locate_generator
     from tqdm import tqdm
@@ -144,6 +212,10 @@ def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=
                "perturbation": perturb.name if perturb is not None else "none",
                "steps": perturb.steps if perturb is not None else ()}
         row.update({k: 100.0 * m[k] for k in METRIC_KEYS})
+        if threshold is not None:
+            mt = compute_metrics(m["y_true"], m["y_prob"], threshold)
+            row.update(threshold=threshold, acc_t=100.0 * mt["acc"], r_acc_t=100.0 * mt["r_acc"],
+                       f_acc_t=100.0 * mt["f_acc"])
         row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped",
                                       "n_truncated")})
         row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
@@ -157,7 +229,7 @@ def mean_row(rows, suite_name):
     those marked ``in_mean=False`` (GenImage's training generator); counts are totals."""
     out = {"suite": suite_name, "generator": "Mean", "perturbation": rows[0].get("perturbation", "none") if rows else "none"}
     averaged = [r for r in rows if r.get("in_mean", True)]
-    for k in METRIC_KEYS + ("paper_acc", "paper_ap"):
+    for k in METRIC_KEYS + THRESHOLD_KEYS + ("paper_acc", "paper_ap"):
         vals = [r[k] for r in averaged if r.get(k) is not None and not math.isnan(r[k])]
         # A paper mean is only shown when the paper has every generator we report.
         if k.startswith("paper") and len(vals) != len(averaged):
@@ -168,7 +240,7 @@ def mean_row(rows, suite_name):
     return out
 
 
-SUMMARY_METRICS = ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc")
+SUMMARY_METRICS = METRIC_KEYS + THRESHOLD_KEYS
 
 
 def summarize_checkpoints(rows):
@@ -193,7 +265,7 @@ def summarize_checkpoints(rows):
 
 def suite_table(rows, suite_name):
     from util import format_table
-    return format_table(rows + [mean_row(rows, suite_name)], TABLE_COLUMNS)
+    return format_table(rows + [mean_row(rows, suite_name)], shown_columns(rows, TABLE_COLUMNS))
 
 
 def main(argv=None):
@@ -212,8 +284,9 @@ def main(argv=None):
     opt.model_path = opt.model_path[0]
     set_numerics(tf32=opt.tf32)
     device = select_device(opt.gpu_ids)
-    model = prepare_model(load_detector(opt.model_path, device=device), device, not opt.no_channels_last,
+    model = prepare_model(load_detector(opt.model_path, device=device, ema=opt.ema), device, not opt.no_channels_last,
                           fold_bn=not opt.no_fold_bn, compile_model=opt.compile)
+    threshold, source = resolve_threshold(opt, model, device)
     start = time.time()
     m = evaluate_folder(model, opt.dataroot, device, opt.batch_size, opt.loadSize, opt.cropSize,
                         resize=not opt.no_resize, crop=not opt.no_crop, classes=opt.classes,
@@ -226,6 +299,10 @@ def main(argv=None):
         v = m[k]
         print(f"{k:>9}: {'nan' if math.isnan(v) else f'{100 * v:.2f}'}")
     print(f"best_threshold: {m['best_threshold']:.4f}  n_real: {m['n_real']}  n_fake: {m['n_fake']}")
+    if threshold is not None:
+        mt = compute_metrics(m["y_true"], m["y_prob"], threshold)
+        print(f"threshold {threshold:.4f} ({source}): acc {100 * mt['acc']:.2f}  r_acc {100 * mt['r_acc']:.2f}  "
+              f"f_acc {100 * mt['f_acc']:.2f}")
     return 0
 
 

@@ -187,6 +187,10 @@ class TrainTransform:
     ``augment`` is everything after the resize; the decoded-image cache (``--cache_dir``)
     stores resized images and calls it directly, so both paths give the same tensors for the
     same random stream.
+
+    Beyond the paper, off by default (the SAFE recipe, Li et al., KDD 2025, applies them after
+    the crop and flip, in this order): random rotation (``--rotate``), colour jitter
+    (``--color_jitter``) and random patch masking (``--mask_prob``); see ``successor_augment``.
     """
 
     def __init__(self, opt):
@@ -197,6 +201,11 @@ class TrainTransform:
         self.interps = list(opt.rz_interp)
         self.blur_prob, self.blur_sig = opt.blur_prob, list(opt.blur_sig)
         self.jpg_prob, self.jpg_method, self.jpg_qual = opt.jpg_prob, list(opt.jpg_method), list(opt.jpg_qual)
+        self.rotate = getattr(opt, "rotate", 0.0)
+        self.color_jitter = getattr(opt, "color_jitter", 0.0)
+        self.mask_prob = getattr(opt, "mask_prob", 0.0)
+        self.mask_ratio = list(getattr(opt, "mask_ratio", (0.0, 0.75)))
+        self.mask_patch = getattr(opt, "mask_patch", 16)
 
     def __call__(self, img, rng):
         if not self.resize:
@@ -219,7 +228,52 @@ class TrainTransform:
         arr = arr[top:top + self.crop_size, left:left + self.crop_size]
         if self.flip and rng.random() < 0.5:
             arr = arr[:, ::-1]
+        if self.rotate > 0 or self.color_jitter > 0 or self.mask_prob > 0:
+            arr = self.successor_augment(arr, rng)
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def successor_augment(self, arr, rng):
+        """Rotation, colour jitter and patch masking of the cropped H x W x 3 uint8 array.
+
+        Rotation and jitter are torchvision's own operations with parameters drawn from ``rng``
+        (what ``RandomRotation(deg)`` and ``ColorJitter(b, c, s)`` do with the global torch
+        RNG), so a sample's augmentation depends only on (seed, epoch, position). torchvision
+        has no patch masking (``RandomErasing`` erases one rectangle): ``patch_mask`` does it.
+        """
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+
+        img = Image.fromarray(np.ascontiguousarray(arr))
+        if self.rotate > 0:  # RandomRotation(deg): nearest neighbour, corners filled with black
+            img = TF.rotate(img, rng.uniform(-self.rotate, self.rotate), interpolation=InterpolationMode.NEAREST,
+                            fill=0)
+        if self.color_jitter > 0:  # ColorJitter(b, c, s): each factor in [1-s, 1+s], in a random order
+            j = self.color_jitter
+            factors = [rng.uniform(max(0.0, 1.0 - j), 1.0 + j) for _ in range(3)]
+            order = [0, 1, 2]
+            rng.shuffle(order)
+            ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+            for k in order:
+                img = ops[k](img, factors[k])
+        arr = np.asarray(img)
+        if self.mask_prob > 0 and rng.random() < self.mask_prob:
+            arr = patch_mask(arr, sample_continuous(self.mask_ratio, rng), self.mask_patch, rng)
+        return arr
+
+
+def patch_mask(arr, ratio, patch, rng):
+    """Black out ``int(H * W * ratio / patch^2)`` distinct cells of a ``patch`` x ``patch`` grid,
+    chosen with ``rng`` (SAFE's ``RandomMask``, on uint8 pixels: 0 is the masked value there too)."""
+    h, w = arr.shape[:2]
+    rows, cols = h // patch, w // patch
+    n = min(int(h * w * ratio / patch ** 2), rows * cols)
+    if n <= 0:
+        return arr
+    out = np.array(arr, copy=True)
+    for cell in rng.sample(range(rows * cols), n):
+        top, left = (cell // cols) * patch, (cell % cols) * patch
+        out[top:top + patch, left:left + patch] = 0
+    return out
 
 
 def as_pil(img):

@@ -69,10 +69,18 @@ def load_checkpoint(path, map_location="cpu"):
                               f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None
 
 
-def extract_state_dict(ckpt):
-    """The model's state dict from any supported checkpoint layout, prefixes removed."""
+def extract_state_dict(ckpt, ema=False):
+    """The model's state dict from any supported checkpoint layout, prefixes removed.
+
+    ``ema=True`` takes the moving-average weights that ``train.py --ema`` stores as ``model_ema``.
+    """
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"expected a dict of tensors, got {type(ckpt).__name__}")
+    if ema:
+        if not isinstance(ckpt.get("model_ema"), dict):
+            raise CheckpointError("the checkpoint holds no moving-average weights ('model_ema'): train with --ema, "
+                                  "or evaluate without --ema")
+        ckpt = ckpt["model_ema"]
     for key in WRAPPER_KEYS:
         if isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]

@@ -10,14 +10,19 @@ from .checkpoint import extract_state_dict, load_checkpoint, load_state_dict_str
 from .resnet import resnet50
 
 
-def load_detector(path, device=None):
+def load_detector(path, device=None, ema=False):
     """An eval-mode NPR model with the weights of ``path``, on ``device`` (default: CUDA if available).
 
-    Accepts the official ``NPR.pth``, our training checkpoints and DataParallel ones.
+    Accepts the official ``NPR.pth``, our training checkpoints and DataParallel ones; ``ema=True``
+    loads the moving-average weights of a ``train.py --ema`` checkpoint. ``model.threshold`` is
+    the decision threshold train.py chose on its validation split (best balanced accuracy), or
+    None when the checkpoint has none; the paper's rule is ``prob > 0.5``.
     """
     device = torch.device(device) if device is not None else select_device("0")
     model = resnet50(num_classes=1)
-    load_state_dict_strict(model, extract_state_dict(load_checkpoint(path)), source=f"checkpoint '{path}'")
+    ckpt = load_checkpoint(path)
+    load_state_dict_strict(model, extract_state_dict(ckpt, ema=ema), source=f"checkpoint '{path}'")
+    model.threshold = ckpt.get("threshold_ema" if ema else "threshold") if isinstance(ckpt, dict) else None
     return model.to(device).eval()
 
 

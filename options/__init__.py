@@ -103,12 +103,46 @@ def train_parser():
                         "seed_torch does; no TF32, AMP, compile or channels-last (slow on a GPU)")
     g.add_argument("--train_channels_last", action="store_true",
                    help="train in the channels-last memory format (faster, but not step-for-step identical to the "
-                        "reference's training: see README, Differences from the reference)")
+                        "reference's training: see DIFFERENCES.md)")
     g.add_argument("--no_resize", action="store_true",
                    help="train without resizing: images smaller than cropSize are tiled up, then randomly cropped "
                         "(the authors' GenImage recipe)")
     g.add_argument("--cache_dir", default=None, help="decode the train split once into a uint8 cache here")
     g.add_argument("--rebuild", action="store_true", help="rebuild the mini benchmark before training")
+    g = p.add_argument_group("beyond the paper (all off by default; a flag given without a value takes the SAFE "
+                             "recipe's setting, Li et al. KDD 2025; that recipe is "
+                             "--no_resize --rotate --color_jitter --mask_prob)")
+    g.add_argument("--rotate", type=float, nargs="?", const=180.0, default=0.0, metavar="DEG",
+                   help="random rotation by up to +-DEG degrees after the crop and flip (nearest neighbour, black "
+                        "corners; torchvision's RandomRotation); alone: 180 (SAFE)")
+    g.add_argument("--color_jitter", type=float, nargs="?", const=0.5, default=0.0, metavar="J",
+                   help="brightness, contrast and saturation factors drawn in [1-J, 1+J], applied in a random order "
+                        "(torchvision's ColorJitter(J, J, J)); alone: 0.5 (SAFE)")
+    g.add_argument("--mask_prob", type=float, nargs="?", const=0.5, default=0.0, metavar="P",
+                   help="probability of random patch masking: distinct cells of a --mask_patch grid blacked out, "
+                        "--mask_ratio of the crop; alone: 0.5 (SAFE)")
+    g.add_argument("--mask_ratio", default="0,0.75",
+                   help="part of the crop masked: one value or 'lo,hi' sampled uniformly (SAFE: 0,0.75)")
+    g.add_argument("--mask_patch", type=int, default=16, help="masked patch size in pixels (SAFE: 16)")
+    g.add_argument("--ema", type=float, nargs="?", const=0.999, default=0.0, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights and BatchNorm statistics "
+                        "(torch.optim.swa_utils.AveragedModel), updated after every step, saved as 'model_ema' in "
+                        "each checkpoint and resumed; evaluate it with test.py / validate.py / predict.py --ema. "
+                        "Alone: 0.999 (for runs of thousands of steps; NPR-mini's 480 steps want 0.99)")
+    return p
+
+
+def add_threshold_options(p):
+    g = p.add_argument_group("decision threshold (tables always keep ACC at 0.5, the paper's metric)")
+    g.add_argument("--threshold", default=None,
+                   help="threshold for the extra 'ACC@t' columns (predict.py: for the verdicts): a probability, or "
+                        "'stored' for the one train.py chose on its validation split; default: the stored one "
+                        "when the checkpoint has it (predict.py: 0.5)")
+    g.add_argument("--calibrate_real", default=None,
+                   help="choose the threshold on this folder of real images instead: the lowest one that calls at "
+                        "most --target_fpr of them fake")
+    g.add_argument("--target_fpr", type=float, default=0.05, help="false-positive rate for --calibrate_real")
+    g.add_argument("--ema", action="store_true", help="evaluate the checkpoint's moving-average weights (train.py --ema)")
     return p
 
 
@@ -130,6 +164,7 @@ def test_parser():
                    help="robustness sweep applied to every test image first, e.g. 'jpeg:95,75,50;blur:1,2;resize:0.5;"
                         "jpeg:75+blur:1' (the clean setting is always included)")
     g.add_argument("--plots", action="store_true", help="write ROC / PR, ACC / AP bar and sweep figures (PNG)")
+    add_threshold_options(p)
     return p
 
 
@@ -196,6 +231,15 @@ def check_train(opt):
         if clash:
             raise UserError(f"--exact computes as the reference does; drop {', '.join(clash)}")
         opt.deterministic = True
+    if not 0 <= opt.mask_prob <= 1:
+        raise UserError(f"--mask_prob {opt.mask_prob}: a probability must lie in [0, 1]")
+    opt.mask_ratio = parse_float_list(opt.mask_ratio, "--mask_ratio")
+    if not 1 <= len(opt.mask_ratio) <= 2 or not all(0 <= r <= 1 for r in opt.mask_ratio):
+        raise UserError(f"--mask_ratio: one value or 'lo,hi' in [0, 1], got {opt.mask_ratio}")
+    if opt.mask_patch < 1 or opt.rotate < 0 or opt.color_jitter < 0:
+        raise UserError("--mask_patch must be >= 1 and --rotate / --color_jitter >= 0")
+    if not 0 <= opt.ema < 1:
+        raise UserError(f"--ema {opt.ema}: a decay in [0, 1), e.g. 0.999 (0 turns it off)")
     if opt.no_resize and opt.cache_dir:
         raise UserError("--cache_dir stores images resized to --loadSize; it cannot be used with --no_resize")
     if opt.niter < 1:
@@ -210,8 +254,25 @@ def check_train(opt):
     return opt
 
 
+def check_threshold(opt):
+    """``--threshold`` -> None, 'stored' or a probability; one readable line when it is neither."""
+    if opt.threshold not in (None, "stored"):
+        try:
+            opt.threshold = float(opt.threshold)
+        except ValueError:
+            raise UserError(f"--threshold '{opt.threshold}': a probability in (0, 1) or 'stored'") from None
+        if not 0 < opt.threshold < 1:
+            raise UserError(f"--threshold {opt.threshold}: a probability in (0, 1) or 'stored'")
+    if not 0 <= opt.target_fpr < 1:
+        raise UserError(f"--target_fpr {opt.target_fpr}: a rate in [0, 1)")
+    if opt.calibrate_real is not None and opt.threshold is not None:
+        raise UserError("give either --threshold or --calibrate_real, not both")
+    return opt
+
+
 def check_test(opt):
     check_common(opt)
+    check_threshold(opt)
     opt.suites = [s.strip() for s in opt.suites.split(",") if s.strip()] if isinstance(opt.suites, str) else opt.suites
     return opt
 
