@@ -199,6 +199,20 @@ def build_ema(model, decay):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+def recalibrate_bn(ema, samples, device, opt):
+    """Recompute the BatchNorm statistics of the averaged weights (torch's ``update_bn``) on a
+    fixed, seeded subset of ``opt.ema_bn_images`` training images (resize and centre crop as
+    in validation): the average of the raw model's statistics does not describe the averaged
+    weights while those still move fast (short runs, high learning rate)."""
+    from torch.optim.swa_utils import update_bn
+    subset = random.Random(opt.seed).sample(samples, min(opt.ema_bn_images, len(samples)))
+    transform = EvalTransform(opt.loadSize, opt.cropSize, resize=not opt.no_resize, crop=True,
+                              interp=opt.rz_interp[0])
+    loader = make_eval_loader(subset, transform, opt.batch_size, num_workers=opt_workers(opt, device),
+                              device=device, strict=opt.strict_images, skip_truncated=opt.skip_truncated)
+    update_bn((normalize_batch(b.images.to(device)) for b in loader if len(b.images)), ema.module)
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, save_latest, stopper,
                     writer=None, rank=0, world=1, scaler=None, ema=None):
     model.train()
@@ -391,6 +405,8 @@ def main(argv=None):
             val = evaluate(model, val_samples, device, opt, rank, world)
             progress["threshold"] = val["threshold"]
             if ema is not None:
+                if opt.ema_bn_images:
+                    recalibrate_bn(ema, train_samples, device, opt)
                 val_ema = evaluate(ema.module, val_samples, device, opt, rank, world)
                 progress["threshold_ema"] = val_ema["threshold"]
                 log.info("(Val EMA @ epoch %d) acc: %.4f; ap: %.4f", epoch, val_ema["acc"], val_ema["ap"])

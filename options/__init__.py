@@ -129,6 +129,9 @@ def train_parser():
                         "(torch.optim.swa_utils.AveragedModel), updated after every step, saved as 'model_ema' in "
                         "each checkpoint and resumed; evaluate it with test.py / validate.py / predict.py --ema. "
                         "Alone: 0.999 (for runs of thousands of steps; NPR-mini's 480 steps want 0.99)")
+    g.add_argument("--ema_bn_images", type=int, default=0, metavar="N",
+                   help="with --ema: at the end of every epoch, recompute the averaged model's BatchNorm statistics "
+                        "on N training images (torch's update_bn; 0: keep the average of the raw statistics)")
     return p
 
 
@@ -240,6 +243,8 @@ def check_train(opt):
         raise UserError("--mask_patch must be >= 1 and --rotate / --color_jitter >= 0")
     if not 0 <= opt.ema < 1:
         raise UserError(f"--ema {opt.ema}: a decay in [0, 1), e.g. 0.999 (0 turns it off)")
+    if opt.ema_bn_images < 0 or (opt.ema_bn_images and not opt.ema):
+        raise UserError("--ema_bn_images: a number of images >= 0, and only with --ema")
     if opt.no_resize and opt.cache_dir:
         raise UserError("--cache_dir stores images resized to --loadSize; it cannot be used with --no_resize")
     if opt.niter < 1:

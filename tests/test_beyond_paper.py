@@ -167,6 +167,32 @@ def test_ema_is_kept_saved_resumed_and_leaves_the_raw_training_unchanged(tiny_da
         load_detector(str(tmp_path / "plain" / "model_epoch_last.pth"), device="cpu", ema=True)
 
 
+def test_ema_bn_images_recomputes_the_averaged_models_batchnorm_statistics(tiny_dataset, tmp_path):
+    """With a decay of ~0 the average is the last weights, so the recomputed statistics must be
+    update_bn's on those weights over the same seeded subset of training images."""
+    from torch.optim.swa_utils import update_bn
+    from data.datasets import make_eval_loader
+    from data.discovery import make_samples
+    from data.transforms import EvalTransform, normalize_batch
+    from networks import resnet50
+
+    args = common(tiny_dataset, tmp_path) + ["--niter", "1", "--ema", "1e-9"]
+    assert train.main(args + ["--name", "avg"]) == 0
+    assert train.main(args + ["--name", "bn", "--ema_bn_images", "10"]) == 0
+    avg, bn = (torch.load(tmp_path / n / "model_epoch_last.pth", weights_only=True) for n in ("avg", "bn"))
+    stats = [k for k in bn["model_ema"] if k.endswith(("running_mean", "running_var"))]
+    assert any(not torch.allclose(avg["model_ema"][k], bn["model_ema"][k], atol=1e-6) for k in stats)
+    model = resnet50(num_classes=1)
+    model.load_state_dict(bn["model"])
+    subset = random.Random(100).sample(make_samples(str(tiny_dataset / "train"), []), 10)
+    loader = make_eval_loader(subset, EvalTransform(32, 24, resize=True, crop=True), 4, device=torch.device("cpu"))
+    update_bn((normalize_batch(b.images) for b in loader), model)
+    for k in stats:
+        torch.testing.assert_close(bn["model_ema"][k], model.state_dict()[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError):
+        check_train(train_parser().parse_args(["--ema_bn_images", "10"]))
+
+
 # ----------------------------------------------------------------------------- thresholds
 
 def test_balanced_threshold_maximises_balanced_accuracy():
