@@ -315,7 +315,6 @@ def main(argv=None):
     setup_logging(os.path.join(exp_dir, "log.log") if rank == 0 else None, rank)
     log.info("%s", " ".join(["train.py"] + list(argv if argv is not None else sys.argv[1:])))
     set_numerics(tf32=opt.tf32, exact=opt.exact, deterministic=opt.deterministic)
-    seed_everything(opt.seed)
 
     if opt.mini:
         from data.mini import build_mini, MINI_RECIPE
@@ -325,6 +324,9 @@ def main(argv=None):
             build_mini(MINI_ROOT, rebuild=opt.rebuild)
         if world > 1:
             dist.barrier()
+    # After the build: building NPR-mini trains its generators with their own seed, and the
+    # initial weights must not depend on whether this run built it (a fresh clone) or not.
+    seed_everything(opt.seed)
     train_root = os.path.join(opt.dataroot, opt.train_split)
     val_root = os.path.join(opt.dataroot, opt.val_split)
     train_samples = make_samples(train_root, opt.classes)

@@ -283,3 +283,4 @@ def test_predict_verdicts_follow_the_threshold(trained, tmp_path):
         else:  # calibrated on the real images themselves at FPR 0: none of them is called fake
             assert all(row["verdict"] == "real" for row in rows if "0_real" in row["path"])
             assert meta["threshold_source"].startswith("calibrated on 3 real images")
+
