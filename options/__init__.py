@@ -128,7 +128,8 @@ def train_parser():
                    help="also keep an exponential moving average of the weights and BatchNorm statistics "
                         "(torch.optim.swa_utils.AveragedModel), updated after every step, saved as 'model_ema' in "
                         "each checkpoint and resumed; evaluate it with test.py / validate.py / predict.py --ema. "
-                        "Alone: 0.999 (for runs of thousands of steps; NPR-mini's 480 steps want 0.99)")
+                        "Alone: 0.999 (for runs of many thousand steps; on NPR-mini's 480 steps 0.95 helped and 0.99 "
+                        "hurt: README, Beyond the paper)")
     g.add_argument("--ema_bn_images", type=int, default=0, metavar="N",
                    help="with --ema: at the end of every epoch, recompute the averaged model's BatchNorm statistics "
                         "on N training images (torch's update_bn; 0: keep the average of the raw statistics)")
