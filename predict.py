@@ -22,7 +22,7 @@ from data.transforms import EvalTransform, ImageDecodeError, ImageTooSmallError,
 from networks import load_detector, npr_residual, predict_proba
 from options import OneLineErrorParser, add_threshold_options, check_threshold
 from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
-from validate import prepare_model, threshold_at_fpr
+from validate import prepare_model, resolve_threshold
 
 
 def get_args_parser():
@@ -44,20 +44,12 @@ def get_args_parser():
 
 
 def verdict_threshold(args, model, transform):
-    """(threshold, where it comes from): --calibrate_real, --threshold <p> / stored, else 0.5."""
-    if args.calibrate_real is not None:
-        reals = expand_inputs([args.calibrate_real])
-        probs = predict_proba(model, reals, transform).numpy()
-        probs = probs[~np.isnan(probs)]
-        t = threshold_at_fpr(probs, args.target_fpr)
-        return t, f"calibrated on {len(probs)} real images for a false-positive rate of {args.target_fpr:g}"
-    if isinstance(args.threshold, float):
-        return args.threshold, "given with --threshold"
-    if args.threshold == "stored":
-        if getattr(model, "threshold", None) is None:
-            raise UserError("--threshold stored: the checkpoint holds no threshold; give a number or --calibrate_real")
-        return float(model.threshold), "stored by train.py: best balanced accuracy on its validation split"
-    return 0.5, "the paper's rule"
+    """(threshold, where it comes from): --calibrate_real, --threshold <p> / stored, else the
+    paper's 0.5 (predict.py does not use a stored threshold unless asked)."""
+    stored = getattr(model, "threshold", None) if args.threshold == "stored" else None
+    t, source = resolve_threshold(args, stored,
+                                  lambda folder: predict_proba(model, expand_inputs([folder]), transform).numpy())
+    return (0.5, "the paper's rule") if t is None else (t, source)
 
 
 def expand_inputs(inputs):

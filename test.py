@@ -23,7 +23,7 @@ from data.benchmarks import SUITES, custom_suite, has_leaves, locate_suite, suit
 from networks import load_detector
 from options import MINI_ROOT, check_test, explicit_options, print_options, test_parser
 from util import UserError, ensure_writable_dir, format_table, log, run_cli, select_device, set_numerics, setup_logging
-from validate import (SUMMARY_METRICS, TABLE_COLUMNS, evaluate_suite, mean_row, prepare_model, resolve_threshold,
+from validate import (SUMMARY_METRICS, TABLE_COLUMNS, evaluate_suite, mean_row, prepare_model, eval_threshold,
                       shown_columns, suite_table, summarize_checkpoints)
 
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
@@ -210,7 +210,7 @@ def evaluate_checkpoint(model_path, suites, settings, opt, device):
     model = prepare_model(load_detector(model_path, device=device, ema=opt.ema), device,
                           channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn,
                           compile_model=opt.compile)
-    threshold, source = resolve_threshold(opt, model, device)
+    threshold, source = eval_threshold(opt, model, device)
     log.info("Checkpoint %s%s on %s%s", model_path, " (moving-average weights)" if opt.ema else "", device,
              f"; threshold for ACC@t: {threshold:.4f} ({source})" if threshold is not None else "")
     out = []

@@ -78,22 +78,16 @@ def threshold_at_fpr(real_probs, target_fpr):
     return float(probs[min(int(np.floor(target_fpr * len(probs))), len(probs) - 1)])
 
 
-def resolve_threshold(opt, model, device):
-    """(threshold or None, where it comes from) for the extra ACC@t columns / verdicts:
-    ``--calibrate_real`` > ``--threshold <p>`` > the checkpoint's stored one (``--threshold stored``,
-    or by default when it has one)."""
-    stored = getattr(model, "threshold", None)
+def resolve_threshold(opt, stored, score_reals):
+    """(threshold or None, where it comes from) for the extra ACC@t columns / the verdicts:
+    ``--calibrate_real`` > ``--threshold <p>`` > the checkpoint's ``stored`` one (``--threshold
+    stored``, or by default when there is one). ``score_reals(folder)`` gives the fake-probabilities
+    of a folder's images (NaN for those that cannot be used), for the calibration."""
     if opt.calibrate_real is not None:
-        from data.discovery import list_images
         if not os.path.isdir(opt.calibrate_real):
             raise UserError(f"--calibrate_real '{opt.calibrate_real}' is not a folder")
-        samples = [(p, 0) for p in list_images(opt.calibrate_real)]
-        if not samples:
-            raise UserError(f"--calibrate_real '{opt.calibrate_real}' holds no images")
-        transform = EvalTransform(opt.loadSize, opt.cropSize, resize=not opt.no_resize, crop=not opt.no_crop)
-        loader = make_eval_loader(samples, transform, opt.batch_size, num_workers=opt_workers(opt, device),
-                                  device=device, skip_truncated=opt.skip_truncated)
-        _, probs, _, _ = predict_loader(model, loader, device, channels_last=not opt.no_channels_last)
+        probs = np.asarray(score_reals(opt.calibrate_real), dtype=np.float64)
+        probs = probs[~np.isnan(probs)]
         t = threshold_at_fpr(probs, opt.target_fpr)
         return t, (f"calibrated on {len(probs)} real images in {opt.calibrate_real} for a false-positive rate of "
                    f"{opt.target_fpr:g}")
@@ -105,6 +99,22 @@ def resolve_threshold(opt, model, device):
     if stored is not None:
         return float(stored), "stored by train.py: best balanced accuracy on its validation split"
     return None, "none"
+
+
+def eval_threshold(opt, model, device):
+    """``resolve_threshold`` for test.py / validate.py: calibration images go through the
+    evaluation transform and loader of ``opt``."""
+    def score_reals(folder):
+        from data.discovery import list_images
+        samples = [(p, 0) for p in list_images(folder)]
+        if not samples:
+            raise UserError(f"--calibrate_real '{folder}' holds no images")
+        transform = EvalTransform(opt.loadSize, opt.cropSize, resize=not opt.no_resize, crop=not opt.no_crop)
+        loader = make_eval_loader(samples, transform, opt.batch_size, num_workers=opt_workers(opt, device),
+                                  device=device, skip_truncated=opt.skip_truncated)
+        return predict_loader(model, loader, device, channels_last=not opt.no_channels_last)[1]
+
+    return resolve_threshold(opt, getattr(model, "threshold", None), score_reals)
 
 
 def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model=False):
@@ -286,7 +296,7 @@ def main(argv=None):
     device = select_device(opt.gpu_ids)
     model = prepare_model(load_detector(opt.model_path, device=device, ema=opt.ema), device, not opt.no_channels_last,
                           fold_bn=not opt.no_fold_bn, compile_model=opt.compile)
-    threshold, source = resolve_threshold(opt, model, device)
+    threshold, source = eval_threshold(opt, model, device)
     start = time.time()
     m = evaluate_folder(model, opt.dataroot, device, opt.batch_size, opt.loadSize, opt.cropSize,
                         resize=not opt.no_resize, crop=not opt.no_crop, classes=opt.classes,
