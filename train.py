@@ -33,7 +33,7 @@ from networks.checkpoint import load_state_dict_strict
 from options import MINI_ROOT, check_train, explicit_options, print_options, train_parser
 from util import (AMP_DTYPE, UserError, ensure_writable_dir, log, run_cli, seed_everything, select_device,
                   set_numerics, setup_logging)
-from validate import balanced_threshold, compute_metrics, evaluate_suite, predict_loader, prepare_model, suite_table
+from validate import compute_metrics, evaluate_suite, predict_loader, prepare_model, suite_table
 
 LR_DECAY = 0.9  # the reference's networks/trainer.py: lr *= 0.9 after every delr_freq epochs
 
@@ -199,6 +199,14 @@ def build_ema(model, decay):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+def val_loader(samples, opt, device, resize=True):
+    """The validation loader: resize to loadSize (the reference's val, also with --no_resize
+    unless ``resize=False``), centre crop cropSize, uint8 batches."""
+    transform = EvalTransform(opt.loadSize, opt.cropSize, resize=resize, crop=True, interp=opt.rz_interp[0])
+    return make_eval_loader(samples, transform, opt.batch_size, num_workers=opt_workers(opt, device),
+                            device=device, strict=opt.strict_images, skip_truncated=opt.skip_truncated)
+
+
 def recalibrate_bn(ema, samples, device, opt):
     """Recompute the BatchNorm statistics of the averaged weights (torch's ``update_bn``) on a
     fixed, seeded subset of ``opt.ema_bn_images`` training images (resize and centre crop as
@@ -206,10 +214,7 @@ def recalibrate_bn(ema, samples, device, opt):
     weights while those still move fast (short runs, high learning rate)."""
     from torch.optim.swa_utils import update_bn
     subset = random.Random(opt.seed).sample(samples, min(opt.ema_bn_images, len(samples)))
-    transform = EvalTransform(opt.loadSize, opt.cropSize, resize=not opt.no_resize, crop=True,
-                              interp=opt.rz_interp[0])
-    loader = make_eval_loader(subset, transform, opt.batch_size, num_workers=opt_workers(opt, device),
-                              device=device, strict=opt.strict_images, skip_truncated=opt.skip_truncated)
+    loader = val_loader(subset, opt, device, resize=not opt.no_resize)
     update_bn((normalize_batch(b.images.to(device)) for b in loader if len(b.images)), ema.module)
 
 
@@ -271,9 +276,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, opt, progress, sa
 def evaluate(model, samples, device, opt, rank=0, world=1):
     """Val metrics (resize loadSize + centre crop cropSize); under DDP each rank scores a shard."""
     raw = unwrap(model)
-    transform = EvalTransform(opt.loadSize, opt.cropSize, resize=True, crop=True, interp=opt.rz_interp[0])
-    loader = make_eval_loader(samples[rank::world], transform, opt.batch_size, num_workers=opt_workers(opt, device),
-                              device=device, strict=opt.strict_images, skip_truncated=opt.skip_truncated)
+    loader = val_loader(samples[rank::world], opt, device)
     eval_model = prepare_model(raw, device, channels_last=not opt.no_channels_last, fold_bn=not opt.no_fold_bn)
     y_true, y_prob, skipped, _ = predict_loader(eval_model, loader, device, amp=opt.amp,
                                                 channels_last=not opt.no_channels_last)
@@ -284,7 +287,8 @@ def evaluate(model, samples, device, opt, rank=0, world=1):
         y_true = np.concatenate([p[0] for p in parts])
         y_prob = np.concatenate([p[1] for p in parts])
         n_skipped = sum(p[2] for p in parts)
-    return dict(compute_metrics(y_true, y_prob), n_skipped=n_skipped, threshold=balanced_threshold(y_true, y_prob))
+    m = compute_metrics(y_true, y_prob)
+    return dict(m, n_skipped=n_skipped, threshold=m["balanced_threshold"])
 
 
 def test_after_training(model, opt, device):

@@ -38,7 +38,7 @@ def compute_metrics(y_true, y_prob, threshold=0.5):
         "r_acc": accuracy_score(y_true[real], pred[real]) if real.any() else nan,
         "f_acc": accuracy_score(y_true[fake], pred[fake]) if fake.any() else nan,
         "auc": roc_auc_score(y_true, y_prob) if real.any() and fake.any() else nan,
-        "best_acc": nan, "best_threshold": nan,
+        "best_acc": nan, "best_threshold": nan, "balanced_threshold": None,
         "n_real": int(real.sum()), "n_fake": int(fake.sum()),
     }
     if real.any() and fake.any():
@@ -47,26 +47,24 @@ def compute_metrics(y_true, y_prob, threshold=0.5):
         accs = (tpr * fake.sum() + (1 - fpr) * real.sum()) / len(y_true)
         best = int(np.argmax(accs))
         out["best_acc"], out["best_threshold"] = float(accs[best]), float(min(thr[best], 1.0))
+        out["balanced_threshold"] = threshold_below(thr[int(np.argmax(tpr - fpr))], y_prob)
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
 
 
-def balanced_threshold(y_true, y_prob):
-    """The decision threshold with the best balanced accuracy ((real ACC + fake ACC) / 2) on a
-    labelled set, for the rule ``prob > t``: train.py stores it as the checkpoint's threshold.
-
-    It maximises TPR - FPR over the ROC curve; since ``roc_curve`` calls ``score >= thr`` fake,
-    ``t`` is taken halfway between that score and the next lower one. None for a one-class set.
-    """
-    y_true = np.asarray(y_true).ravel()
-    y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
-    if len(np.unique(y_true)) < 2:
-        return None
-    fpr, tpr, thr = roc_curve(y_true, y_prob)
-    k = int(np.argmax(tpr - fpr))
-    if not np.isfinite(thr[k]) or thr[k] > 1.0:
+def threshold_below(roc_threshold, y_prob):
+    """A threshold for the rule ``prob > t`` that calls fake exactly the scores that
+    ``roc_curve``'s ``score >= roc_threshold`` does: halfway to the next lower score."""
+    if not np.isfinite(roc_threshold) or roc_threshold > 1.0:
         return 1.0
-    lower = y_prob[y_prob < thr[k]]
-    return float((thr[k] + lower.max()) / 2) if len(lower) else float(thr[k] / 2)
+    lower = y_prob[y_prob < roc_threshold]
+    return float((roc_threshold + lower.max()) / 2) if len(lower) else float(roc_threshold / 2)
+
+
+def balanced_threshold(y_true, y_prob):
+    """The decision threshold with the best balanced accuracy ((real ACC + fake ACC) / 2, i.e.
+    the largest TPR - FPR on the ROC curve) on a labelled set, for the rule ``prob > t``;
+    train.py stores it as the checkpoint's threshold. None for a one-class set."""
+    return compute_metrics(y_true, y_prob)["balanced_threshold"]
 
 
 def threshold_at_fpr(real_probs, target_fpr):
