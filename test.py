@@ -118,8 +118,7 @@ SUMMARY_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r
 
 
 def summary_columns(rows):
-    return SUMMARY_COLUMNS if any(r.get("acc_t_mean") is not None for r in rows) else \
-        shown_columns([], SUMMARY_COLUMNS)
+    return shown_columns(rows, SUMMARY_COLUMNS, key="acc_t_mean")
 
 
 def summary_table(rows):

@@ -184,11 +184,18 @@ TABLE_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_a
                  ("n_scored", "scored"), ("n_skipped", "skipped"), ("n_truncated", "truncated")]
 
 
-def shown_columns(rows, columns):
-    """``columns`` without the ACC@t ones when no row has a threshold."""
-    if any(r.get("acc_t") is not None for r in rows):
+def shown_columns(rows, columns, key="acc_t"):
+    """``columns`` without the ACC@t ones when no row has a threshold (no ``key`` value)."""
+    if any(r.get(key) is not None for r in rows):
         return columns
     return [c for c in columns if c[0] not in THRESHOLD_KEYS]
+
+
+def metrics_at(m, threshold):
+    """ACC / real ACC / fake ACC (%) at ``threshold`` of an ``evaluate_folder`` result, keyed
+    as THRESHOLD_KEYS."""
+    mt = compute_metrics(m["y_true"], m["y_prob"], threshold)
+    return {"acc_t": 100.0 * mt["acc"], "r_acc_t": 100.0 * mt["r_acc"], "f_acc_t": 100.0 * mt["f_acc"]}
 
 
 def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=None, threshold=None):
@@ -221,9 +228,7 @@ def evaluate_suite(model, suite, suite_dir, device, opt, progress=True, perturb=
                "steps": perturb.steps if perturb is not None else ()}
         row.update({k: 100.0 * m[k] for k in METRIC_KEYS})
         if threshold is not None:
-            mt = compute_metrics(m["y_true"], m["y_prob"], threshold)
-            row.update(threshold=threshold, acc_t=100.0 * mt["acc"], r_acc_t=100.0 * mt["r_acc"],
-                       f_acc_t=100.0 * mt["f_acc"])
+            row.update(metrics_at(m, threshold), threshold=threshold)
         row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped",
                                       "n_truncated")})
         row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
@@ -308,9 +313,9 @@ def main(argv=None):
         print(f"{k:>9}: {'nan' if math.isnan(v) else f'{100 * v:.2f}'}")
     print(f"best_threshold: {m['best_threshold']:.4f}  n_real: {m['n_real']}  n_fake: {m['n_fake']}")
     if threshold is not None:
-        mt = compute_metrics(m["y_true"], m["y_prob"], threshold)
-        print(f"threshold {threshold:.4f} ({source}): acc {100 * mt['acc']:.2f}  r_acc {100 * mt['r_acc']:.2f}  "
-              f"f_acc {100 * mt['f_acc']:.2f}")
+        mt = metrics_at(m, threshold)
+        print(f"threshold {threshold:.4f} ({source}): acc {mt['acc_t']:.2f}  r_acc {mt['r_acc_t']:.2f}  "
+              f"f_acc {mt['f_acc_t']:.2f}")
     return 0
 
 
