@@ -243,6 +243,8 @@ class TrainTransform:
         import torchvision.transforms.functional as TF
         from torchvision.transforms import InterpolationMode
 
+        if self.rotate <= 0 and self.color_jitter <= 0:  # masking only: stay on the array
+            return self.mask(arr, rng)
         img = Image.fromarray(np.ascontiguousarray(arr))
         if self.rotate > 0:  # RandomRotation(deg): nearest neighbour, corners filled with black
             img = TF.rotate(img, rng.uniform(-self.rotate, self.rotate), interpolation=InterpolationMode.NEAREST,
@@ -255,7 +257,9 @@ class TrainTransform:
             ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
             for k in order:
                 img = ops[k](img, factors[k])
-        arr = np.asarray(img)
+        return self.mask(np.asarray(img), rng)
+
+    def mask(self, arr, rng):
         if self.mask_prob > 0 and rng.random() < self.mask_prob:
             arr = patch_mask(arr, sample_continuous(self.mask_ratio, rng), self.mask_patch, rng)
         return arr
