@@ -1,6 +1,6 @@
 """Measure how fast this codebase trains and evaluates, on the CPU and on CUDA when present.
 
-    python bench.py                  # full run (about 11 minutes on a 2-core CPU)
+    python bench.py                  # full run (docs/speed.md gives its run time and results)
     python bench.py --quick          # a short smoke run (numbers are rougher)
 
 What it measures, per device (images per second, peak memory):
@@ -11,8 +11,8 @@ What it measures, per device (images per second, peak memory):
   ``inference_mode``); ``amp`` (CUDA) adds float16 autocast; ``compile`` needs ``--compile``.
   Training steps are labelled ``contiguous`` (what ``train.py`` runs by default, step for step
   the reference) and ``channels_last`` (``--train_channels_last``).
-* end to end: evaluation through the ``test.py`` path (``validate.evaluate_folder``) and training
-  through the ``train.py`` path (its loader and ``train_one_epoch``), on a generated folder of
+* end to end: evaluation through the ``test.py`` path (``engine.evaluate_folder``) and training
+  through the ``train.py`` path (its loader and ``engine.train_one_epoch``), on a generated folder of
   PNG images (256 px for the 224 px runs, 48 px for the mini size). ``plain`` evaluation is the
   reference's pipeline: torchvision Resize / CenterCrop / ToTensor / Normalize in the workers,
   float batches, the plain model.
@@ -23,8 +23,8 @@ Peak memory is the process's peak resident set (CPU, main process; data-loader w
 separate processes) or ``torch.cuda.max_memory_allocated`` (CUDA). Results are printed as a
 table and written to ``--output/bench.json``.
 """
-import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -35,13 +35,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.datasets import BinaryImageDataset, default_workers, make_train_loader
+from data.cache import cached_train_dataset
 from data.discovery import make_samples
-from data.transforms import TrainTransform
-from networks import resnet50
-from options import OneLineErrorParser, check_train, train_parser
-from util import AMP_DTYPE, format_table, run_cli
-from validate import evaluate_folder, prepare_model
+from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
+from data.transforms import EvalTransform, TrainTransform, normalize_batch
+from engine import EvalConfig, GracefulStop, StepConfig, evaluate_folder, train_one_epoch
+from networks import prepare_model, resnet50
+from options import parse_train_args
+from options.base_options import OneLineErrorParser
+from report import format_table
+from util import AMP_DTYPE, UserError, run_cli
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -110,7 +113,7 @@ class ReferenceEvalDataset(torch.utils.data.Dataset):
     """The reference's evaluation input pipeline: float tensors made in the workers."""
 
     def __init__(self, samples, load_size, crop_size):
-        import torchvision.transforms as T
+        import torchvision.transforms as T  # here: importing torchvision raises the peak memory of every row
         self.samples = samples
         self.transform = T.Compose([T.Resize((load_size, load_size)), T.CenterCrop(crop_size), T.ToTensor(),
                                     T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
@@ -143,7 +146,6 @@ def bench_model(device, size, batch, seconds, variants):
     """Model-only forward and training-step throughput for each variant."""
     rows = []
     x_cpu = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    from data.transforms import normalize_batch
     x = normalize_batch(x_cpu.to(device))
     for variant in variants:
         base = make_model(device)
@@ -205,9 +207,10 @@ def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, r
         else:
             model = prepare_model(base, device, compile_model=variant == "compile")
 
+            cfg = EvalConfig(device, batch, workers, amp=variant == "amp")
+
             def run():
-                return evaluate_folder(model, folder, device, batch, load_size, crop_size, num_workers=workers,
-                                       amp=variant == "amp")["y_prob"]
+                return evaluate_folder(model, folder, EvalTransform(load_size, crop_size), cfg)["y_prob"]
         run()  # warm-up: page cache, lazy init
         reset_peak_memory(device)
         start = time.perf_counter()
@@ -223,8 +226,6 @@ def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, r
 
 def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants, cache_root=None):
     """One epoch through train.py's loader and ``train_one_epoch`` (after a warm-up epoch)."""
-    import train
-
     rows = []
     for variant in variants:
         argv = ["--dataroot", dataroot, "--loadSize", str(load_size), "--cropSize", str(crop_size),
@@ -234,28 +235,28 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
             argv.append("--train_channels_last")
         if variant == "amp":
             argv.append("--amp")
-        opt = check_train(train_parser().parse_args(argv))
+        args = parse_train_args(argv)
         samples = make_samples(os.path.join(dataroot, "train"))
-        transform = TrainTransform(opt)
+        transform = TrainTransform(load_size, crop_size)
         if variant == "cache":
-            from data.cache import cached_train_dataset
             dataset = cached_train_dataset(cache_root, samples, transform, num_workers=workers)
         else:
             dataset = BinaryImageDataset(samples, transform)
-        loader, sampler = make_train_loader(dataset, opt, device)
+        sampler = EpochSampler(dataset.labels, seed=args.seed)
+        loader = make_train_loader(dataset, batch, sampler, workers, device)
         model = make_model(device).train()
-        if opt.train_channels_last:
+        if args.train_channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0}
-        stopper = argparse.Namespace(signum=None)
+        step_cfg = StepConfig(args.train_channels_last, args.amp, args.loss_freq, args.save_latest_freq)
         scaler = torch.amp.GradScaler("cuda") if variant == "amp" and device.type == "cuda" else None
 
         def epoch(e):
             sampler.set_epoch(e)
             progress["epoch"] = e
-            train.train_one_epoch(model, loader, optimizer, torch.nn.BCEWithLogitsLoss(), device, opt, progress,
-                                  lambda: None, stopper, scaler=scaler)
+            train_one_epoch(model, loader, optimizer, torch.nn.BCEWithLogitsLoss(), device, progress, step_cfg,
+                            lambda: None, GracefulStop(), scaler=scaler)
 
         epoch(0)  # warm-up: worker start, page cache
         sync(device)
@@ -275,7 +276,7 @@ def bench_scaling(device, folder, mult, size=64):
     model = prepare_model(make_model(device), device)
     n = len(make_samples(folder))
     start = time.perf_counter()
-    evaluate_folder(model, folder, device, 64, size, size - 8, num_workers=0)
+    evaluate_folder(model, folder, EvalTransform(size, size - 8), EvalConfig(device, 64, 0))
     return [{"device": device.type, "what": "eval memory scaling", "variant": f"{mult}x", "size": size - 8,
              "batch": 64, "images": n, "images_per_s": n / (time.perf_counter() - start),
              "peak_mem_mb": peak_memory_mb(device)}]
@@ -293,8 +294,6 @@ def _child(queue, fn, args):
 def isolated(fn, *args):
     """Run ``fn(*args)`` in a fresh process, so that each peak-memory figure is its own and not
     the high-water mark of everything measured before (freed memory stays in the allocator)."""
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, fn, args))
@@ -306,50 +305,10 @@ def isolated(fn, *args):
     return value
 
 
-def train_agreement(device="cpu"):
-    """How far each training variant lands from the reference's loop after the same 9 steps.
-
-    Runs ``train.main`` (default, ``--train_channels_last``) on the small set of
-    ``tests/test_train_parity.py`` and the transcription of the reference loop kept there, over
-    the same batches; prints the first step whose loss differs and the largest weight difference.
-    """
-    import tempfile
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
-    import test_train_parity as parity
-    import train
-
-    root = os.path.join(tempfile.mkdtemp(prefix="npr-agreement-"), "data")
-    parity.write_images(root)
-    ref_losses, ref_state, _ = parity.reference_training(root)
-    rows = []
-    for variant, extra in (("default", []), ("channels_last", ["--train_channels_last"])):
-        losses, build_loss = [], train.build_loss
-        train.build_loss = lambda: parity.RecordingLoss(build_loss(), losses)
-        try:
-            train.main(["--dataroot", root, "--classes", ",".join(parity.CLASSES), "--name", variant,
-                        "--checkpoints_dir", os.path.join(root, "ck"), "--batch_size", str(parity.BATCH),
-                        "--loadSize", str(parity.LOAD), "--cropSize", str(parity.CROP), "--niter", str(parity.EPOCHS),
-                        "--delr_freq", "1", "--lr", str(parity.LR), "--gpu_ids", "-1" if device == "cpu" else "0",
-                        "--num_threads", "0"] + extra)
-        finally:
-            train.build_loss = build_loss
-        state = torch.load(os.path.join(root, "ck", variant, "model_epoch_last.pth"), weights_only=True)["model"]
-        first = next((i for i, (a, b) in enumerate(zip(losses, ref_losses)) if a != b), None)
-        rows.append({"variant": variant, "steps": len(losses), "first_differing_step": "none" if first is None else first,
-                     "max_loss_diff": max(abs(a - b) for a, b in zip(losses, ref_losses)),
-                     "max_weight_diff": max((state[k].float() - ref_state[k].float()).abs().max().item()
-                                            for k in state if state[k].is_floating_point())})
-    print(format_table(rows, [("variant", "training"), ("steps", "steps"), ("first_differing_step", "first differing step"),
-                              ("max_loss_diff", "max |loss diff|"), ("max_weight_diff", "max |weight diff|")],
-                       floatfmt="{:.3g}"))
-    return rows
-
-
 # ----------------------------------------------------------------------------- main
 
 def get_args_parser():
-    p = OneLineErrorParser(description="Throughput and memory of the model, evaluation and training paths.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineErrorParser("Throughput and memory of the model, evaluation and training paths.")
     p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu, and cuda when present)")
     p.add_argument("--batch_size", type=int, default=64, help="evaluation batch (training uses half)")
     p.add_argument("--seconds", type=float, default=8.0, help="time per model-only measurement")
@@ -361,20 +320,14 @@ def get_args_parser():
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     p.add_argument("--quick", action="store_true", help="short smoke run: tiny folders, 1 s per measurement")
     p.add_argument("--output", default="results/bench", help="folder for bench.json")
-    p.add_argument("--agreement", action="store_true",
-                   help="only compare the training variants with the reference's loop, step for step (CPU, seconds)")
     return p
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.agreement:
-        train_agreement()
-        return 0
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else \
         [d.strip() for d in args.devices.split(",")]
     if "cuda" in devices and not torch.cuda.is_available():
-        from util import UserError
         raise UserError("--devices cuda: no CUDA device is visible")
     seconds = 1.0 if args.quick else args.seconds
     rows = []
@@ -386,7 +339,7 @@ def main(argv=None):
         for name in devices:
             device = torch.device(name)
             cuda = device.type == "cuda"
-            workers = default_workers(8, device, auto=True) if args.workers < 0 else args.workers
+            workers = default_workers(None, device) if args.workers < 0 else args.workers
             info["workers"][name] = workers
             variants = ["plain", "default"] + (["amp"] if cuda else []) + (["compile"] if args.compile else [])
             n_eval = args.eval_images or (8 if args.quick else (64 if cuda else 4) * args.batch_size)

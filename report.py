@@ -1,16 +1,180 @@
-"""Figures and the Markdown report of a test run (``test.py --plots``).
+"""Tables, result files and figures: everything here reads the result rows that
+``engine.evaluate_suite`` returns (one dict per generator: metrics in %, the paper's numbers,
+counts, and the raw ``y_true`` / ``y_prob``) or the summaries of ``metrics.summarize_checkpoints``.
 
-Everything reads the result rows that ``validate.evaluate_suite`` returns: one dict per
-generator (metrics in %, the paper's numbers, and the raw ``y_true`` / ``y_prob``).
+Text tables for the terminal, ``results.csv`` / ``results.json`` / ``summary.csv`` and the
+Markdown report ``results.md`` (``write_results``), ROC / PR / bar / sweep figures
+(``make_figures``, ``test.py --plots``) and the NPR residual figure (``predict.py --visualize``).
 """
+import csv
 import hashlib
+import json
 import os
+import time
 
 import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
+from metrics import SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
+
+# The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
+# table's layout does not depend on whether --perturb was given.
+RESULT_FIELDS = ["suite", "generator", "acc", "ap", "r_acc", "f_acc", "auc", "best_acc", "best_threshold",
+                 "n_real", "n_fake", "n_images", "n_scored", "n_skipped", "paper_acc", "paper_ap", "perturbation",
+                 "seconds", "folder", "n_truncated", "model_path", "threshold", "acc_t", "r_acc_t", "f_acc_t"]
+SUMMARY_FIELDS = (["suite", "generator", "perturbation", "n_checkpoints"] +
+                  [f"{k}_{stat}" for k in SUMMARY_METRICS for stat in ("mean", "sd")] + ["paper_acc", "paper_ap"])
+TABLE_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
+                 ("f_acc", "fake ACC"), ("acc_t", "ACC@t"), ("r_acc_t", "real@t"), ("f_acc_t", "fake@t"),
+                 ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
+                 ("n_scored", "scored"), ("n_skipped", "skipped"), ("n_truncated", "truncated")]
+SUMMARY_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
+                   ("f_acc", "fake ACC"), ("acc_t", "ACC@t"), ("r_acc_t", "real@t"), ("f_acc_t", "fake@t"),
+                   ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"), ("n_checkpoints", "checkpoints")]
+
+
+# ----------------------------------------------------------------------------- tables
+
+def format_table(rows, columns, floatfmt="{:.1f}"):
+    """Plain-text table of ``rows`` (list of dicts) for the given ``columns`` (key, header)."""
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return "nan" if v != v else floatfmt.format(v)
+        return str(v)
+
+    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, (_, h) in enumerate(columns)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h), w) in enumerate(zip(columns, widths)))
+    out = [line, "-" * len(line)]
+    for b in body:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))))
+    return "\n".join(out)
+
+
+def shown_columns(rows, columns, key="acc_t"):
+    """``columns`` without the ACC@t ones when no row has a threshold (no ``key`` value)."""
+    if any(r.get(key) is not None for r in rows):
+        return columns
+    return [c for c in columns if c[0] not in THRESHOLD_KEYS]
+
+
+def suite_table(rows, suite_name):
+    """One suite's per-generator table with its Mean row."""
+    return format_table(rows + [mean_row(rows, suite_name)], shown_columns(rows, TABLE_COLUMNS))
+
+
+def summary_cell(row, key):
+    mean, sd = row.get(f"{key}_mean"), row.get(f"{key}_sd")
+    if mean is None:
+        return None
+    return f"{mean:.1f}" if sd is None else f"{mean:.1f} ± {sd:.1f}"
+
+
+def summary_columns(rows):
+    return shown_columns(rows, SUMMARY_COLUMNS, key="acc_t_mean")
+
+
+def summary_table(rows):
+    """Text table of ``summarize_checkpoints`` rows: mean ± sd per generator."""
+    columns = summary_columns(rows)
+    shown = [{k: (summary_cell(r, k) if k in SUMMARY_METRICS else r.get(k)) for k, _ in columns} for r in rows]
+    return format_table(shown, columns)
+
+
+def markdown_table(rows, columns, cell):
+    out = "| " + " | ".join(h for _, h in columns) + " |\n|" + "---|" * len(columns) + "\n"
+    for r in rows:
+        cells = [cell(r, k) for k, _ in columns]
+        out += "| " + " | ".join("-" if c is None else f"{c:.1f}" if isinstance(c, float) else str(c)
+                                 for c in cells) + " |\n"
+    return out
+
+
+def groups(rows):
+    """(perturbation, suite, rows) in the order they were evaluated."""
+    for pert, suite in dict.fromkeys((r.get("perturbation", "none"), r["suite"]) for r in rows):
+        yield pert, suite, [r for r in rows if r["suite"] == suite and r.get("perturbation", "none") == pert]
+
+
+
+# ----------------------------------------------------------------------------- files
+
+def sha256_of(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, figures=(), summary=(),
+                  thresholds=None):
+    """results.csv, results.json and the report results.md in ``results_dir`` (plus summary.csv
+    with several checkpoints); returns their paths.
+
+    The Markdown report gathers the tables, the ``options`` (a dict), the checkpoints' SHA-256,
+    each checkpoint's threshold (``thresholds``: path -> (threshold, source)) and the figures.
+    """
+    os.makedirs(results_dir, exist_ok=True)
+    flat = [{k: r.get(k) for k in RESULT_FIELDS} for r in rows]
+    paths = {ext: os.path.join(results_dir, f"results.{ext}") for ext in ("csv", "json", "md")}
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+        w.writeheader()
+        w.writerows(flat)
+    if summary:
+        paths["summary"] = os.path.join(results_dir, "summary.csv")
+        with open(paths["summary"], "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(summary)
+    hashes = {p: sha256_of(p) for p in model_paths}
+    thresholds = thresholds or {}
+    meta = {"model_path": model_paths, "model_sha256": hashes, "dataroot": dataroot, "ema": ema,
+            "thresholds": {p: {"threshold": t, "source": src} for p, (t, src) in thresholds.items()},
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn; summary: mean and sample standard "
+                       "deviation (ddof=1) across checkpoints"}
+    with open(paths["json"], "w") as f:
+        json.dump({"meta": meta, "results": flat, "summary": list(summary)}, f, indent=1)
+    with open(paths["md"], "w") as f:
+        f.write("# NPR results\n\n" + "".join(f"Checkpoint: `{p}` (SHA-256 `{h}`)" + (" (moving-average weights)" if
+                                                ema else "") + "  \n" for p, h in hashes.items()) +
+                f"Data: `{dataroot}`  \nRun: {meta['time']}  \nMetrics in %. ACC, real ACC and fake ACC call "
+                "an image fake when its probability is above 0.5 (the paper's rule)")
+        used = {p: v for p, v in thresholds.items() if v[0] is not None}
+        if used:
+            f.write("; ACC@t, real@t and fake@t use the threshold t of each checkpoint:\n\n" +
+                    "".join(f"- `{p}`: t = {t:.4f}, {src}\n" for p, (t, src) in used.items()))
+        else:
+            f.write(".\n")
+        if summary:
+            f.write(f"\n# Mean ± standard deviation over {len(model_paths)} checkpoints\n")
+            for pert, suite, srows in groups(summary):
+                title = suite if pert == "none" else f"{suite}, perturbation {pert}"
+                f.write(f"\n## {title}\n\n" + markdown_table(
+                    srows, summary_columns(srows), lambda r, k: summary_cell(r, k) if k in SUMMARY_METRICS else r.get(k)))
+        for path in model_paths:
+            if len(model_paths) > 1:
+                f.write(f"\n# Checkpoint `{path}`\n")
+            for pert, suite, srows in groups([r for r in rows if r.get("model_path") == path]):
+                title = suite if pert == "none" else f"{suite}, perturbation {pert}"
+                f.write(f"\n## {title}\n\n" + markdown_table(srows, shown_columns(srows, TABLE_COLUMNS),
+                                                               lambda r, k: r.get(k)))
+        if figures:
+            f.write("\n## Figures\n\n" + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n\n"
+                                                    for p in figures))
+        f.write("\n## Options\n\n```\n" + "\n".join(f"{k}: {v}" for k, v in sorted(options.items())) + "\n```\n")
+    return paths
+
+
+
+# ----------------------------------------------------------------------------- figures
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # optional heavy dependency: only figures need it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -27,17 +191,8 @@ def _slug(text):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def sha256_of(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def plot_curves(rows, suite, path):
     """ROC and precision-recall curves of every generator of one suite."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
     plt = _pyplot()
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.6))
     for r in rows:
@@ -119,3 +274,27 @@ def make_figures(rows, out_dir):
         if sweep:
             paths.append(sweep)
     return paths
+
+
+def residual_figure(img, residual, prob, threshold, name, out):
+    """Write ``out``: image | NPR residual per channel (amplified) | its magnitude, titled with
+    ``name``, the probability and the verdict at ``threshold``."""
+    plt = _pyplot()
+    r = residual[0].permute(1, 2, 0).numpy()
+    mag = np.abs(r).mean(axis=2)
+    scale = np.percentile(np.abs(r), 99) or 1.0
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
+    axes[0].imshow(img)
+    axes[0].set_title("image")
+    axes[1].imshow(np.clip(0.5 + r / (2 * scale), 0, 1))
+    axes[1].set_title("NPR residual per channel (amplified)")
+    axes[2].imshow(mag, cmap="magma", vmin=0, vmax=np.percentile(mag, 99) or 1.0)
+    axes[2].set_title("NPR magnitude")
+    for ax in axes:
+        ax.axis("off")
+    verdict = "fake" if prob > threshold else "real"
+    fig.suptitle(f"{name}: P(fake) = {prob:.3f} -> {verdict}")
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # leave room for the title
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -10,7 +10,7 @@ import torch
 log = logging.getLogger("npr")
 
 # --amp: float16 autocast on CUDA (with a GradScaler when training). float16, not bfloat16:
-# on the mini checkpoint, bf16 moved probabilities by up to 0.025 and fp16 by 0.003 (README, Speed).
+# it moves the probabilities less (docs/speed.md).
 AMP_DTYPE = torch.float16
 
 
@@ -113,21 +113,3 @@ def ensure_writable_dir(path, what):
     except OSError as e:
         raise UserError(f"{what} '{path}' is not writable ({e.strerror or e}); choose another folder")
     return path
-
-
-def format_table(rows, columns, floatfmt="{:.1f}"):
-    """Plain-text table of ``rows`` (list of dicts) for the given ``columns`` (key, header)."""
-    def cell(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return "nan" if v != v else floatfmt.format(v)
-        return str(v)
-
-    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, (_, h) in enumerate(columns)]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h), w) in enumerate(zip(columns, widths)))
-    out = [line, "-" * len(line)]
-    for b in body:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))))
-    return "\n".join(out)

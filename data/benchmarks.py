@@ -7,6 +7,7 @@ case-insensitively) when your copy of a dataset spells a folder differently.
 import os
 from dataclasses import dataclass, field
 
+from util import UserError
 from .discovery import find_child, is_leaf
 
 
@@ -124,3 +125,41 @@ def custom_suite(path):
         gens = (G(os.path.basename(os.path.normpath(path)), "."),)
     return Suite(os.path.basename(os.path.normpath(path)), (path,), gens, resize=False, crop=False,
                  note="custom suite: every generator folder, no resize, no crop", custom=True)
+
+
+def find_suites(dataroot, wanted=()):
+    """[(suite, folder)] to evaluate and the names of the suites asked for with --suites that are
+    absent (suites nobody asked for are not mentioned)."""
+    if not os.path.isdir(dataroot):
+        raise UserError(f"--dataroot '{dataroot}' does not exist")
+    found, used = [], set()
+    for suite in SUITES:
+        path = locate_suite(dataroot, suite)
+        if path:
+            found.append((suite, path))
+            used.add(os.path.normcase(os.path.abspath(path)))
+    for d in sorted(os.listdir(dataroot)):
+        path = os.path.join(dataroot, d)
+        if os.path.normcase(os.path.abspath(path)) in used or not os.path.isdir(path):
+            continue
+        if any(os.path.normcase(os.path.abspath(u)).startswith(os.path.normcase(os.path.abspath(path)) + os.sep)
+               for u in used):
+            continue  # a parent of a known suite's folder (e.g. npr-mini holding test/)
+        suite = custom_suite(path)
+        if suite.generators:
+            found.append((suite, path))
+    if not found and has_leaves(dataroot):
+        found.append((custom_suite(dataroot), dataroot))
+    missing = []
+    if wanted:
+        names = {s.name.lower() for s, _ in found}
+        for w in wanted:
+            if w.lower() in names:
+                continue
+            if suite_by_name(w) is None:
+                known = ", ".join(s.name for s in SUITES)
+                raise UserError(f"--suites: unknown suite '{w}'; known suites: {known}, or a folder name under "
+                                f"'{dataroot}'")
+            missing.append(w)
+        found = [(s, p) for s, p in found if s.name.lower() in {w.lower() for w in wanted}]
+    return found, missing

@@ -22,13 +22,16 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from util import UserError
-from .transforms import ImageDecodeError, load_rgb, resize_square
+from .images import ImageDecodeError, ImageRule, load_rgb
+from .transforms import resize_square
 
 log = logging.getLogger("npr")
 
@@ -97,9 +100,8 @@ class TrainCache:
         os.replace(tmp, self.state_path)
 
     def build(self, num_workers=0, progress=True):
-        """Decode and resize every image not cached yet; safe to interrupt and call again."""
-        from tqdm import tqdm
-
+        """Decode and resize every image not cached yet; safe to interrupt and call again.
+        Unreadable images are reported and marked; the dataset skips them."""
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as e:
@@ -127,7 +129,7 @@ class TrainCache:
         with tqdm(total=len(todo), desc="caching", unit="img", disable=None if progress else True) as bar:
             for index, arr, err in loader:
                 if arr is None:
-                    log.warning("skipping unreadable image %s (%s)", self.samples[index][0], err)
+                    ImageRule().skip(self.samples[index][0], err)
                     state[index] = UNREADABLE
                 else:
                     images[index] = arr
@@ -143,21 +145,22 @@ class TrainCache:
         del images
         return self
 
-    def dataset(self, transform, strict=False):
+    def dataset(self, transform, rule=ImageRule()):
         if not self.is_complete():
             raise UserError(f"the cache in '{self.dir}' is incomplete; build it first")
-        return CachedImageDataset(self, transform, strict)
+        return CachedImageDataset(self, transform, rule)
 
 
 class CachedImageDataset(Dataset):
-    """``BinaryImageDataset`` over the cache: (uint8 tensor, label, index, False), None when unreadable."""
+    """``BinaryImageDataset`` over the cache: (uint8 tensor, label, index, False), None when
+    unreadable (reported when the cache was built; an error when ``rule`` is strict)."""
 
-    def __init__(self, cache, transform, strict=False):
+    def __init__(self, cache, transform, rule=ImageRule()):
         check_cacheable(transform)
         if transform.load_size != cache.load_size or transform.interps[0] != cache.interp:
             raise UserError(f"the cache holds {cache.load_size}px '{cache.interp}' resizes, but the transform asks "
                             f"for {transform.load_size}px '{transform.interps[0]}'")
-        self.cache, self.transform, self.strict = cache, transform, strict
+        self.cache, self.transform, self.rule = cache, transform, rule
         self.samples = cache.samples
         self.state = cache.state()
         self._images = None  # opened lazily, once per worker process
@@ -173,15 +176,11 @@ class CachedImageDataset(Dataset):
         return dict(self.__dict__, _images=None)
 
     def __getitem__(self, key):
-        import random
-        from .datasets import UnreadableImageError
-
         index, seed = key if isinstance(key, tuple) else (key, key)
         label = self.samples[index][1]
         if self.state[index] != CACHED:
-            path = self.samples[index][0]
-            if self.strict:
-                raise UnreadableImageError(f"cannot read image '{path}'; remove it or drop --strict_images")
+            if self.rule.strict:
+                self.rule.skip(self.samples[index][0], "unreadable when the cache was built")
             return None, label, index, False
         if self._images is None:
             self._images = np.memmap(self.cache.images_path, dtype=np.uint8, mode="r", shape=self.cache.shape)
@@ -195,11 +194,11 @@ def check_cacheable(transform):
                         f"(got {','.join(transform.interps)}) or drop --cache_dir")
 
 
-def cached_train_dataset(cache_dir, samples, transform, strict=False, num_workers=0, build=True):
+def cached_train_dataset(cache_dir, samples, transform, rule=ImageRule(), num_workers=0, build=True):
     """Build (or resume building) the cache for ``samples`` and return a dataset reading it."""
     check_cacheable(transform)
     cache = TrainCache(cache_dir, samples, transform.load_size, transform.interps[0])
     if build:
         cache.build(num_workers)
-    return cache.dataset(transform, strict)
+    return cache.dataset(transform, rule)
 

@@ -1,7 +1,7 @@
 """NPR-mini: a small benchmark built on the spot, so the main job runs anywhere in minutes.
 
 Real images: patches of public-domain / CC0 / CC-BY photographs shipped inside
-scikit-image and scikit-learn (listed in ``PHOTOS``; licences in the README).
+scikit-image and scikit-learn (listed in ``PHOTOS``; licences in docs/npr-mini.md).
 Fake images: outputs of four small auto-encoders, one per up-sampling operator, trained
 here on the real training patches. Each fake is the generator's reconstruction of a real
 patch, and both are saved as PNG, so real and fake share content and file format: a
@@ -14,12 +14,15 @@ Splits: every photo is cut into three disjoint vertical strips (60 / 15 / 25 % o
 for train / val / test; patches never cross a strip, so no test pixel is seen in training,
 while every split covers every category.
 """
+import argparse
 import json
 import os
 import random
 import shutil
 
 import numpy as np
+import skimage.data
+import sklearn.datasets
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,19 +42,10 @@ PHOTOS = {
 SPLITS = {"train": (0.0, 0.60), "val": (0.60, 0.75), "test": (0.75, 1.0)}
 TRAIN_GENERATOR = "nn_conv"
 
-# The mini recipe: sized so that building, training and testing fit in about ten minutes
-# on a 2-core CPU (see the README for the measured time).
-MINI_RECIPE = {"loadSize": 48, "cropSize": 40, "batch_size": 32, "niter": 6, "lr": 0.0005,
-               "delr_freq": 2, "earlystop_epoch": 0, "num_threads": 2}
-DEFAULT_CONFIG = {"seed": 0, "size": 48, "train_per_class": 320, "val_per_class": 50, "test_per_generator": 200,
-                  "generator_steps": 1000}
-
 
 def photo_path(package, name):
     if package == "skimage":
-        import skimage.data
         return os.path.join(skimage.data.data_dir, name)
-    import sklearn.datasets
     return os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", name)
 
 
@@ -136,17 +130,17 @@ def train_generator(kind, patches, steps, seed, batch_size=32, crop=16, lr=5e-3,
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = PatchAutoEncoder(kind)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     data = to_float(patches)
     for _ in range(steps):
         idx = torch.randint(0, len(data), (batch_size,), generator=g)
         y, x = (int(v) for v in torch.randint(0, data.shape[-1] - crop + 1, (2,), generator=g))
         batch = data[idx, :, y:y + crop, x:x + crop]
         loss = F.l1_loss(model(batch), batch)
-        opt.zero_grad()
+        optimizer.zero_grad()
         loss.backward()
-        opt.step()
+        optimizer.step()
         sched.step()
         if progress is not None:
             progress.update(1)
@@ -226,12 +220,10 @@ def build_mini(root, seed=0, size=48, train_per_class=320, val_per_class=50, tes
 
 
 if __name__ == "__main__":
-    import argparse
-
     p = argparse.ArgumentParser(description="Build the NPR-mini benchmark.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--root", default="datasets/npr-mini", help="output folder")
-    p.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"], help="random seed")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when a complete build exists")
     a = p.parse_args()
     m = build_mini(a.root, seed=a.seed, rebuild=a.rebuild)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from util import UserError
-from .transforms import gaussian_blur, jpeg_compress
+from .augment import gaussian_blur, jpeg_compress
 
 KINDS = ("jpeg", "blur", "resize")
 

@@ -1,4 +1,4 @@
-"""The NPR network and checkpoint I/O.
+"""The NPR network, checkpoint I/O and the detector interface.
 
     from networks import load_detector, predict_proba
     model = load_detector("NPR.pth")
@@ -7,7 +7,8 @@
 from .resnet import NPRResNet, npr_residual, resnet50
 from .checkpoint import (CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_strict,
                          save_checkpoint)
-from .detector import load_detector, predict_proba
+from .detector import ImageScore, load_detector, predict_proba, prepare_model, score_images
 
 __all__ = ["NPRResNet", "npr_residual", "resnet50", "CheckpointError", "extract_state_dict", "load_checkpoint",
-           "load_state_dict_strict", "save_checkpoint", "load_detector", "predict_proba"]
+           "load_state_dict_strict", "save_checkpoint", "ImageScore", "load_detector", "predict_proba",
+           "prepare_model", "score_images"]

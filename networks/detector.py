@@ -1,12 +1,19 @@
-"""The detector interface used by notebooks and every script: load a checkpoint, score images."""
+"""The detector interface of notebooks and every script: load a checkpoint, prepare the model
+for evaluation, score images one by one (``score_images``, the one inference path of
+``predict.py`` and ``predict_proba``)."""
+import copy
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from data.images import ImageRule
+from data.transforms import normalize_batch
 from util import select_device
 from .checkpoint import extract_state_dict, load_checkpoint, load_state_dict_strict
+from .fuse import fuse_for_inference
 from .resnet import resnet50
 
 
@@ -26,13 +33,51 @@ def load_detector(path, device=None, ema=False):
     return model.to(device).eval()
 
 
-def _as_batch(images, transform):
-    from data.transforms import normalize_batch
+def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model=False):
+    """The model as evaluation runs it: on ``device``, eval mode, and the fast paths that keep
+    the predictions (BatchNorm folded into the convolutions, channels-last); ``torch.compile``
+    only when asked. Returns a new module when folding; ``model`` itself is not changed.
+    """
+    threshold = getattr(model, "threshold", None)
+    model = model.to(device).eval()
+    if fold_bn:
+        model = fuse_for_inference(model)
+    elif channels_last:
+        model = copy.deepcopy(model)  # Module.to(memory_format) works in place; leave the caller's model as it is
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.threshold = threshold
+    if compile_model:
+        model = torch.compile(model)
+    return model
 
-    if torch.is_tensor(images):
-        x = images if images.dim() == 4 else images.unsqueeze(0)
-        return x if x.is_floating_point() else normalize_batch(x)
-    raise TypeError(f"expected a tensor batch, got {type(images).__name__}")
+
+@dataclass
+class ImageScore:
+    image: object              # the path or PIL image as given
+    prob: float = None         # P(fake); None when the image was skipped
+    skipped: str = None        # why: 'unreadable' or 'too small'
+    truncated: bool = False    # scored as far as the file decodes
+    pixels: torch.Tensor = None  # the uint8 (3, H, W) input the model saw
+
+
+@torch.inference_mode()
+def score_images(model, images, transform=None, rule=ImageRule()):
+    """Yield an ``ImageScore`` per image (paths or PIL images), one at a time, so that sizes may
+    differ. ``transform`` (a ``data.transforms.EvalTransform``; None keeps the pixels as they
+    are) runs first; ``rule`` decides what happens to an image that cannot be used."""
+    device = next(model.parameters()).device
+    for im in images:
+        pixels, truncated, skipped = rule.load(im, transform)
+        if pixels is None:
+            yield ImageScore(im, skipped=skipped)
+            continue
+        x = normalize_batch(pixels.unsqueeze(0)).to(device)
+        yield ImageScore(im, torch.sigmoid(model(x).float()).item(), None, truncated, pixels)
+
+
+def warn_nan(name, err):
+    warnings.warn(f"predict_proba: image {name} gets NaN ({err})", stacklevel=4)
 
 
 @torch.inference_mode()
@@ -41,33 +86,21 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
 
     * paths / PIL images go through ``transform`` (a ``data.transforms.EvalTransform``; by
       default none, i.e. the pixels as they are -- NPR reads pixel-level traces) and are
-      scored one by one (sizes may differ). An image that cannot be used -- unreadable, or
+      scored one by one (``score_images``). An image that cannot be used -- unreadable, or
       under 2x2 pixels after the transform -- gets NaN and one warning naming it
-      (``strict=True`` raises instead); truncated files are scored as far as they decode,
-      as the reference does.
+      (``strict=True`` raises a ``ValueError`` instead); truncated files are scored as far as
+      they decode, as the reference does.
     * a uint8 tensor (N, 3, H, W) is normalised; a float tensor is taken as already normalised.
     Returns a 1-D float tensor on the CPU.
     """
-    from data.transforms import ImageDecodeError, load_for_model, normalize_batch
-
-    device = next(model.parameters()).device
     if torch.is_tensor(images):
-        x = _as_batch(images, transform)
+        device = next(model.parameters()).device
+        x = images if images.dim() == 4 else images.unsqueeze(0)
+        x = x if x.is_floating_point() else normalize_batch(x)
         return torch.cat([torch.sigmoid(model(x[i:i + batch_size].to(device)).float()).flatten().cpu()
                           for i in range(0, len(x), batch_size)])
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
-    probs = []
-    for im in images:
-        try:
-            pixels, _ = load_for_model(im, transform)
-        except ImageDecodeError as e:
-            name = im if isinstance(im, (str, os.PathLike)) else f"PIL image {getattr(im, 'size', '')}"
-            if strict:
-                raise ValueError(f"cannot use image {name}: {e}") from None
-            warnings.warn(f"predict_proba: image {name} gets NaN ({e})", stacklevel=2)
-            probs.append(torch.tensor([float("nan")]))
-            continue
-        x = normalize_batch(pixels.unsqueeze(0)).to(device)
-        probs.append(torch.sigmoid(model(x).float()).flatten().cpu())
-    return torch.cat(probs) if probs else torch.zeros(0)
+    rule = ImageRule(strict=strict, report=warn_nan)
+    probs = [float("nan") if s.prob is None else s.prob for s in score_images(model, images, transform, rule)]
+    return torch.tensor(probs, dtype=torch.float32)

@@ -7,9 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from data.datasets import BinaryImageDataset, UnreadableImageError, make_eval_loader
+from data.images import ImageDecodeError, ImageRule, UnusableImageError, load_rgb
+from data.loaders import BinaryImageDataset, make_eval_loader
 from data.discovery import make_samples
-from data.transforms import EvalTransform, ImageDecodeError, load_rgb
+from data.transforms import EvalTransform
 
 
 def png_bytes(arr, mode=None, **kw):
@@ -88,7 +89,8 @@ def test_loader_skips_counts_and_strict_mode(tmp_path, caplog):
                                (EvalTransform(32, 24, resize=False, crop=False), 1),
                                (EvalTransform(32, 24, resize=False, crop=True), 0)):
         for skip_truncated in (False, True):
-            batches = list(make_eval_loader(samples, transform, batch_size=4, skip_truncated=skip_truncated))
+            batches = list(make_eval_loader(samples, transform, batch_size=4,
+                                            rule=ImageRule(skip_truncated=skip_truncated)))
             scored = sum(len(b.labels) for b in batches)
             skipped = sum(len(b.skipped) for b in batches)
             truncated = sum(len(b.truncated) for b in batches)
@@ -97,8 +99,8 @@ def test_loader_skips_counts_and_strict_mode(tmp_path, caplog):
             assert truncated == (0 if skip_truncated else n_trunc)
     assert "skipping image" in caplog.text and "too small for the model: 1x1" in caplog.text
     assert "is truncated" in caplog.text
-    ds = BinaryImageDataset(samples, EvalTransform(32, 24), strict=True)
-    with pytest.raises(UnreadableImageError, match="--strict_images"):
+    ds = BinaryImageDataset(samples, EvalTransform(32, 24), ImageRule(strict=True))
+    with pytest.raises(UnusableImageError, match="--strict_images"):
         for i in range(len(ds)):
             ds[i]
 

@@ -19,17 +19,16 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 import train
-from data.transforms import TrainTransform, patch_mask
-from options import check_train, train_parser
+from data.augment import patch_mask
+from options import parse_train_args
 from util import UserError
-from validate import balanced_threshold, compute_metrics, threshold_at_fpr
+from metrics import compute_metrics, threshold_at_fpr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def transform(*extra):
-    return TrainTransform(check_train(train_parser().parse_args(["--loadSize", "48", "--cropSize", "48", "--no_flip",
-                                                                 *extra])))
+    return train.make_train_transform(parse_train_args(["--loadSize", "48", "--cropSize", "48", "--no_flip", *extra]))
 
 
 def picture(seed=0, size=48):
@@ -42,11 +41,11 @@ def picture(seed=0, size=48):
 # ----------------------------------------------------------------------------- augmentations
 
 def test_successor_augmentations_are_off_by_default_and_the_flags_take_safes_settings():
-    opt = check_train(train_parser().parse_args([]))
+    opt = parse_train_args([])
     assert (opt.rotate, opt.color_jitter, opt.mask_prob, opt.ema) == (0, 0, 0, 0)
-    opt = check_train(train_parser().parse_args(["--rotate", "--color_jitter", "--mask_prob", "--ema"]))
+    opt = parse_train_args(["--rotate", "--color_jitter", "--mask_prob", "--ema"])
     assert (opt.rotate, opt.color_jitter, opt.mask_prob, opt.mask_ratio, opt.mask_patch) == (180, 0.5, 0.5,
-                                                                                             [0.0, 0.75], 16)
+                                                                                             (0.0, 0.75), 16)
     assert opt.ema == 0.999
     img = picture()
     base, aug = transform(), transform("--rotate", "90")
@@ -120,7 +119,7 @@ def test_bad_augmentation_values_are_one_line_errors():
     for bad in (["--mask_prob", "1.5"], ["--mask_ratio", "0,2"], ["--rotate", "-1"], ["--mask_patch", "0"],
                 ["--ema", "1"]):
         with pytest.raises(UserError):
-            check_train(train_parser().parse_args(bad))
+            parse_train_args(bad)
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -171,7 +170,7 @@ def test_ema_bn_images_recomputes_the_averaged_models_batchnorm_statistics(tiny_
     """With a decay of ~0 the average is the last weights, so the recomputed statistics must be
     update_bn's on those weights over the same seeded subset of training images."""
     from torch.optim.swa_utils import update_bn
-    from data.datasets import make_eval_loader
+    from data.loaders import make_eval_loader
     from data.discovery import make_samples
     from data.transforms import EvalTransform, normalize_batch
     from networks import resnet50
@@ -190,7 +189,7 @@ def test_ema_bn_images_recomputes_the_averaged_models_batchnorm_statistics(tiny_
     for k in stats:
         torch.testing.assert_close(bn["model_ema"][k], model.state_dict()[k], rtol=1e-5, atol=1e-6)
     with pytest.raises(UserError):
-        check_train(train_parser().parse_args(["--ema_bn_images", "10"]))
+        parse_train_args(["--ema_bn_images", "10"])
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -199,7 +198,7 @@ def test_balanced_threshold_maximises_balanced_accuracy():
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(300), np.ones(200)]
     p = np.r_[rng.beta(2, 5, 300), rng.beta(5, 2, 200)]
-    t = balanced_threshold(y, p)
+    t = compute_metrics(y, p)["balanced_threshold"]
 
     def bal(th):
         m = compute_metrics(y, p, th)
@@ -208,8 +207,8 @@ def test_balanced_threshold_maximises_balanced_accuracy():
     candidates = np.unique(p)
     best = max(bal(c) for c in np.r_[candidates, candidates - 1e-9])
     assert bal(t) == pytest.approx(best) and bal(t) > bal(0.5) - 1e-12
-    assert balanced_threshold(y, np.r_[np.full(300, 0.1), np.full(200, 0.2)]) == pytest.approx(0.15)
-    assert balanced_threshold(np.zeros(5), p[:5]) is None
+    assert compute_metrics(y, np.r_[np.full(300, 0.1), np.full(200, 0.2)])["balanced_threshold"] == pytest.approx(0.15)
+    assert compute_metrics(np.zeros(5), p[:5])["balanced_threshold"] is None
 
 
 def test_threshold_at_fpr_calls_at_most_that_share_of_real_images_fake():
@@ -253,7 +252,7 @@ def test_scripts_use_the_stored_given_or_calibrated_threshold(trained, tmp_path)
     assert rows[0]["f_acc_t"] == 100 and rows[0]["r_acc_t"] == 0 and "given with --threshold" in md
     rows, _, md = test_rows("--threshold", "0.999999")
     assert rows[0]["f_acc_t"] == 0 and rows[0]["r_acc_t"] == 100
-    ema_rows, data, md = test_rows("--ema")
+    ema_rows, data, md = test_rows("--ema_weights")
     assert data["meta"]["ema"] and ema_rows[0]["threshold"] == pytest.approx(ckpt["threshold_ema"])
     assert "moving-average" in md
     rows, _, md = test_rows("--calibrate_real", str(leaf / "0_real"), "--target_fpr", "0")
@@ -271,7 +270,7 @@ def test_predict_verdicts_follow_the_threshold(trained, tmp_path):
     ckpt = torch.load(path, weights_only=True)
     for extra, expect in ((["--threshold", "0.000001"], lambda p: "fake"),
                           (["--threshold", "stored"], lambda p: "fake" if p > ckpt["threshold"] else "real"),
-                          (["--threshold", "stored", "--ema"], lambda p: "fake" if p > ckpt["threshold_ema"] else "real"),
+                          (["--threshold", "stored", "--ema_weights"], lambda p: "fake" if p > ckpt["threshold_ema"] else "real"),
                           (["--calibrate_real", str(leaf / "0_real"), "--target_fpr", "0"], None)):
         r = run("predict.py", str(leaf), "--model_path", path, "--output", out, "--gpu_ids", "-1", *extra)
         assert r.returncode == 0, r.stderr

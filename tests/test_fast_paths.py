@@ -14,14 +14,14 @@ from PIL import Image
 import train
 from conftest import ROOT, write_leaf
 from data.cache import TrainCache, UNREADABLE, cached_train_dataset
-from data.datasets import BinaryImageDataset
+from data.loaders import BinaryImageDataset
 from data.discovery import make_samples
-from data.transforms import TrainTransform
-from networks import resnet50
+from data.transforms import EvalTransform
+from engine import EvalConfig, evaluate_folder
+from networks import prepare_model, resnet50
 from networks.fuse import fuse_for_inference
-from options import check_train, train_parser
+from options import parse_train_args
 from util import UserError
-from validate import evaluate_folder, prepare_model
 
 
 def randomized_model(seed=0):
@@ -77,8 +77,8 @@ def test_default_evaluation_equals_plain_reference_pipeline(tmp_path):
                            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     x = torch.stack([reference(Image.open(p).convert("RGB")) for p, _ in samples])
     model = calibrate(randomized_model(1), x)
-    fast = evaluate_folder(prepare_model(model, torch.device("cpu")), str(tmp_path / "d"), torch.device("cpu"),
-                           batch_size=4, load_size=32, crop_size=28)
+    fast = evaluate_folder(prepare_model(model, torch.device("cpu")), str(tmp_path / "d"), EvalTransform(32, 28),
+                           EvalConfig(torch.device("cpu"), batch_size=4))
     plain = resnet50(num_classes=1)
     plain.load_state_dict(model.state_dict())
     plain.eval()
@@ -92,14 +92,14 @@ def test_default_evaluation_equals_plain_reference_pipeline(tmp_path):
 # ----------------------------------------------------------------------------- the cache
 
 def train_opt(*extra):
-    return check_train(train_parser().parse_args(["--loadSize", "32", "--cropSize", "24", *extra]))
+    return parse_train_args(["--loadSize", "32", "--cropSize", "24", *extra])
 
 
 @pytest.mark.parametrize("extra", [[], ["--blur_prob", "0.5", "--blur_sig", "0,2", "--jpg_prob", "0.5",
                                         "--jpg_method", "pil", "--jpg_qual", "30,100"]])
 def test_cached_samples_equal_decoded_samples(tiny_dataset, tmp_path, extra):
     samples = make_samples(str(tiny_dataset / "train"))
-    transform = TrainTransform(train_opt(*extra))
+    transform = train.make_train_transform(train_opt(*extra))
     cached = cached_train_dataset(str(tmp_path / "cache"), samples, transform)
     decoded = BinaryImageDataset(samples, transform)
     for index in range(len(samples)):
@@ -115,7 +115,7 @@ def test_cache_build_resumes_and_skips_unreadable(tiny_dataset, tmp_path, monkey
     bad = tiny_dataset / "train" / "car" / "0_real" / "zz_broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     samples = make_samples(str(tiny_dataset / "train"))
-    transform = TrainTransform(train_opt())
+    transform = train.make_train_transform(train_opt())
     monkeypatch.setattr(cache_mod, "FLUSH_EVERY", 5)
     decoded = []
     real_getitem = cache_mod._DecodeResize.__getitem__
@@ -148,7 +148,7 @@ def test_cache_build_resumes_and_skips_unreadable(tiny_dataset, tmp_path, monkey
 def test_cache_refuses_several_interpolations(tiny_dataset, tmp_path):
     samples = make_samples(str(tiny_dataset / "train"))
     with pytest.raises(UserError, match="single --rz_interp"):
-        cached_train_dataset(str(tmp_path / "c"), samples, TrainTransform(train_opt("--rz_interp", "bilinear,bicubic")))
+        cached_train_dataset(str(tmp_path / "c"), samples, train.make_train_transform(train_opt("--rz_interp", "bilinear,bicubic")))
 
 
 def test_training_from_the_cache_gives_the_same_weights(tiny_dataset, tmp_path):
@@ -233,7 +233,7 @@ def test_size_buckets_give_the_reference_batch_size_1_predictions(tmp_path):
     x = torch.randn(4, 3, 32, 32)
     model = calibrate(model, x)
     runs = [evaluate_folder(prepare_model(model, torch.device("cpu"), channels_last=False, fold_bn=False),
-                            str(tmp_path / "d"), torch.device("cpu"), batch_size=b, resize=False, crop=False,
-                            channels_last=False) for b in (1, 8)]
+                            str(tmp_path / "d"), EvalTransform(resize=False, crop=False),
+                            EvalConfig(torch.device("cpu"), batch_size=b, channels_last=False)) for b in (1, 8)]
     assert runs[0]["y_true"].tolist() == runs[1]["y_true"].tolist()
     assert np.abs(runs[0]["y_prob"] - runs[1]["y_prob"]).max() <= 1e-4

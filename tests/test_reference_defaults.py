@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+import train
 from conftest import ROOT, write_leaf
-from data.transforms import TrainTransform, gaussian_blur, reference_blur
-from options import check_train, train_parser
+from data.augment import gaussian_blur, reference_blur
+from metrics import mean_row, summarize_checkpoints
+from options import parse_train_args
 from util import set_numerics
-from validate import mean_row, summarize_checkpoints
 
 
 def cnndetection_blur(img, sigma):
@@ -39,15 +40,15 @@ def test_blur_augmentation_is_the_reference_blur(sigma):
 
 
 def test_blur_augmentation_is_used_in_training():
-    opt = check_train(train_parser().parse_args(["--loadSize", "40", "--cropSize", "40", "--blur_prob", "1",
-                                                 "--blur_sig", "1.3", "--no_flip"]))
+    opt = parse_train_args(["--loadSize", "40", "--cropSize", "40", "--blur_prob", "1",
+                            "--blur_sig", "1.3", "--no_flip"])
     img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    out = TrainTransform(opt)(img, random.Random(0))
+    out = train.make_train_transform(opt)(img, random.Random(0))
     assert np.array_equal(out.permute(1, 2, 0).numpy(), cnndetection_blur(img, 1.3))
 
 
 def test_defaults_that_change_the_model():
-    opt = check_train(train_parser().parse_args([]))
+    opt = parse_train_args([])
     assert opt.earlystop_epoch == 0  # the reference never stops early: it trains all --niter epochs
     assert not opt.train_channels_last and not opt.tf32 and not opt.amp and not opt.no_resize
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], capture_output=True, text=True)
@@ -84,8 +85,8 @@ def test_genimage_suite_marks_sdv14():
 
 
 def test_no_resize_training_keeps_pixels_and_tiles_small_images():
-    opt = check_train(train_parser().parse_args(["--no_resize", "--cropSize", "24", "--loadSize", "24", "--no_flip"]))
-    t = TrainTransform(opt)
+    opt = parse_train_args(["--no_resize", "--cropSize", "24", "--loadSize", "24", "--no_flip"])
+    t = train.make_train_transform(opt)
     big = np.random.default_rng(3).integers(0, 256, (50, 40, 3), dtype=np.uint8)
     out = t(Image.fromarray(big), random.Random(5)).permute(1, 2, 0).numpy()
     rng = random.Random(5)

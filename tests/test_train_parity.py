@@ -16,6 +16,7 @@ per-step losses, the weights and the BatchNorm statistics must agree bit for bit
 """
 import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
@@ -28,7 +29,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import train
-from data.datasets import EpochSampler, sample_seed
+from data.loaders import EpochSampler, sample_seed
+from options import parse_train_args
+from report import format_table
+from util import UserError
 
 SEED, BATCH, LOAD, CROP, EPOCHS, LR = 100, 8, 32, 28, 3, 2e-4
 CLASSES = ("car", "cat")
@@ -285,8 +289,46 @@ def test_exact_flag_trains_the_same_model(ours, tmp_path):
 
 
 def test_exact_refuses_the_fast_paths():
-    from options import check_train, train_parser
-    from util import UserError
     for flag in ("--amp", "--tf32", "--train_channels_last", "--compile"):
         with pytest.raises(UserError, match="--exact"):
-            check_train(train_parser().parse_args(["--exact", flag]))
+            parse_train_args(["--exact", flag])
+
+
+# ----------------------------------------------------------------------------- measuring the variants
+
+def agreement(device="cpu"):
+    """How far each training variant lands from the reference's loop after the same 9 steps.
+
+    Runs ``train.main`` (default, ``--train_channels_last``) and the transcription of the
+    reference loop above on the same small set and batches; prints the first step whose loss
+    differs and the largest weight difference (``python tests/test_train_parity.py``).
+    """
+    root = os.path.join(tempfile.mkdtemp(prefix="npr-agreement-"), "data")
+    write_images(root)
+    ref_losses, ref_state, _ = reference_training(root)
+    rows = []
+    for variant, extra in (("default", []), ("channels_last", ["--train_channels_last"])):
+        losses, build_loss = [], train.build_loss
+        train.build_loss = lambda: RecordingLoss(build_loss(), losses)
+        try:
+            train.main(["--dataroot", root, "--classes", ",".join(CLASSES), "--name", variant,
+                        "--checkpoints_dir", os.path.join(root, "ck"), "--batch_size", str(BATCH),
+                        "--loadSize", str(LOAD), "--cropSize", str(CROP), "--niter", str(EPOCHS),
+                        "--delr_freq", "1", "--lr", str(LR), "--gpu_ids", "-1" if device == "cpu" else "0",
+                        "--num_threads", "0"] + extra)
+        finally:
+            train.build_loss = build_loss
+        state = torch.load(os.path.join(root, "ck", variant, "model_epoch_last.pth"), weights_only=True)["model"]
+        first = next((i for i, (a, b) in enumerate(zip(losses, ref_losses)) if a != b), None)
+        rows.append({"variant": variant, "steps": len(losses), "first_differing_step": "none" if first is None else first,
+                     "max_loss_diff": max(abs(a - b) for a, b in zip(losses, ref_losses)),
+                     "max_weight_diff": max((state[k].float() - ref_state[k].float()).abs().max().item()
+                                            for k in state if state[k].is_floating_point())})
+    print(format_table(rows, [("variant", "training"), ("steps", "steps"), ("first_differing_step", "first differing step"),
+                              ("max_loss_diff", "max |loss diff|"), ("max_weight_diff", "max |weight diff|")],
+                       floatfmt="{:.3g}"))
+    return rows
+
+
+if __name__ == "__main__":
+    agreement()

@@ -1,14 +1,13 @@
 """Datasets, samplers and loaders.
 
-* ``BinaryImageDataset`` decodes one (path, label) sample; an unreadable image becomes a
-  logged skip (or an error with ``--strict_images``), never a crash inside a worker.
+* ``BinaryImageDataset`` decodes one (path, label) sample through an ``ImageRule``: an
+  unusable image becomes a logged skip (or an error when strict), never a crash in a worker.
 * ``EpochSampler`` gives a seeded order per epoch (optionally class-balanced, optionally
   sharded across distributed ranks) and can start mid-epoch, which is what makes resuming
   reproduce the same data order.
 * ``bucket_by_size`` groups equally sized images so that un-resized, mixed-size test sets
   run with batches larger than 1.
 """
-import logging
 import os
 import random
 from dataclasses import dataclass
@@ -17,14 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from util import UserError
-from .transforms import ImageDecodeError, load_for_model
-
-log = logging.getLogger("npr")
-
-
-class UnreadableImageError(UserError):
-    pass
+from .images import ImageRule
 
 
 def sample_seed(seed, epoch, position):
@@ -33,19 +25,17 @@ def sample_seed(seed, epoch, position):
 
 
 class BinaryImageDataset(Dataset):
-    """(path, label) samples -> (uint8 image tensor, label, index, truncated); None image when the
-    file is unreadable or too small for the model (``load_for_model``).
+    """(path, label) samples -> (uint8 image tensor, label, index, truncated); None image when
+    ``rule`` (an ``ImageRule``) skips the file.
 
     Keys are either an index (evaluation) or ``(index, seed)`` from ``EpochSampler``
-    (training: the seed drives that sample's random augmentation). Truncated files are scored
-    as the reference scores them, with a warning, unless ``skip_truncated``.
+    (training: the seed drives that sample's random augmentation).
     """
 
-    def __init__(self, samples, transform, strict=False, skip_truncated=False):
+    def __init__(self, samples, transform, rule=ImageRule()):
         self.samples = list(samples)
         self.transform = transform
-        self.strict = strict
-        self.skip_truncated = skip_truncated
+        self.rule = rule
 
     def __len__(self):
         return len(self.samples)
@@ -53,17 +43,7 @@ class BinaryImageDataset(Dataset):
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, key)
         path, label = self.samples[index]
-        try:
-            img, truncated = load_for_model(path, self.transform, random.Random(seed),
-                                            allow_truncated=not self.skip_truncated)
-        except ImageDecodeError as e:
-            if self.strict:
-                raise UnreadableImageError(f"cannot use image '{path}' ({e}); remove it or drop --strict_images")
-            log.warning("skipping image %s (%s)", path, e)
-            return None, label, index, False
-        if truncated:
-            log.warning("image %s is truncated: scored as the reference does (decoded as far as it goes); "
-                        "--skip_truncated skips such files", path)
+        img, truncated, _ = self.rule.load(path, self.transform, random.Random(seed))
         return img, label, index, truncated
 
     @property
@@ -169,22 +149,17 @@ def bucket_by_size(sizes, batch_size):
     return batches
 
 
-def default_workers(requested, device=None, auto=False):
-    """Data-loading worker processes: at most ``requested`` and the CPU count.
-
-    ``auto`` (``--num_threads`` left at its default) on the CPU device keeps a quarter of the
-    cores: there the workers share the cores with the model, and on 2 cores evaluation ran at
-    10-12 images/s with 2 workers against 16-17 without (bench.py, 224 px). A GPU run gets them all.
-    """
-    n = min(requested, os.cpu_count() or 1)
-    if auto and device is not None and device.type == "cpu":
-        n = min(n, (os.cpu_count() or 1) // 4)
-    return max(0, n)
-
-
-def opt_workers(opt, device):
-    """Workers for the scripts' options (``opt.auto_workers``: --num_threads was not typed)."""
-    return default_workers(opt.num_threads, device, getattr(opt, "auto_workers", False))
+def default_workers(requested, device=None):
+    """Data-loading worker processes: ``requested`` capped by the CPU count; ``None`` (the
+    scripts' default) picks for the device: all cores (up to 8) feed a GPU, while on a CPU
+    device, where the workers share the cores with the model, a quarter of the cores
+    (docs/speed.md has the measurement behind that choice)."""
+    cpus = os.cpu_count() or 1
+    if requested is not None:
+        return max(0, min(requested, cpus))
+    if device is not None and device.type == "cpu":
+        return min(8, cpus // 4)
+    return min(8, cpus)
 
 
 def loader_kwargs(num_workers, device, persistent=False):
@@ -198,13 +173,13 @@ def loader_kwargs(num_workers, device, persistent=False):
     return kw
 
 
-def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None, strict=False, skip_truncated=False):
+def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None, rule=ImageRule()):
     """A loader over ``samples`` that keeps their order within each size bucket.
 
     When the transform's output size depends on the input (no resize, no crop), images are
     bucketed by size from their headers, so batches never mix sizes.
     """
-    dataset = BinaryImageDataset(samples, transform, strict=strict, skip_truncated=skip_truncated)
+    dataset = BinaryImageDataset(samples, transform, rule)
     if transform.resize or transform.crop:
         batches = [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
     else:
@@ -216,12 +191,7 @@ def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None,
     return DataLoader(dataset, batch_sampler=batches, **loader_kwargs(num_workers, device))
 
 
-def make_train_loader(dataset, opt, device=None, rank=0, world_size=1):
-    """(loader, sampler) over ``dataset`` (a ``BinaryImageDataset`` or the --cache_dir one);
-    ``opt.batch_size`` is the per-process batch."""
-    sampler = EpochSampler(dataset.labels, seed=opt.seed, shuffle=not opt.serial_batches,
-                           class_balance=opt.class_bal, rank=rank, world_size=world_size)
-    workers = opt_workers(opt, device)
-    loader = DataLoader(dataset, batch_size=opt.batch_size, sampler=sampler, drop_last=False,
-                        **loader_kwargs(workers, device, persistent=workers > 0))
-    return loader, sampler
+def make_train_loader(dataset, batch_size, sampler, num_workers=0, device=None):
+    """The training loader: ``batch_size`` images per process, in ``sampler``'s order."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
+                      **loader_kwargs(num_workers, device, persistent=num_workers > 0))

@@ -1,0 +1,139 @@
+"""Decoding image files, and the one rule every path applies to an image it cannot use.
+
+Training, validation, test.py, predict.py and the notebook API all read images through
+``ImageRule.load``: decode (``load_rgb``), transform, then refuse an image with a side under
+``MIN_SIDE`` pixels. An unusable image is a logged skip (an error with ``strict``); a truncated
+file is scored as far as it decodes, as the reference does, unless ``skip_truncated``.
+"""
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from util import UserError
+
+log = logging.getLogger("npr")
+
+# npr_residual works on 2x2 blocks: an image needs at least one of them.
+MIN_SIDE = 2
+
+
+class ImageDecodeError(Exception):
+    """An image that cannot be used: not decodable into RGB pixels, or too small for the model."""
+
+
+class ImageTooSmallError(ImageDecodeError):
+    """An image with a side under ``MIN_SIDE`` pixels after the transform."""
+
+
+class UnusableImageError(UserError, ValueError):
+    """Raised instead of a skip when the rule is ``strict`` (``--strict_images``)."""
+
+
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+                 MemoryError, EOFError, TypeError)
+
+
+def _decode(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+            elif img.mode == "F":
+                arr = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), "L")
+            return img.convert("RGB")
+
+
+def load_rgb(path, allow_truncated=True):
+    """Decode an image file into an RGB PIL image, as the reference does (``convert('RGB')``).
+
+    16-bit and 32-bit greyscale are scaled to 8 bits first (``convert`` would clip them to
+    white). A truncated file is decoded as far as it goes, as the reference's
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` does (the missing part is black), and marked
+    ``img.info["truncated"] = True``; ``allow_truncated=False`` refuses it instead. Anything
+    else unreadable (empty, not an image, a decompression bomb) raises ``ImageDecodeError``.
+    """
+    truncated = False
+    try:
+        try:
+            rgb = _decode(path)
+        except OSError as e:
+            # A file PIL can identify but not finish is truncated; one it cannot identify is not an image.
+            if not allow_truncated or isinstance(e, UnidentifiedImageError):
+                raise
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+            try:
+                rgb = _decode(path)
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+            truncated = True
+    except DECODE_ERRORS as e:
+        raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageDecodeError("image has no pixels")
+    rgb.info["truncated"] = truncated
+    return rgb
+
+
+def pil_to_uint8_tensor(img):
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def load_for_model(image, transform, rng=None, allow_truncated=True):
+    """(uint8 (3, H, W) tensor, truncated) for an image file or PIL image: decode, ``transform``
+    (None keeps the pixels as they are), then refuse a side under ``MIN_SIDE`` pixels
+    (``ImageTooSmallError``), since the model reads 2x2 blocks."""
+    img = load_rgb(image, allow_truncated) if not isinstance(image, Image.Image) else image.convert("RGB")
+    truncated = bool(getattr(image, "info", None) and image.info.get("truncated")) or img.info.get("truncated", False)
+    x = transform(img, rng) if transform is not None else pil_to_uint8_tensor(img)
+    if min(x.shape[-2:]) < MIN_SIDE:
+        raise ImageTooSmallError(f"too small for the model: {x.shape[-1]}x{x.shape[-2]} pixels after the transform "
+                                 f"(NPR needs at least {MIN_SIDE}x{MIN_SIDE})")
+    return x, truncated
+
+
+def image_name(image):
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"PIL image {getattr(image, 'size', '')}"
+
+
+def log_skip(name, err):
+    log.warning("skipping image %s (%s)", name, err)
+
+
+@dataclass(frozen=True)
+class ImageRule:
+    """What happens to an image that cannot be used (``--strict_images``, ``--skip_truncated``).
+
+    ``report(name, error)`` tells the user about a skipped image (default: one log warning);
+    the notebook API passes its own so that the message is a Python warning.
+    """
+    strict: bool = False
+    skip_truncated: bool = False
+    report: object = log_skip
+
+    def load(self, image, transform, rng=None):
+        """(uint8 tensor or None, truncated, why it was skipped: None, 'too small' or 'unreadable')."""
+        try:
+            x, truncated = load_for_model(image, transform, rng, allow_truncated=not self.skip_truncated)
+        except ImageDecodeError as e:
+            self.skip(image_name(image), e)
+            return None, False, "too small" if isinstance(e, ImageTooSmallError) else "unreadable"
+        if truncated:
+            log.warning("image %s is truncated: scored as far as it decodes, as the reference does "
+                        "(--skip_truncated skips such files)", image_name(image))
+        return x, truncated, None
+
+    def skip(self, name, err):
+        """Skip an unusable image: report it, or raise ``UnusableImageError`` when strict."""
+        if self.strict:
+            raise UnusableImageError(f"cannot use image '{name}' ({err}); remove it or drop --strict_images")
+        self.report(name, err)

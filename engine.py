@@ -1,0 +1,270 @@
+"""The loops: running a model over images (evaluation, validation, suites) and one training epoch.
+
+Scripts resolve their command-line arguments and call these functions with plain values and
+two small settings objects: ``EvalConfig`` (how evaluation runs) and ``StepConfig`` (what a
+training step does besides the update). Nothing here reads the command line.
+"""
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.optim.swa_utils import update_bn
+from tqdm import tqdm
+
+from data.benchmarks import locate_generator
+from data.discovery import list_images, make_samples
+from data.images import ImageRule
+from data.loaders import make_eval_loader
+from data.transforms import EvalTransform, normalize_batch
+from metrics import METRIC_KEYS, compute_metrics, metrics_at
+from util import AMP_DTYPE, UserError
+
+log = logging.getLogger("npr")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How evaluation runs: device, batching, workers, the fast paths and the image rule."""
+    device: torch.device = torch.device("cpu")
+    batch_size: int = 64
+    num_workers: int = 0
+    amp: bool = False            # float16 autocast (CUDA only)
+    channels_last: bool = True   # batches in the channels-last layout (same predictions)
+    images: ImageRule = ImageRule()
+
+
+@torch.inference_mode()
+def predict_loader(model, loader, cfg, progress=None):
+    """Run ``model`` over ``loader``; returns (labels, probabilities, skipped indices, truncated
+    indices) in loader order."""
+    labels, probs, skipped, truncated = [], [], [], []
+    use_amp = cfg.amp and cfg.device.type == "cuda"
+    for batch in loader:
+        skipped += list(batch.skipped)
+        truncated += list(batch.truncated)
+        if len(batch.labels):
+            x = batch.images.to(cfg.device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(cfg.device.type, dtype=AMP_DTYPE, enabled=use_amp):
+                logits = model(normalize_batch(x))
+            probs.append(torch.sigmoid(logits.float()).flatten().cpu())
+            labels.append(batch.labels)
+        if progress is not None:
+            progress.update(len(batch.labels) + len(batch.skipped))
+    if not probs:
+        return np.zeros(0), np.zeros(0), skipped, truncated
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy(), skipped, truncated
+
+
+def eval_loader(samples, transform, cfg):
+    """The one evaluation loader: ``samples`` in order, batched (by size when needed)."""
+    return make_eval_loader(samples, transform, cfg.batch_size, cfg.num_workers, cfg.device, cfg.images)
+
+
+def predict_samples(model, samples, transform, cfg, progress=None):
+    """``predict_loader`` over an evaluation loader of ``samples``."""
+    return predict_loader(model, eval_loader(samples, transform, cfg), cfg, progress)
+
+
+def evaluate_folder(model, root, transform, cfg, classes=None, progress=None):
+    """Metrics (``compute_metrics``) of ``model`` on the dataset folder ``root``, plus counts of
+    images scored, skipped (unusable) and truncated (scored, as the reference does), and the
+    raw ``y_true`` / ``y_prob``."""
+    samples = make_samples(root, classes)
+    y_true, y_prob, skipped, truncated = predict_samples(model, samples, transform, cfg, progress)
+    metrics = compute_metrics(y_true, y_prob)
+    metrics.update(n_images=len(samples), n_scored=int(len(y_true)), n_skipped=len(skipped),
+                   n_truncated=len(truncated), y_true=y_true, y_prob=y_prob)
+    return metrics
+
+
+def score_folder(model, folder, transform, cfg):
+    """Fake-probabilities of the usable images below ``folder`` (labels ignored), e.g. real
+    images for a threshold calibration."""
+    samples = [(p, 0) for p in list_images(folder)]
+    return predict_samples(model, samples, transform, cfg)[1] if samples else np.zeros(0)
+
+
+def evaluate_suite(model, suite, suite_dir, cfg, load_size=256, crop_size=224, no_resize=False, no_crop=False,
+                   perturb=None, threshold=None, progress=True):
+    """Evaluate every generator of ``suite`` found under ``suite_dir``, pre-processed as the suite
+    says (``no_resize`` / ``no_crop`` override it).
+
+    Returns ``(rows, missing)``: one dict per generator (metrics in %, the paper's numbers,
+    image counts; with a ``threshold``, also ACC / real ACC / fake ACC at it) and the names of
+    generators whose folder is absent (skipped, not fatal).
+    """
+    transform = EvalTransform(load_size, crop_size, resize=suite.resize and not no_resize,
+                              crop=suite.crop and not no_crop, perturb=perturb)
+    rows, missing = [], []
+    for gen in suite.generators:
+        path = locate_generator(suite_dir, gen)
+        if path is None:
+            missing.append(gen.name)
+            continue
+        start = time.time()
+        bar = tqdm(desc=f"{suite.name}/{gen.name}", unit="img", leave=False, disable=None if progress else True)
+        m = evaluate_folder(model, path, transform, cfg, progress=bar)
+        bar.close()
+        row = {"suite": suite.name, "generator": gen.name, "folder": path, "in_mean": gen.in_mean,
+               "perturbation": perturb.name if perturb is not None else "none",
+               "steps": perturb.steps if perturb is not None else ()}
+        row.update({k: 100.0 * m[k] for k in METRIC_KEYS})
+        if threshold is not None:
+            row.update(metrics_at(m, threshold), threshold=threshold)
+        row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped",
+                                      "n_truncated", "y_true", "y_prob")})
+        row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
+        rows.append(row)
+    return rows, missing
+
+
+def evaluate_samples(model, samples, transform, cfg, rank=0, world=1):
+    """Validation metrics of ``model`` (already prepared for evaluation) on ``samples``; under
+    DistributedDataParallel each rank scores a shard and the results are gathered.
+    ``threshold`` is the one with the best balanced accuracy."""
+    y_true, y_prob, skipped, _ = predict_samples(model, samples[rank::world], transform, cfg)
+    n_skipped = len(skipped)
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (y_true, y_prob, n_skipped))
+        y_true = np.concatenate([p[0] for p in parts])
+        y_prob = np.concatenate([p[1] for p in parts])
+        n_skipped = sum(p[2] for p in parts)
+    m = compute_metrics(y_true, y_prob)
+    return dict(m, n_skipped=n_skipped, threshold=m["balanced_threshold"])
+
+
+def recompute_bn(model, samples, transform, cfg):
+    """Recompute the BatchNorm statistics of ``model`` (torch's ``update_bn``) on ``samples``:
+    for averaged weights, whose own statistics the average of the raw ones does not describe."""
+    loader = eval_loader(samples, transform, cfg)
+    update_bn((normalize_batch(b.images.to(cfg.device)) for b in loader if len(b.images)), model)
+
+
+# ----------------------------------------------------------------------------- training
+
+class StopRequested(Exception):
+    """SIGINT / SIGTERM arrived: the current step finished and the latest checkpoint was written."""
+
+    def __init__(self, signum):
+        self.signum = signum
+
+
+class GracefulStop:
+    """Turns the first SIGINT / SIGTERM into a flag checked after each step; a second one kills."""
+
+    def __init__(self):
+        self.signum = None
+
+    def install(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signum = signum
+        # Straight to the file descriptor: the handler may run while the logger is halfway
+        # through a write, and Python's buffered streams refuse re-entrant writes.
+        os.write(2, f"Signal {signal.Signals(signum).name} received: finishing the current step, then saving "
+                    "the latest checkpoint (send it again to stop at once).\n".encode())
+
+
+def ignore_signals_in_worker(_):
+    # Ctrl-C reaches the whole process group; workers leave the shutdown to the main process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def unwrap(model):
+    """The plain model inside a DistributedDataParallel and/or torch.compile wrapper."""
+    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def sync_step(loss, stopper, world):
+    """(mean loss over processes, whether to stop): one all-reduce under DDP, so every rank
+    sees the same NaN and the same stop request at the same step and none waits forever."""
+    if world == 1:
+        return loss.item(), stopper.signum is not None
+    flags = torch.stack([loss.detach().float(), torch.tensor(float(stopper.signum is not None), device=loss.device)])
+    dist.all_reduce(flags)
+    return flags[0].item() / world, flags[1].item() > 0
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What a training step does besides the update."""
+    channels_last: bool = False  # --train_channels_last
+    amp: bool = False            # float16 autocast with a GradScaler (CUDA only)
+    loss_freq: int = 400         # log the loss every this many steps
+    save_latest_freq: int = 2000  # call save_latest every this many steps
+    latest_path: str = ""        # named in the error when the loss stops being finite
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, device, progress, step_cfg, save_latest, stopper,
+                    writer=None, rank=0, world=1, scaler=None, ema=None):
+    """One pass over ``loader``; ``progress`` (epoch, step counters) is updated in place.
+    Returns the number of images skipped. Raises ``StopRequested`` after saving when a signal
+    arrived, and ``UserError`` when the loss is not finite (before the step is taken)."""
+    model.train()
+    epoch = progress["epoch"]
+    use_amp = step_cfg.amp and device.type == "cuda"
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if rank == 0 else True)
+    skipped = 0
+    for batch in bar:
+        skipped += len(batch.skipped)
+        if len(batch.labels) == 0:
+            if world > 1:  # every rank must take every step together
+                raise UserError("every image of one batch was unreadable; under torchrun remove the files named "
+                                "in the warnings above (or find them with --strict_images) and resume")
+            continue
+        x = batch.images.to(device, non_blocking=True)
+        if step_cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch.labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=use_amp):
+            logits = model(normalize_batch(x)).squeeze(1)
+        loss = loss_fn(logits.float(), y)
+        loss_value, stop = sync_step(loss, stopper, world)
+        if not math.isfinite(loss_value):
+            raise UserError(f"the loss became {loss_value} at epoch {epoch}, step {progress['total_steps']}; "
+                            f"training stopped and the last good checkpoint ({step_cfg.latest_path}) "
+                            "was kept; try a lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:  # --amp: float16 gradients are scaled to stay representable
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
+        progress["total_steps"] += 1
+        progress["step_in_epoch"] += 1
+        step = progress["total_steps"]
+        if step % step_cfg.loss_freq == 0:
+            log.info("Train loss: %.4f at step: %d lr %.3g", loss_value, step, optimizer.param_groups[0]["lr"])
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+        if step % step_cfg.save_latest_freq == 0:
+            save_latest()
+        if stop:
+            save_latest()
+            raise StopRequested(stopper.signum or signal.SIGTERM)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+    bar.close()
+    return skipped

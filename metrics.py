@@ -1,0 +1,130 @@
+"""Metrics and decision thresholds: one function returns a dict, every table and file reads it.
+
+ACC counts ``prob > threshold`` as fake, the reference's rule, at the paper's 0.5 unless told
+otherwise; AP is scikit-learn's ``average_precision_score``. Tables are in percent.
+"""
+import math
+import os
+
+import numpy as np
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
+
+from util import UserError
+
+METRIC_KEYS = ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc")
+THRESHOLD_KEYS = ("acc_t", "r_acc_t", "f_acc_t")  # ACC / real ACC / fake ACC at the chosen threshold
+SUMMARY_METRICS = METRIC_KEYS + THRESHOLD_KEYS
+
+
+def compute_metrics(y_true, y_prob, threshold=0.5):
+    """ACC / AP / real ACC / fake ACC / ROC-AUC / best-threshold ACC and counts, as a dict
+    (fractions, not percent). ``balanced_threshold`` is the threshold with the best balanced
+    accuracy ((real ACC + fake ACC) / 2, the largest TPR - FPR), which train.py stores in its
+    checkpoints. Metrics undefined for a one-class set (AP without fakes, AUC) are NaN.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
+    pred = y_prob > threshold
+    real, fake = y_true == 0, y_true == 1
+    nan = float("nan")
+    out = {
+        "acc": accuracy_score(y_true, pred) if len(y_true) else nan,
+        "ap": average_precision_score(y_true, y_prob) if fake.any() else nan,
+        "r_acc": accuracy_score(y_true[real], pred[real]) if real.any() else nan,
+        "f_acc": accuracy_score(y_true[fake], pred[fake]) if fake.any() else nan,
+        "auc": roc_auc_score(y_true, y_prob) if real.any() and fake.any() else nan,
+        "best_acc": nan, "best_threshold": nan, "balanced_threshold": None,
+        "n_real": int(real.sum()), "n_fake": int(fake.sum()),
+    }
+    if real.any() and fake.any():
+        # Accuracy at every distinct threshold of the ROC curve; keep the best.
+        fpr, tpr, thr = roc_curve(y_true, y_prob)
+        accs = (tpr * fake.sum() + (1 - fpr) * real.sum()) / len(y_true)
+        best = int(np.argmax(accs))
+        out["best_acc"], out["best_threshold"] = float(accs[best]), float(min(thr[best], 1.0))
+        out["balanced_threshold"] = threshold_below(thr[int(np.argmax(tpr - fpr))], y_prob)
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
+
+
+def threshold_below(roc_threshold, y_prob):
+    """A threshold for the rule ``prob > t`` that calls fake exactly the scores that
+    ``roc_curve``'s ``score >= roc_threshold`` does: halfway to the next lower score."""
+    if not np.isfinite(roc_threshold) or roc_threshold > 1.0:
+        return 1.0
+    lower = y_prob[y_prob < roc_threshold]
+    return float((roc_threshold + lower.max()) / 2) if len(lower) else float(roc_threshold / 2)
+
+
+def threshold_at_fpr(real_probs, target_fpr):
+    """The lowest threshold ``t`` such that at most ``target_fpr`` of ``real_probs`` are ``> t``
+    (calibration on real images only: a target false-positive rate)."""
+    probs = np.sort(np.asarray(real_probs, dtype=np.float64).ravel())[::-1]
+    if not len(probs):
+        raise UserError("no real image could be scored for the calibration")
+    return float(probs[min(int(np.floor(target_fpr * len(probs))), len(probs) - 1)])
+
+
+def resolve_threshold(stored, threshold=None, calibrate_real=None, target_fpr=0.05, score_reals=None):
+    """(threshold or None, where it comes from) for the ACC@t columns / the verdicts:
+    ``calibrate_real`` (a folder of real images, scored by ``score_reals(folder)`` -> probabilities,
+    NaN for images that cannot be used) > ``threshold`` (a probability) > the checkpoint's
+    ``stored`` one (``threshold='stored'`` insists on it; by default it is used when present)."""
+    if calibrate_real is not None:
+        if not os.path.isdir(calibrate_real):
+            raise UserError(f"--calibrate_real '{calibrate_real}' is not a folder")
+        probs = np.asarray(score_reals(calibrate_real), dtype=np.float64)
+        probs = probs[~np.isnan(probs)]
+        t = threshold_at_fpr(probs, target_fpr)
+        return t, (f"calibrated on {len(probs)} real images in {calibrate_real} for a false-positive rate of "
+                   f"{target_fpr:g}")
+    if isinstance(threshold, float):
+        return threshold, "given with --threshold"
+    if threshold == "stored" and stored is None:
+        raise UserError("--threshold stored: the checkpoint holds no threshold (train.py stores one in its "
+                        "checkpoints); give a number or --calibrate_real")
+    if stored is not None:
+        return float(stored), "stored by train.py: best balanced accuracy on its validation split"
+    return None, "none"
+
+
+def metrics_at(m, threshold):
+    """ACC / real ACC / fake ACC (%) at ``threshold`` of a result holding ``y_true`` / ``y_prob``,
+    keyed as THRESHOLD_KEYS."""
+    mt = compute_metrics(m["y_true"], m["y_prob"], threshold)
+    return {"acc_t": 100.0 * mt["acc"], "r_acc_t": 100.0 * mt["r_acc"], "f_acc_t": 100.0 * mt["f_acc"]}
+
+
+def mean_row(rows, suite_name):
+    """The suite's Mean row: averages over its generators, as the paper's tables, leaving out
+    those marked ``in_mean=False`` (GenImage's training generator); counts are totals."""
+    out = {"suite": suite_name, "generator": "Mean", "perturbation": rows[0].get("perturbation", "none") if rows else "none"}
+    averaged = [r for r in rows if r.get("in_mean", True)]
+    for k in METRIC_KEYS + THRESHOLD_KEYS + ("paper_acc", "paper_ap"):
+        vals = [r[k] for r in averaged if r.get(k) is not None and not math.isnan(r[k])]
+        # A paper mean is only shown when the paper has every generator we report.
+        if k.startswith("paper") and len(vals) != len(averaged):
+            vals = []
+        out[k] = float(np.mean(vals)) if vals else None
+    for k in ("n_scored", "n_skipped", "n_truncated"):
+        out[k] = sum(r.get(k, 0) for r in rows)
+    return out
+
+
+def summarize_checkpoints(rows):
+    """Mean and sample standard deviation (ddof=1) of each metric across checkpoints, per
+    (perturbation, suite, generator) -- the Mean rows included, so that the suite mean is
+    averaged over checkpoints too. ``rows`` carry ``model_path``; returns one dict per group."""
+    out = {}
+    for r in rows:
+        key = (r.get("perturbation", "none"), r["suite"], r["generator"])
+        out.setdefault(key, []).append(r)
+    summary = []
+    for (pert, suite, gen), group in out.items():
+        s = {"suite": suite, "generator": gen, "perturbation": pert, "n_checkpoints": len(group),
+             "paper_acc": group[0].get("paper_acc"), "paper_ap": group[0].get("paper_ap")}
+        for k in SUMMARY_METRICS:
+            vals = np.array([r[k] for r in group if r.get(k) is not None and not math.isnan(r[k])], dtype=np.float64)
+            s[f"{k}_mean"] = float(vals.mean()) if len(vals) else None
+            s[f"{k}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else None
+        summary.append(s)
+    return summary

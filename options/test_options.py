@@ -1,0 +1,101 @@
+"""Options of the evaluation scripts: test.py (benchmark suites), validate.py (one folder) and
+predict.py (your own images). The reference's ``options/test_options.py`` names where it has them."""
+import os
+
+from util import UserError
+from .base_options import (MINI_ROOT, OneLineErrorParser, accept_reference_options, add_data_options,
+                           add_device_options, add_image_options, add_threshold_options, check_sizes, comma_list,
+                           size)
+from .train_options import MINI_RECIPE
+
+MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
+
+
+def eval_parser(description):
+    """(parser, its data group) with what test.py and validate.py share."""
+    p = OneLineErrorParser(description)
+    g = add_data_options(p)
+    g.add_argument("--no_resize", action="store_true", help="do not resize (test.py: overrides every suite)")
+    g.add_argument("--no_crop", action="store_true", help="do not crop (test.py: overrides every suite)")
+    return p, g
+
+
+def test_parser():
+    p, g = eval_parser("Evaluate checkpoints on the benchmark suites and write per-generator ACC / AP tables "
+                       "(without --dataroot: the built-in NPR-mini benchmark and its checkpoint).")
+    g.add_argument("--suites", type=comma_list, default="", help="comma-separated suites to run (empty: every suite found)")
+    g.add_argument("--rebuild", action="store_true", help="rebuild the mini benchmark first")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--model_path", nargs="+", default=None,
+                   help="checkpoint(s) to evaluate (NPR.pth or ours); several (e.g. one per seed) add a table of "
+                        "mean and standard deviation across them")
+    g.add_argument("--perturb", default="",
+                   help="robustness sweep applied to every test image first, e.g. 'jpeg:95,75,50;blur:1,2;resize:0.5;"
+                        "jpeg:75+blur:1' (the clean setting is always included)")
+    g.add_argument("--results_dir", default="./results", help="where CSV / JSON / Markdown results go")
+    g.add_argument("--plots", action="store_true", help="write ROC / PR, ACC / AP bar and sweep figures (PNG)")
+    add_threshold_options(p)
+    add_device_options(p)
+    return accept_reference_options(p)
+
+
+def parse_test_args(argv=None):
+    """test.py's arguments. Without --dataroot: NPR-mini's folder, sizes, suite, results folder
+    and, without --model_path, the main job's checkpoint (``args.mini`` is True)."""
+    parser = test_parser()
+    args = parser.parse_args(argv)
+    mini = args.dataroot is None
+    if mini:
+        parser.set_defaults(dataroot=os.path.dirname(MINI_ROOT), loadSize=MINI_RECIPE["loadSize"],
+                            cropSize=MINI_RECIPE["cropSize"], suites=("NPR-mini",),
+                            results_dir=os.path.join("results", "npr-mini"), model_path=[MINI_CHECKPOINT])
+        args = parser.parse_args(argv)
+        if args.model_path == [MINI_CHECKPOINT] and not os.path.isfile(MINI_CHECKPOINT):
+            raise UserError(f"no --model_path given and no mini checkpoint at {MINI_CHECKPOINT}; "
+                            "run `python train.py` first, or pass --model_path")
+    args.mini = mini
+    if args.model_path is None:
+        raise UserError("--model_path is required: the checkpoint to evaluate (e.g. NPR.pth)")
+    absent = [p for p in args.model_path if not os.path.isfile(p)]
+    if absent:
+        raise UserError(f"--model_path: no checkpoint at {', '.join(absent)}")
+    check_sizes(args)
+    return args
+
+
+def validate_parser():
+    p, g = eval_parser("Validate one checkpoint on one dataset folder (0_real / 1_fake, optionally in category "
+                       "folders).")
+    g.add_argument("--classes", type=comma_list, default="", help="comma-separated category folders to use (empty: all)")
+    p.add_argument_group("evaluation").add_argument("--model_path", default=None, help="the checkpoint")
+    add_threshold_options(p)
+    add_device_options(p)
+    return accept_reference_options(p)
+
+
+def parse_validate_args(argv=None):
+    args = validate_parser().parse_args(argv)
+    if args.dataroot is None:
+        raise UserError("--dataroot is required: the folder to validate")
+    if args.model_path is None:
+        raise UserError("--model_path is required: the checkpoint to validate")
+    check_sizes(args)
+    return args
+
+
+def predict_parser():
+    p = OneLineErrorParser("Score image files, folders and glob patterns with an NPR checkpoint.")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--model_path", default=MINI_CHECKPOINT, help="checkpoint")
+    p.add_argument("--resize", action="store_true", help="resize to --loadSize first (the reference's test-time resize)")
+    p.add_argument("--loadSize", type=size, default=256, help="size for --resize")
+    p.add_argument("--output", default="results/predictions", help="writes <output>.csv and <output>.json")
+    p.add_argument("--visualize", default=None, help="folder for one PNG per image: image, NPR residual, probability")
+    p.add_argument("--gpu_ids", default="0", help="CUDA device id; -1 for the CPU")
+    add_image_options(p)
+    add_threshold_options(p)
+    return p
+
+
+def parse_predict_args(argv=None):
+    return predict_parser().parse_args(argv)
