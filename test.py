@@ -12,6 +12,7 @@ CSV, JSON and Markdown. With several checkpoints (one per training seed, say), e
 checkpoint gets its tables and ``summary.csv`` / the report add, per generator, the mean and
 the sample standard deviation across checkpoints: one seed's number is not a reproduction.
 """
+import json
 import os
 import sys
 
@@ -21,6 +22,7 @@ from data.loaders import default_workers
 from data.mini import build_mini
 from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
+from data.verify import format_report, verify as verify_suites
 from engine import EvalConfig, evaluate_suite, score_folder
 from metrics import mean_row, resolve_threshold, summarize_checkpoints
 from networks import load_detector, prepare_model
@@ -77,6 +79,11 @@ def main(argv=None):
     if not suites:
         raise UserError(f"no suite found under --dataroot '{args.dataroot}'; expected folders such as "
                         f"{', '.join(s.dirs[0] for s in SUITES[:3])}, or generator folders with 0_real/1_fake")
+    if args.check_data:
+        report = verify_suites(args.dataroot, [s.name for s, _ in suites], default_workers(args.num_threads, None))
+        log.info("Data check (python -m data.verify):\n%s", format_report(report))
+        with open(os.path.join(args.results_dir, "data_check.json"), "w") as f:
+            json.dump(report, f, indent=1)
     device = select_device(args.gpu_ids)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
                      not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))

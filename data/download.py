@@ -1,0 +1,354 @@
+"""Fetch the paper's benchmark and weights (the sources in ``data/sources.py``), on purpose only.
+
+    python -m data.download --list
+    python -m data.download --root ./datasets ForenSynths GANGen-Detection DiffusionForensics
+    python -m data.download --root ./datasets all         # every scripted source
+    python -m data.download weights                       # NPR.pth, to --weights_path
+
+Archives go to ``<root>/.downloads/<name>/``; an interrupted transfer resumes where it stopped (HTTP
+range requests; gdown's own resume for Google Drive). A source is skipped when its marker
+``<root>/.downloads/<name>.done`` says it was downloaded, checked and extracted. Archives are
+checked (size and SHA-256 where published, and that they open), extracted (tar.gz, zip,
+split zip) into the folder ``test.py`` discovers, then deleted unless ``--keep_archives``.
+An archive you downloaded by hand and put in ``<root>/.downloads/<name>/`` is used as it is.
+
+A failed or refused download ends with one line naming the source and the manual link.
+Google Drive needs the ``gdown`` package (``pip install gdown``); nothing here runs on import.
+"""
+import argparse
+import fnmatch
+import glob
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import replace
+
+from tqdm import tqdm
+
+from util import UserError, run_cli
+from .sources import SOURCES, source_by_name
+
+CHUNK = 1 << 20
+TIMEOUT = 60  # seconds without data before a transfer is given up (it resumes on the next run)
+
+
+class DownloadError(UserError):
+    """A download, check or extraction that failed; the message names the source and what to do."""
+
+
+def failure(source, what, reason):
+    reason = " ".join(str(reason).split())  # one line, whatever the library said
+    manual = f" Download it by hand from {source.manual}" if source.manual else ""
+    where = f" and put {', '.join(source.archives)} in <root>/.downloads/{source.name}/," if source.archives else ","
+    return DownloadError(f"{source.name}: {what} failed ({reason}).{manual}{where} then run the command again.")
+
+
+# ----------------------------------------------------------------------------- transfers
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_url(url, dest, sha256=None, progress=True):
+    """Download ``url`` to ``dest``, resuming ``dest.part`` with a range request when the server
+    allows it (otherwise from the start). With ``sha256`` the file is checked and removed on a
+    mismatch. Raises urllib / OS errors and ``ValueError`` (checksum) for the caller to word."""
+    part = dest + ".part"
+    start = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "npr-reproduction/1.0"})
+    if start:
+        request.add_header("Range", f"bytes={start}-")
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        resumed = start and response.status == 206
+        total = response.headers.get("Content-Length")
+        total = int(total) + (start if resumed else 0) if total is not None else None
+        with open(part, "ab" if resumed else "wb") as f, \
+                tqdm(total=total, initial=start if resumed else 0, unit="B", unit_scale=True,
+                     desc=os.path.basename(dest), disable=None if progress else True) as bar:
+            for block in iter(lambda: response.read(CHUNK), b""):
+                f.write(block)
+                bar.update(len(block))
+    if total is not None and os.path.getsize(part) != total:
+        raise OSError(f"the transfer ended after {os.path.getsize(part)} of {total} bytes; run again to resume")
+    if sha256 and sha256_of(part) != sha256:
+        os.remove(part)
+        raise ValueError(f"SHA-256 mismatch for {os.path.basename(dest)} (expected {sha256}); the file was removed")
+    os.replace(part, dest)
+    return dest
+
+
+def gdown_fetch(kind, drive_id, dest):
+    """Google Drive through the gdown package: a file to the path ``dest``, or a folder's files
+    into the folder ``dest``; returns the paths written. gdown resumes partial files itself."""
+    try:
+        import gdown  # optional: only Google Drive sources need it
+    except ImportError:
+        raise RuntimeError("the gdown package is not installed (pip install gdown)") from None
+    if kind == "gdrive_file":
+        out = gdown.download(id=drive_id, output=dest, quiet=False, resume=True)
+        paths = [out] if out else []
+    else:
+        os.makedirs(dest, exist_ok=True)
+        paths = gdown.download_folder(id=drive_id, output=dest, quiet=False, resume=True) or []
+    if not paths:
+        raise RuntimeError("gdown returned nothing (a quota limit or a link that no longer works)")
+    return paths
+
+
+def matching(folder, patterns):
+    return sorted({p for pattern in patterns for p in glob.glob(os.path.join(folder, pattern))
+                   if not p.endswith(".part")})
+
+
+def fetch(source, folder, progress=True):
+    """The archives of ``source`` in ``folder``: those already there (downloaded before, or put
+    there by hand), else fetched now."""
+    incomplete = os.path.join(folder, ".incomplete")
+    present = matching(folder, source.archives)
+    if present and not os.path.exists(incomplete) and all(glob.glob(os.path.join(folder, a)) for a in source.archives
+                                                           if "*" not in a):
+        return present
+    try:
+        if source.kind == "url":
+            dest = os.path.join(folder, source.archives[0])
+            return [fetch_url(source.location, dest, dict(source.sha256).get(source.archives[0]), progress)]
+        if source.kind in ("gdrive_file", "gdrive_folder"):
+            open(incomplete, "w").close()  # a folder download is whole only when gdown returns
+            target = os.path.join(folder, source.archives[0]) if source.kind == "gdrive_file" else folder
+            gdown_fetch(source.kind, source.location, target)
+            os.remove(incomplete)
+            return matching(folder, source.archives)
+    except urllib.error.HTTPError as e:
+        raise failure(source, f"the download of {source.url}", f"HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise failure(source, f"the download of {source.url}", str(e.reason)) from None
+    except ValueError as e:
+        raise failure(source, "the checksum", str(e)) from None
+    except (OSError, RuntimeError, http.client.HTTPException) as e:
+        reason = str(e) or type(e).__name__
+        if os.path.exists(os.path.join(folder, source.archives[0] + ".part")):
+            reason += "; the partial file is kept and the next run resumes it"
+        raise failure(source, f"the download of {source.url}", reason) from None
+    raise DownloadError(f"{source.name}: no scripted download; get it by hand from {source.manual}")
+
+
+# ----------------------------------------------------------------------------- archives
+
+def archive_kind(path):
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"\x1f\x8b":
+        return "tar.gz"
+    if head in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
+        return "zip"
+    if tarfile.is_tarfile(path):
+        return "tar"
+    return None
+
+
+def split_parts(path):
+    """The parts of a split zip whose last part is ``path`` (x.zip with x.z01, x.z02, ...), in order."""
+    stem = os.path.splitext(path)[0]
+    parts = sorted(glob.glob(stem + ".z[0-9][0-9]*"))
+    return parts + [path] if parts else []
+
+
+def join_split_zip(parts, out):
+    """Join a split zip (PKZIP spanning: x.z01 ... x.zip) into one ordinary zip ``out``: the
+    parts are concatenated, and the central directory's disk numbers and offsets, which count
+    from the start of each part, are rewritten as offsets into the whole (what ``zip -s-``
+    does). Zip64 archives are left to the ``zip`` tool."""
+    if shutil.which("zip") and subprocess.run(["zip", "-q", "-s-", parts[-1], "-O", out]).returncode == 0:
+        return out
+    starts, total = [], 0
+    for p in parts:
+        starts.append(total)
+        total += os.path.getsize(p)
+    with open(out, "wb") as f:
+        for p in parts:
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, f, CHUNK)
+    with open(out, "r+b") as f:
+        data = bytearray(f.read())
+    skip = 4 if data[:4] == b"PK\x07\x08" else 0  # the spanning marker opens the first part
+    eocd = data.rfind(b"PK\x05\x06")
+    if eocd < 0:
+        raise ValueError("no end of central directory: not a zip")
+    (_, _, cd_disk, _, n_entries, cd_size, cd_offset, _) = struct.unpack("<4sHHHHIIH", data[eocd:eocd + 22])
+    if 0xFFFFFFFF in (cd_offset, cd_size) or n_entries == 0xFFFF:
+        raise ValueError("a Zip64 split archive: join it with `zip -s- test.zip -O joined.zip` (apt-get install zip)")
+    pos = starts[cd_disk] + cd_offset
+    new_cd = pos - skip
+    for _ in range(n_entries):
+        if data[pos:pos + 4] != b"PK\x01\x02":
+            raise ValueError("a broken central directory")
+        name_len, extra_len, comment_len, disk = struct.unpack("<HHHH", data[pos + 28:pos + 36])
+        local = struct.unpack("<I", data[pos + 42:pos + 46])[0]
+        struct.pack_into("<H", data, pos + 34, 0)
+        struct.pack_into("<I", data, pos + 42, starts[disk] + local - skip)
+        pos += 46 + name_len + extra_len + comment_len
+    struct.pack_into("<HHHHIIH", data, eocd + 4, 0, 0, n_entries, n_entries, cd_size, new_cd,
+                     struct.unpack("<H", data[eocd + 20:eocd + 22])[0])
+    with open(out, "wb") as f:
+        f.write(data[skip:])
+    return out
+
+
+def extract(path, dest):
+    """Extract a tar(.gz) or zip archive into ``dest`` (no path may leave it)."""
+    kind = archive_kind(path)
+    if kind in ("tar.gz", "tar"):
+        with tarfile.open(path, "r:gz" if kind == "tar.gz" else "r:") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")  # refuses absolute paths, '..', links out of dest
+            else:  # Python before 3.11.4 / 3.10.12 / 3.9.17
+                root = os.path.realpath(dest)
+                for m in tar.getmembers():
+                    if not os.path.realpath(os.path.join(dest, m.name)).startswith(root + os.sep) or m.issym() or m.islnk():
+                        raise ValueError(f"the entry '{m.name}' would be written outside {dest}")
+                tar.extractall(dest)
+    elif kind == "zip":
+        with zipfile.ZipFile(path) as z:
+            root = os.path.realpath(dest)
+            for name in z.namelist():
+                if not os.path.realpath(os.path.join(dest, name)).startswith(root + os.sep):
+                    raise ValueError(f"the entry '{name}' would be written outside {dest}")
+            z.extractall(dest)
+    else:
+        raise ValueError("neither a tar.gz nor a zip archive")
+
+
+def flatten_single_folder(folder, keep):
+    """When ``folder`` holds only one folder and it is not ``keep``, move its content up."""
+    entries = [e for e in os.listdir(folder) if not e.startswith(".")]
+    if len(entries) == 1 and entries[0] != keep and os.path.isdir(os.path.join(folder, entries[0])):
+        inner = os.path.join(folder, entries[0])
+        for e in os.listdir(inner):
+            shutil.move(os.path.join(inner, e), os.path.join(folder, e))
+        os.rmdir(inner)
+
+
+def install(source, archives, root, folder):
+    """Extract ``archives`` of ``source`` under ``root`` so that ``root/<target>`` is the folder
+    the scripts read; a partial extraction is redone from scratch."""
+    staging = os.path.join(folder, ".extracting")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    zips = [a for a in archives if a.endswith(".zip")]
+    joined = []
+    for a in zips:
+        parts = split_parts(a)
+        if parts:
+            out = os.path.join(folder, os.path.basename(a)[:-4] + ".joined.zip")
+            joined.append(join_split_zip(parts, out))
+    todo = joined + [a for a in archives if not split_parts(a) and not fnmatch.fnmatch(os.path.basename(a), "*.z[0-9]*")]
+    for a in todo:
+        try:
+            extract(a, staging)
+        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as e:
+            os.remove(a)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise failure(source, f"extracting {os.path.basename(a)}",
+                          f"{type(e).__name__}: {e}; the archive is corrupt and was removed, run again to download "
+                          "it anew") from None
+    for j in joined:
+        os.remove(j)
+    target = os.path.join(root, source.target)
+    name = os.path.basename(os.path.normpath(source.target))
+    flatten_single_folder(staging, name)
+    inner = os.path.join(staging, name)
+    content = inner if os.path.isdir(inner) and len(os.listdir(staging)) == 1 else staging
+    os.makedirs(target, exist_ok=True)
+    for e in os.listdir(content):
+        dst = os.path.join(target, e)
+        if os.path.exists(dst):
+            shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
+        shutil.move(os.path.join(content, e), dst)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def download(source, root, keep_archives=False, weights_path="NPR.pth", progress=True):
+    """Fetch, check and install one source; returns where it is. Skipped when its marker
+    (``<root>/.downloads/<name>.done``) says it is complete and its folder is there."""
+    if source.kind == "manual":
+        raise DownloadError(f"{source.name}: no scripted download: {source.note}. Get it from {source.manual} "
+                            f"and put it in {os.path.join(root, source.target)}")
+    if source.name == "weights":
+        if os.path.isfile(weights_path):
+            return weights_path
+        folder = os.path.dirname(os.path.abspath(weights_path))
+        os.makedirs(folder, exist_ok=True)
+        return fetch(replace(source, archives=(os.path.basename(weights_path),)), folder, progress)[0]
+    folder = os.path.join(root, ".downloads", source.name)
+    marker, target = folder + ".done", os.path.join(root, source.target)
+    if os.path.isfile(marker) and os.path.isdir(target):
+        return target
+    os.makedirs(folder, exist_ok=True)
+    archives = fetch(source, folder, progress)
+    if not archives:
+        raise failure(source, "the download", "no archive came back")
+    sizes = {os.path.basename(a): os.path.getsize(a) for a in archives}
+    install(source, archives, root, folder)
+    with open(marker, "w") as f:
+        json.dump({"source": source.name, "url": source.url, "archives": sizes, "target": source.target}, f, indent=1)
+    if not keep_archives:
+        shutil.rmtree(folder, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------- command line
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Download the paper's benchmark suites and weights, check them and "
+                                            "extract them where test.py finds them.")
+    p.add_argument("names", nargs="*", help="sources (see --list), 'all' for every scripted one, 'weights' for NPR.pth")
+    p.add_argument("--root", default="./datasets", help="where the suites go (test.py --dataroot)")
+    p.add_argument("--weights_path", default="NPR.pth", help="where 'weights' writes NPR.pth")
+    p.add_argument("--keep_archives", action="store_true", help="keep the archives after extraction")
+    p.add_argument("--list", action="store_true", help="list the sources and exit")
+    return p
+
+
+def list_sources():
+    lines = [f"{'name':<20} {'how':<14} {'disk':<44} manual source"]
+    for s in SOURCES:
+        lines.append(f"{s.name:<20} {s.kind:<14} {s.disk or '-':<44} {s.manual}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if args.list or not args.names:
+        print(list_sources())
+        return 0
+    names = [s.name for s in SOURCES if s.kind != "manual" and s.name != "weights"] if args.names == ["all"] \
+        else args.names
+    sources = []
+    for n in names:
+        s = source_by_name(n)
+        if s is None:
+            raise UserError(f"unknown source '{n}'; known: {', '.join(x.name for x in SOURCES)}, or all")
+        sources.append(s)
+    for s in sources:
+        where = download(s, args.root, args.keep_archives, args.weights_path)
+        print(f"{s.name}: ready in {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

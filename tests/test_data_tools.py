@@ -1,0 +1,315 @@
+"""The downloader against a local HTTP server (127.0.0.1) and a fake gdown, and the verifier
+on small suites built here: counts, broken and duplicate files, format bias."""
+import io
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import threading
+import types
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, write_leaf
+from data import download as dl
+from data.sources import SOURCES, Source
+from data.verify import format_report, jpeg_quality, verify
+
+
+# ----------------------------------------------------------------------------- a local server
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves ``files`` with range requests; ``cut`` sends only that many bytes once, then hangs up."""
+    files, cut, seen = {}, {}, []
+
+    def do_GET(self):
+        data = self.files.get(self.path)
+        self.seen.append((self.path, self.headers.get("Range")))
+        if data is None:
+            self.send_error(404)
+            return
+        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        n = self.cut.pop(self.path, None)
+        self.wfile.write(data[start:] if n is None else data[start:start + n])
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    Handler.files, Handler.cut, Handler.seen = {}, {}, []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", Handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def suite_tar(top="MySuite", n=3):
+    """A tar.gz holding <top>/<gen>/{0_real,1_fake}/*.png."""
+    tmp = io.BytesIO()
+    with tarfile.open(fileobj=tmp, mode="w:gz") as tar:
+        for label in ("0_real", "1_fake"):
+            for i in range(n):
+                buf = io.BytesIO()
+                Image.fromarray(np.full((8, 8, 3), 40 * i + (label == "1_fake"), np.uint8)).save(buf, "PNG")
+                info = tarfile.TarInfo(f"{top}/gen/{label}/{i}.png")
+                info.size = len(buf.getvalue())
+                tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return tmp.getvalue()
+
+
+def source(url, **kw):
+    return Source(**{"name": "MySuite", "kind": "url", "location": url, "archives": ("mysuite.tar.gz",),
+                     "target": "MySuite", "manual": "https://example.org/manual", **kw})
+
+
+def test_resume_after_an_interrupted_transfer_then_skip_when_complete(server, tmp_path):
+    base, h = server
+    data = suite_tar()
+    h.files["/a.tar.gz"] = data
+    h.cut["/a.tar.gz"] = 100
+    src, root = source(base + "/a.tar.gz"), str(tmp_path / "datasets")
+    with pytest.raises(dl.DownloadError) as err:
+        dl.download(src, root, progress=False)
+    msg = str(err.value)
+    assert "MySuite" in msg and "https://example.org/manual" in msg and "resumes" in msg and "\n" not in msg
+    part = os.path.join(root, ".downloads", "MySuite", "mysuite.tar.gz.part")
+    assert os.path.getsize(part) == 100
+    target = dl.download(src, root, progress=False)
+    assert h.seen[-1] == ("/a.tar.gz", "bytes=100-")  # resumed, not restarted
+    assert sorted(os.listdir(os.path.join(target, "gen"))) == ["0_real", "1_fake"]
+    assert len(os.listdir(os.path.join(target, "gen", "1_fake"))) == 3
+    assert os.path.isfile(os.path.join(root, ".downloads", "MySuite.done"))
+    assert not os.path.exists(os.path.join(root, ".downloads", "MySuite"))  # archive removed after extraction
+    n = len(h.seen)
+    assert dl.download(src, root, progress=False) == target and len(h.seen) == n  # complete: no request
+
+
+def test_corrupt_archive_is_removed_and_reported(server, tmp_path):
+    base, h = server
+    h.files["/bad.tar.gz"] = b"\x1f\x8b" + os.urandom(500)
+    root = str(tmp_path / "d")
+    with pytest.raises(dl.DownloadError, match="corrupt") as err:
+        dl.download(source(base + "/bad.tar.gz"), root, progress=False)
+    assert "\n" not in str(err.value)
+    assert not os.path.exists(os.path.join(root, ".downloads", "MySuite", "mysuite.tar.gz"))
+    assert not os.path.exists(os.path.join(root, "MySuite"))
+
+
+def test_checksum_mismatch_refused(server, tmp_path):
+    base, h = server
+    h.files["/a.tar.gz"] = suite_tar()
+    src = source(base + "/a.tar.gz", sha256=(("mysuite.tar.gz", "0" * 64),))
+    with pytest.raises(dl.DownloadError, match="SHA-256 mismatch"):
+        dl.download(src, str(tmp_path / "d"), progress=False)
+    assert not os.listdir(os.path.join(tmp_path, "d", ".downloads", "MySuite"))
+    good = source(base + "/a.tar.gz", sha256=(("mysuite.tar.gz", dl.hashlib.sha256(h.files["/a.tar.gz"]).hexdigest()),))
+    assert os.path.isdir(dl.download(good, str(tmp_path / "d"), progress=False))
+
+
+def test_refused_connection_and_missing_file_are_one_line(server, tmp_path):
+    base, _ = server
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for url, needle in ((f"http://127.0.0.1:{port}/x.tar.gz", "refused"), (base + "/missing.tar.gz", "HTTP 404")):
+        with pytest.raises(dl.DownloadError) as err:
+            dl.download(source(url), str(tmp_path / "d"), progress=False)
+        assert needle in str(err.value) and "by hand" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_archive_placed_by_hand_is_used(tmp_path):
+    root = str(tmp_path / "d")
+    folder = os.path.join(root, ".downloads", "MySuite")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "mysuite.tar.gz"), "wb") as f:
+        f.write(suite_tar())
+    target = dl.download(source("http://127.0.0.1:9/never"), root, progress=False)
+    assert os.path.isdir(os.path.join(target, "gen", "0_real"))
+
+
+def test_google_drive_goes_through_gdown(tmp_path, monkeypatch):
+    calls = []
+
+    def download_folder(id, output, quiet, resume):
+        calls.append(("folder", id, output, resume))
+        paths = []
+        for name in ("AttGAN", "BEGAN"):
+            p = os.path.join(output, f"{name}.tar.gz")
+            with open(p, "wb") as f:
+                f.write(suite_tar(top=name, n=2))
+            paths.append(p)
+        return paths
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download_folder=download_folder, download=None))
+    src = Source("GANGen-Detection", "gdrive_folder", "FOLDER_ID", ("*.tar.gz",), "GANGen-Detection",
+                 manual="https://example.org")
+    target = dl.download(src, str(tmp_path / "d"), progress=False)
+    assert calls == [("folder", "FOLDER_ID", os.path.join(str(tmp_path / "d"), ".downloads", "GANGen-Detection"), True)]
+    assert sorted(os.listdir(target)) == ["AttGAN", "BEGAN"]
+    assert len(os.listdir(os.path.join(target, "AttGAN", "gen", "0_real"))) == 2
+
+
+def test_gdown_missing_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gdown", None)  # import gdown -> ImportError
+    src = Source("X", "gdrive_file", "ID", ("x.zip",), "X", manual="https://example.org")
+    with pytest.raises(dl.DownloadError, match="pip install gdown"):
+        dl.download(src, str(tmp_path / "d"), progress=False)
+
+
+def make_split_zip(folder, files, part_size=300):
+    """A PKZIP split archive (x.z01, x.z02, ..., x.zip): the spanning marker, local entries cut
+    into parts, the central directory in the last part with per-part offsets."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    data = buf.getvalue()
+    eocd = data.rfind(b"PK\x05\x06")
+    _, _, _, _, n, cd_size, cd_offset, _ = struct.unpack("<4sHHHHIIH", data[eocd:eocd + 22])
+    body = b"PK\x07\x08" + data[:cd_offset]
+    parts = [body[i:i + part_size] for i in range(0, len(body), part_size)]
+    last = len(parts)
+    cd = bytearray(data[cd_offset:cd_offset + cd_size])
+    pos = 0
+    for _ in range(n):
+        name_len, extra_len, comment_len = struct.unpack("<HHH", cd[pos + 28:pos + 34])
+        local = struct.unpack("<I", cd[pos + 42:pos + 46])[0] + 4
+        struct.pack_into("<H", cd, pos + 34, local // part_size)
+        struct.pack_into("<I", cd, pos + 42, local % part_size)
+        pos += 46 + name_len + extra_len + comment_len
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", last, last, n, n, cd_size, 0, 0)
+    for i, p in enumerate(parts):
+        with open(os.path.join(folder, f"test.z{i + 1:02d}"), "wb") as f:
+            f.write(p)
+    with open(os.path.join(folder, "test.zip"), "wb") as f:
+        f.write(bytes(cd) + end)
+
+
+@pytest.mark.parametrize("with_zip_tool", [True, False])
+def test_split_zip_is_joined_and_extracted(tmp_path, monkeypatch, with_zip_tool):
+    if not with_zip_tool:
+        monkeypatch.setattr(dl.shutil, "which", lambda name: None)
+    elif not shutil.which("zip"):
+        pytest.skip("the zip tool is not installed; the pure-Python join is tested without it")
+    root = str(tmp_path / "d")
+    folder = os.path.join(root, ".downloads", "AIGCDetectBenchmark")
+    os.makedirs(folder)
+    files = {f"test/progan/{lab}/{i}.bin": os.urandom(150) for lab in ("0_real", "1_fake") for i in range(4)}
+    make_split_zip(folder, files)
+    src = next(s for s in SOURCES if s.name == "AIGCDetectBenchmark")
+    target = dl.download(src, root, progress=False)
+    for name, data in files.items():
+        with open(os.path.join(target, *name.split("/")[1:]), "rb") as f:
+            assert f.read() == data, name
+
+
+def test_cli_lists_sources_and_refuses_unknown_names(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "data.download", "--list"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "GANGen-Detection" in r.stdout and "weights" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "data.download", "--root", str(tmp_path), "NoSuchSuite"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown source" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "-m", "data.download", "--root", str(tmp_path), "GenImage"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "github.com/GenImage-Dataset" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- the verifier
+
+def save(path, arr, fmt, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path, fmt, **kw)
+
+
+def noise(seed, size=(32, 32)):
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("quality", [30, 75, 90, 95])
+def test_jpeg_quality_is_estimated_from_the_quantisation_tables(tmp_path, quality):
+    path = str(tmp_path / "q.jpg")
+    save(path, noise(0), "JPEG", quality=quality)
+    with Image.open(path) as img:
+        assert abs(jpeg_quality(img.quantization) - quality) <= 1
+
+
+@pytest.fixture
+def suites(tmp_path):
+    root = tmp_path / "datasets"
+    gg = root / "GANGen-Detection"
+    for i in range(3):  # AttGAN: real JPEG, fake PNG -> format bias (and not the published 2k)
+        save(str(gg / "AttGAN" / "0_real" / f"{i}.jpg"), noise(i), "JPEG", quality=80)
+        save(str(gg / "AttGAN" / "1_fake" / f"{i}.png"), noise(10 + i), "PNG")
+    for i in range(4):  # BEGAN: clean PNGs of one size, plus a duplicate and a truncated file
+        save(str(gg / "BEGAN" / "0_real" / f"{i}.png"), noise(20 + i), "PNG")
+        save(str(gg / "BEGAN" / "1_fake" / f"{i}.png"), noise(30 + i), "PNG")
+    shutil.copy(gg / "BEGAN" / "0_real" / "0.png", gg / "BEGAN" / "1_fake" / "copy.png")
+    good = (gg / "BEGAN" / "1_fake" / "1.png").read_bytes()
+    (gg / "BEGAN" / "1_fake" / "cut.png").write_bytes(good[:len(good) // 2])
+    (gg / "BEGAN" / "0_real" / "broken.png").write_bytes(b"not an image")
+    write_leaf(str(gg / "GANimation"), 1, 1, size=(16, 16))  # not in the registry: an extra folder
+    # a training root whose test split repeats a training file
+    write_leaf(str(root / "train" / "car"), 2, 2, size=(16, 16), seed=1)
+    write_leaf(str(root / "test" / "progan"), 2, 2, size=(16, 16), seed=2)
+    shutil.copy(root / "train" / "car" / "0_real" / os.listdir(root / "train" / "car" / "0_real")[0],
+                root / "test" / "progan" / "0_real" / "leak.png")
+    return root
+
+
+def test_verifier_flags_counts_format_bias_duplicates_and_broken_files(suites):
+    report = verify(str(suites), workers=1)
+    gg = next(s for s in report["suites"] if s["suite"] == "GANGen-Detection")
+    gens = {g["generator"]: g for g in gg["generators"]}
+    att, began = gens["AttGAN"], gens["BEGAN"]
+    assert att["count_status"] == "mismatch" and "6 images, published 2000" in att["count"]
+    assert any("format bias: 100% of real and 0% of fake images are JPEG" in b for b in att["bias"])
+    assert att["real"]["jpeg_quality_mean"] == pytest.approx(80, abs=1)
+    assert len(began["duplicates"]) == 1 and "1 duplicate file" in began["verdict"]
+    assert began["truncated_files"][0].endswith("cut.png") and began["unreadable_files"][0].endswith("broken.png")
+    assert not began["bias"]
+    assert "GANimation" in gg["extra"] and "SNGAN" in gg["missing"]
+    assert any(any(p.endswith("leak.png") for p in group) for group in report["cross_split_duplicates"])
+    text = format_report(report)
+    assert "format bias" in text and "published 2000" in text and "extra folders" in text
+
+
+def test_verify_cli_prints_the_table_and_writes_json(suites, tmp_path):
+    out = str(tmp_path / "report.json")
+    r = subprocess.run([sys.executable, "-m", "data.verify", "--dataroot", str(suites), "--suites", "GANGen-Detection",
+                        "--json", out, "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "AttGAN" in r.stdout and "format bias" in r.stdout and "published" in r.stdout
+    data = json.load(open(out))
+    assert [s["suite"] for s in data["suites"]] == ["GANGen-Detection"]
+
+
+def test_test_py_checks_the_data_first(suites, tmp_path):
+    import torch
+    from networks import resnet50
+    torch.save(resnet50().state_dict(), str(tmp_path / "m.pth"))
+    res = str(tmp_path / "res")
+    r = subprocess.run([sys.executable, "test.py", "--dataroot", str(suites), "--model_path", str(tmp_path / "m.pth"),
+                        "--suites", "GANGen-Detection", "--check_data", "--gpu_ids", "-1", "--num_threads", "0",
+                        "--results_dir", res], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Data check" in r.stdout and "format bias" in r.stdout and "AttGAN" in r.stdout
+    assert json.load(open(os.path.join(res, "data_check.json")))["suites"][0]["suite"] == "GANGen-Detection"
+
