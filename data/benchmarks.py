@@ -35,7 +35,8 @@ def G(name, *folders, acc=None, ap=None, in_mean=True):
     return Generator(name, tuple(folders) or (name,), acc, ap, in_mean)
 
 
-MINI_GENERATORS = ("nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle")
+MINI_GENERATORS = ("nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle")  # built by data/mini.py
+MINI_THIRD_PARTY = ("cyclegan_vintage",)  # trained GANs shipped in pip packages (data/mini.py, THIRD_PARTY)
 
 SUITES = (
     Suite("ForenSynths", ("ForenSynths", "CNN_synth_testset", "ForenSynths_train_val/test", "ForenSynths/test"), (
@@ -78,8 +79,9 @@ SUITES = (
         G("DALLE", "DALLE", "dalle"), G("DDPM", "ddpm"), G("Guided", "guided-diffusion"),
         G("Improved", "improved-diffusion"), G("Midjourney", "midjourney")),
         resize=True, crop=False, note="Table 5"),
-    Suite("NPR-mini", ("npr-mini/test",), tuple(G(n, n) for n in MINI_GENERATORS),
-          resize=False, crop=False, note="built-in mini benchmark; trained on nn_conv only"),
+    Suite("NPR-mini", ("npr-mini/test",), tuple(G(n, n) for n in MINI_GENERATORS + MINI_THIRD_PARTY),
+          resize=False, crop=False, note="built-in mini benchmark; trained on nn_conv only; cyclegan_vintage is a "
+                                         "third-party CycleGAN (the vintagify package)"),
 )
 
 

@@ -7,6 +7,11 @@ here on the real training patches. Each fake is the generator's reconstruction o
 patch, and both are saved as PNG, so real and fake share content and file format: a
 detector can only win on the traces the up-sampling left.
 
+The test split also holds real, third-party GANs whose trained weights ship inside a pip
+package (``THIRD_PARTY``): ``cyclegan_vintage`` is the CycleGAN ResNet generator of the
+``vintagify`` package, which translates the same real test patches. A build that cannot load
+one says so in one line and builds the rest; a later build adds it when it can.
+
 The paper's protocol in miniature: train on the nearest-neighbour generator (the ProGAN
 analogue) only; the test split holds every generator.
 
@@ -15,10 +20,13 @@ for train / val / test; patches never cross a strip, so no test pixel is seen in
 while every split covers every category.
 """
 import argparse
+import importlib.metadata
 import json
+import logging
 import os
 import random
 import shutil
+import sys
 
 import numpy as np
 import skimage.data
@@ -29,7 +37,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from .benchmarks import MINI_GENERATORS
+from .benchmarks import MINI_GENERATORS, MINI_THIRD_PARTY
+
+log = logging.getLogger("npr")
 
 # category -> (package, file). All RGB or greyscale photographs (greyscale become RGB).
 PHOTOS = {
@@ -40,6 +50,20 @@ PHOTOS = {
                ("skimage", "gravel.png"), ("skimage", "brick.png")],
 }
 SPLITS = {"train": (0.0, 0.60), "val": (0.60, 0.75), "test": (0.75, 1.0)}
+
+# Trained generators that come inside pip packages: where they come from, for the manifest
+# and the docs. Each is loaded by ``load_third_party`` (no download: the weights are in the wheel).
+THIRD_PARTY = {
+    "cyclegan_vintage": {
+        "package": "vintagify", "weights": "resources/G_A2B_epoch33.pth", "licence": "MIT",
+        "authors": "Yusong Zhao, Fangyi Wang",
+        "architecture": "CycleGAN ResNet generator (Zhu et al. 2017): 2 stride-2 convolutions down, 9 residual "
+                        "blocks, 2 transposed convolutions up (x2 each), as ForenSynths' CycleGAN",
+        "trained_on": "unpaired modern and vintage photographs (the package's A2B direction: modern -> vintage), "
+                      "512 px crops",
+    },
+}
+assert set(THIRD_PARTY) == set(MINI_THIRD_PARTY)
 TRAIN_GENERATOR = "nn_conv"
 
 
@@ -80,6 +104,19 @@ def cut_patches(photos, split, n, size, rng):
         y, x = rng.randint(0, s.shape[0] - size), rng.randint(0, s.shape[1] - size)
         out.append(s[y:y + size, x:x + size])
     return np.stack(out)
+
+
+def cut_pairs(reals, fakes, n, size, rng):
+    """``n`` random ``size`` x ``size`` windows, each cut at the same place from a real strip and
+    its translation."""
+    pairs = [(r, f) for r, f in zip(reals, fakes) if r.shape[0] >= size and r.shape[1] >= size]
+    real, fake = [], []
+    for i in range(n):
+        r, f = pairs[i % len(pairs)]
+        y, x = rng.randint(0, r.shape[0] - size), rng.randint(0, r.shape[1] - size)
+        real.append(r[y:y + size, x:x + size])
+        fake.append(f[y:y + size, x:x + size])
+    return np.stack(real), np.stack(fake)
 
 
 def upsampler(kind, cin, cout):
@@ -147,6 +184,77 @@ def train_generator(kind, patches, steps, seed, batch_size=32, crop=16, lr=5e-3,
     return model.eval()
 
 
+class GeneratorUnavailable(Exception):
+    """A third-party generator whose package is missing or whose weights do not load."""
+
+
+def load_third_party(name):
+    """(a function from uint8 patches to uint8 fakes, its provenance) for a ``THIRD_PARTY`` name."""
+    info = dict(THIRD_PARTY[name])
+    try:
+        # Optional: the package brings the trained weights; without it the rest of NPR-mini builds.
+        from vintagify.generator import ResnetGenerator
+        info["version"] = importlib.metadata.version(info["package"])
+    except Exception as e:  # a missing package, or one that fails on import: either way, skip it
+        raise GeneratorUnavailable(f"the {info['package']} package cannot be imported ({type(e).__name__}: {e}); "
+                                   "pip install -r requirements.txt") from None
+    weights = os.path.join(os.path.dirname(sys.modules["vintagify.generator"].__file__), info["weights"])
+    model = ResnetGenerator()
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as e:
+        raise GeneratorUnavailable(f"the weights {weights} of {info['package']} do not load ({type(e).__name__})") from None
+    model.eval()
+
+    @torch.no_grad()
+    def translate(images, batch_size=50):
+        # The package's own pre- and post-processing: pixels to [-1, 1], tanh output back to [0, 1].
+        x = to_float(np.ascontiguousarray(images)) * 2.0 - 1.0
+        return np.concatenate([to_uint8((model(x[i:i + batch_size]) + 1.0) / 2.0)
+                               for i in range(0, len(x), batch_size)])
+    return translate, info
+
+
+def add_third_party(root, manifest, quiet=False):
+    """Write the test split of every third-party generator that loads and is not built yet;
+    each gets its own windows (its own seed), so the result does not depend on when it is added."""
+    config = manifest["config"]
+    photos = load_photos()
+    all_photos = [p for c in sorted(photos) for p in photos[c]]
+    for k, name in enumerate(MINI_THIRD_PARTY):
+        if name in manifest["generators"]:
+            continue
+        try:
+            translate, info = load_third_party(name)
+        except GeneratorUnavailable as e:
+            log.warning("NPR-mini: %s not built: %s", name, e)
+            manifest.setdefault("unavailable", {})[name] = str(e)
+            continue
+        # Translate each photo's whole test strip (the generator was trained on large images),
+        # then cut the same windows out of the real and the translated strip.
+        strips = [split_strip(a, "test") for _, a in all_photos]
+        strips = [st[:st.shape[0] // 4 * 4, :st.shape[1] // 4 * 4] for st in strips]
+        fakes = [translate(st[None])[0] for st in strips]
+        rng = random.Random(config["seed"] * 1000 + 17 + k)
+        real, fake = cut_pairs(strips, fakes, config["test_per_generator"], config["size"], rng)
+        leaf = os.path.join(root, "test", name)
+        save_pngs(os.path.join(leaf, "0_real"), name, real)
+        save_pngs(os.path.join(leaf, "1_fake"), name, fake)
+        manifest["generators"].append(name)
+        manifest["counts_per_class"][f"test/{name}"] = len(real)
+        manifest.setdefault("third_party", {})[name] = info
+        manifest.get("unavailable", {}).pop(name, None)
+    write_manifest(root, manifest)
+    return manifest
+
+
+def write_manifest(root, manifest):
+    tmp = os.path.join(root, "manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, os.path.join(root, "manifest.json"))
+
+
 @torch.no_grad()
 def generate(model, patches, batch_size=128):
     data = to_float(patches)
@@ -177,7 +285,10 @@ def build_mini(root, seed=0, size=48, train_per_class=320, val_per_class=50, tes
               "test_per_generator": test_per_generator, "generator_steps": generator_steps}
     if not rebuild and is_built(root, config):
         with open(os.path.join(root, "manifest.json")) as f:
-            return json.load(f)
+            manifest = json.load(f)
+        if all(name in manifest["generators"] for name in MINI_THIRD_PARTY):
+            return manifest
+        return add_third_party(root, manifest, quiet)
     if os.path.exists(root):
         shutil.rmtree(root)
     torch_threads = torch.get_num_threads()
@@ -208,14 +319,11 @@ def build_mini(root, seed=0, size=48, train_per_class=320, val_per_class=50, tes
         save_pngs(os.path.join(leaf, "0_real"), name, real)
         save_pngs(os.path.join(leaf, "1_fake"), name, generate(gen, real))
         counts[f"{split}/{name}"] = len(real)
-    torch.set_num_threads(torch_threads)
     manifest = {"config": config, "categories": cats, "generators": list(MINI_GENERATORS),
                 "train_generator": TRAIN_GENERATOR, "counts_per_class": counts,
                 "photos": {c: [n for _, n in v] for c, v in PHOTOS.items()}}
-    tmp = os.path.join(root, "manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(root, "manifest.json"))
+    manifest = add_third_party(root, manifest, quiet)
+    torch.set_num_threads(torch_threads)
     return manifest
 
 

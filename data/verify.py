@@ -50,7 +50,7 @@ PUBLISHED_COUNTS = {
     "NPR-mini": {
         "source": "data/mini.py: test_per_generator=200 real and as many fakes",
         "counts": {g: {"real": 200, "fake": 200} for g in ("nn_conv", "bilinear_conv", "transposed_conv",
-                                                            "pixel_shuffle")},
+                                                            "pixel_shuffle", "cyclegan_vintage")},
     },
 }
 

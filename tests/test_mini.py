@@ -27,7 +27,8 @@ def test_builder_layout_determinism_and_fakes(tmp_path):
             for lab in ("0_real", "1_fake"):
                 assert len(os.listdir(root / split / cat / lab)) == n
     assert sorted(os.listdir(root / "test")) == sorted(a["generators"])
-    assert len(a["generators"]) == 4 and a["train_generator"] == "nn_conv"
+    assert len(a["generators"]) == 5 and a["train_generator"] == "nn_conv"
+    assert a["third_party"]["cyclegan_vintage"]["package"] == "vintagify" and a["third_party"]["cyclegan_vintage"]["version"]
     from PIL import Image
     import numpy as np
     leaf = root / "test" / "pixel_shuffle"
@@ -40,3 +41,35 @@ def test_builder_layout_determinism_and_fakes(tmp_path):
     mtime = os.path.getmtime(root / "manifest.json")
     build_mini(str(root), seed=1, **TINY)  # complete build with the same settings: not rebuilt
     assert os.path.getmtime(root / "manifest.json") == mtime
+
+
+def test_third_party_gan_split_has_the_counts_and_the_content_of_its_real_images(tmp_path):
+    from PIL import Image
+    import numpy as np
+    m = build_mini(str(tmp_path / "m"), seed=1, **dict(TINY, test_per_generator=6))
+    leaf = tmp_path / "m" / "test" / "cyclegan_vintage"
+    names = sorted(os.listdir(leaf / "0_real"))
+    assert names == sorted(os.listdir(leaf / "1_fake")) and len(names) == 6 == m["counts_per_class"]["test/cyclegan_vintage"]
+    real = np.stack([np.asarray(Image.open(leaf / "0_real" / n), dtype=np.float64) for n in names])
+    fake = np.stack([np.asarray(Image.open(leaf / "1_fake" / n), dtype=np.float64) for n in names])
+    assert real.shape == fake.shape == (6, 32, 32, 3) and not np.array_equal(real, fake)
+    # matched content: each fake is closer to its own real window than to any other one
+    z = lambda a: (a - a.mean(axis=(1, 2, 3), keepdims=True)).reshape(len(a), -1)  # noqa: E731
+    dist = np.abs(z(fake)[:, None] - z(real)[None]).mean(axis=2)
+    assert (np.argmin(dist, axis=1) == np.arange(6)).all()
+
+
+def test_missing_package_is_one_line_and_the_rest_builds_then_it_is_added(tmp_path, monkeypatch, caplog):
+    import sys
+    monkeypatch.setitem(sys.modules, "vintagify.generator", None)  # the import fails
+    m = build_mini(str(tmp_path / "a"), seed=1, **TINY)
+    assert m["generators"] == ["nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle"]
+    warned = [r.getMessage() for r in caplog.records if "cyclegan_vintage" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0] and "vintagify" in warned[0]
+    assert not os.path.exists(tmp_path / "a" / "test" / "cyclegan_vintage")
+    monkeypatch.undo()
+    m = build_mini(str(tmp_path / "a"), seed=1, **TINY)  # the package is back: only its split is added
+    assert "cyclegan_vintage" in m["generators"] and "cyclegan_vintage" not in m.get("unavailable", {})
+    build_mini(str(tmp_path / "b"), seed=1, **TINY)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
