@@ -23,6 +23,8 @@ from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from metrics import METRIC_KEYS, compute_metrics, metrics_at
+from networks import npr_residual, score_images
+from report import residual_figure
 from util import AMP_DTYPE, UserError
 
 log = logging.getLogger("npr")
@@ -92,6 +94,27 @@ def score_folder(model, folder, transform, cfg):
     images for a threshold calibration."""
     samples = [(p, 0) for p in list_images(folder)]
     return predict_samples(model, samples, transform, cfg)[1] if samples else np.zeros(0)
+
+
+def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_dir=None, progress=False):
+    """One row per image file for predict.py and demo.py: path, P(fake), verdict at ``threshold``
+    ('unreadable' / 'too small' for a skipped file), truncated, the size the model saw and, with
+    ``figures_dir``, the NPR residual figure written there. Scores come from ``score_images``."""
+    rows = []
+    scores = score_images(model, paths, transform, rule)
+    for i, s in enumerate(tqdm(scores, total=len(paths), desc="scoring", unit="img", disable=None if progress else True)):
+        row = {"path": s.image, "prob_fake": s.prob, "verdict": s.skipped or ("fake" if s.prob > threshold else "real"),
+               "truncated": s.truncated, "size": None, "figure": None}
+        if s.prob is not None:
+            row["size"] = f"{s.pixels.shape[-1]}x{s.pixels.shape[-2]}"
+            if figures_dir is not None:
+                # numbered, since files in different folders often share a name
+                name = os.path.basename(s.image)
+                out = os.path.join(figures_dir, f"{i:04d}_{os.path.splitext(name)[0]}_npr.png")
+                residual = npr_residual(normalize_batch(s.pixels.unsqueeze(0)))
+                row["figure"] = residual_figure(s.pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, name, out)
+        rows.append(row)
+    return rows
 
 
 def evaluate_suite(model, suite, suite_dir, cfg, load_size=256, crop_size=224, no_resize=False, no_crop=False,

@@ -5,7 +5,8 @@
 
 Pixels are kept as they are by default (NPR reads pixel-level traces); ``--resize`` applies
 the reference's resize to loadSize x loadSize first. Writes ``--output`` as CSV and JSON.
-Scores come from ``networks.score_images``, the same path as the notebook API's ``predict_proba``.
+Scores come from ``engine.score_files`` (``networks.score_images``), the path of the notebook
+API's ``predict_proba`` and of ``demo.py``.
 """
 import csv
 import glob
@@ -14,15 +15,14 @@ import os
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
 from data.discovery import IMG_EXTENSIONS, list_images
 from data.images import ImageRule
-from data.transforms import EvalTransform, normalize_batch
+from data.transforms import EvalTransform
+from engine import score_files
 from metrics import resolve_threshold
-from networks import load_detector, npr_residual, prepare_model, score_images
+from networks import load_detector, prepare_model, score_images
 from options import parse_predict_args
-from report import residual_figure
 from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
 
 
@@ -69,17 +69,8 @@ def main(argv=None):
     log.info("Verdict: fake when P(fake) > %.4f (%s)", threshold, source)
     if args.visualize:
         os.makedirs(args.visualize, exist_ok=True)
-    rows = []
-    scores = score_images(model, paths, transform, rule)
-    for i, s in enumerate(tqdm(scores, total=len(paths), desc="scoring", unit="img", disable=None)):
-        verdict = s.skipped or ("fake" if s.prob > threshold else "real")
-        rows.append({"path": s.image, "prob_fake": s.prob, "verdict": verdict, "truncated": s.truncated})
-        if args.visualize and s.prob is not None:
-            # numbered, since files in different folders often share a name
-            name = os.path.splitext(os.path.basename(s.image))[0]
-            residual = npr_residual(normalize_batch(s.pixels.unsqueeze(0)))
-            residual_figure(s.pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold,
-                            os.path.basename(s.image), os.path.join(args.visualize, f"{i:04d}_{name}_npr.png"))
+    rows = [{k: r[k] for k in ("path", "prob_fake", "verdict", "truncated")}
+            for r in score_files(model, paths, transform, threshold, rule, args.visualize, progress=True)]
     width = max(len(r["path"]) for r in rows)
     print(f"{'path'.ljust(width)}  P(fake)  verdict")
     for r in rows:

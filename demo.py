@@ -1,0 +1,136 @@
+"""A local web page for the detector: drop images, see P(fake), the verdict and the NPR residual.
+
+    pip install -r requirements-demo.txt
+    python demo.py                                   # the main job's checkpoint (python train.py first)
+    python demo.py --model_path NPR.pth --port 7860
+
+Served on 127.0.0.1 only: no share link, no analytics, no web fonts, nothing fetched from the
+internet. Scores come from ``engine.score_files`` (``networks.score_images``), the path of
+``predict.py`` and the notebook API's ``predict_proba``, so the page and the command line give
+the same numbers for the same file.
+"""
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
+
+import gradio as gr  # noqa: E402  (the environment variable above must come first)
+
+from data.discovery import list_images  # noqa: E402
+from data.transforms import EvalTransform  # noqa: E402
+from engine import score_files  # noqa: E402
+from networks import load_detector, prepare_model  # noqa: E402
+from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
+from options.base_options import OneLineErrorParser, size  # noqa: E402
+from util import UserError, run_cli, select_device, set_numerics  # noqa: E402
+
+COLUMNS = ["file", "P(fake)", "verdict", "size seen by the model", "resized", "note"]
+NOTES = {"unreadable": "cannot be read as an image (empty, corrupt or not an image)",
+         "too small": "too small: NPR needs at least 2x2 pixels"}
+# System fonts only: gradio's default theme would fetch its fonts from Google Fonts.
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+
+
+def example_images():
+    """(path, label): a real and a fake NPR-mini test image per generator, when it is built."""
+    test = os.path.join(MINI_ROOT, "test")
+    if not os.path.isdir(test):
+        return []
+    out = []
+    for gen in sorted(os.listdir(test)):
+        for label in ("0_real", "1_fake"):
+            out += [(p, f"{gen} {label[2:]}") for p in list_images(os.path.join(test, gen, label))[:1]]
+    return out
+
+
+def decide_threshold(model, choice, custom):
+    """(threshold, where it comes from) for the page's choice: the checkpoint's stored one, the
+    paper's 0.5, or the slider."""
+    if choice == "stored" and model.threshold is not None:
+        return float(model.threshold), "stored by train.py (best balanced accuracy on its validation split)"
+    if choice == "custom":
+        return float(custom), "set on the page"
+    note = "" if choice == "0.5" else " (the checkpoint stores no threshold)"
+    return 0.5, "the paper's rule" + note
+
+
+def build_app(model, model_path, load_size=256):
+    """The page: upload (or pick examples), choose the threshold, read the table and figures."""
+    figures_dir = tempfile.mkdtemp(prefix="npr-demo-")
+    stored = f"{model.threshold:.4f}" if model.threshold is not None else "none in this checkpoint"
+
+    def run(files, choice, custom, resize):
+        paths = [f if isinstance(f, str) else f.name for f in (files or [])]
+        if not paths:
+            return [], [], "Upload one or several images first.", []
+        threshold, source = decide_threshold(model, choice, custom)
+        transform = EvalTransform(load_size, load_size, resize=resize, crop=False)
+        rows = score_files(model, paths, transform, threshold, figures_dir=figures_dir)
+        table = [[os.path.basename(r["path"]), None if r["prob_fake"] is None else round(r["prob_fake"], 4),
+                  r["verdict"], r["size"] or "-", "yes" if resize else "no", NOTES.get(r["verdict"], "")]
+                 for r in rows]
+        gallery = [(r["figure"], f"{os.path.basename(r['path'])}: P(fake) {r['prob_fake']:.3f}, {r['verdict']}")
+                   for r in rows if r["figure"]]
+        status = f"Verdict: fake when P(fake) > {threshold:.4f} ({source}). {len(paths)} file(s)."
+        details = [{"file": os.path.basename(r["path"]), "prob_fake": r["prob_fake"], "verdict": r["verdict"],
+                    "size": r["size"], "resized": resize, "threshold": threshold} for r in rows]
+        return table, gallery, status, details
+
+    with gr.Blocks(title="NPR detector") as app:
+        gr.Markdown(f"# NPR: is this image generated?\nCheckpoint `{model_path}` (stored threshold: {stored}). "
+                    "Pixels are kept as they are unless you tick *resize*: NPR reads traces between "
+                    "neighbouring pixels, which resizing smooths away.")
+        with gr.Row():
+            with gr.Column():
+                files = gr.File(file_count="multiple", type="filepath", label="Images")
+                choice = gr.Radio(["stored", "0.5", "custom"], value="stored", label="Decision threshold")
+                custom = gr.Slider(0.0, 1.0, value=0.5, step=0.001, label="Custom threshold")
+                resize = gr.Checkbox(value=False, label=f"Resize to {load_size} x {load_size} first (the reference's "
+                                                        "test-time resize)")
+                button = gr.Button("Analyse", variant="primary")
+                examples = example_images()
+                if examples:
+                    gr.Examples([[[p]] for p, _ in examples], inputs=[files], label="NPR-mini test images",
+                                example_labels=[label for _, label in examples])
+            with gr.Column():
+                status = gr.Markdown()
+                table = gr.Dataframe(headers=COLUMNS, label="Results", interactive=False)
+                gallery = gr.Gallery(label="NPR residual", columns=1)
+                details = gr.JSON(visible=False)
+        button.click(run, [files, choice, custom, resize], [table, gallery, status, details], api_name="analyse")
+    return app
+
+
+def get_args_parser():
+    p = OneLineErrorParser("A local web page for the NPR detector (127.0.0.1 only).")
+    p.add_argument("--model_path", default=MINI_CHECKPOINT, help="checkpoint (NPR.pth or ours)")
+    p.add_argument("--ema_weights", action="store_true", help="use the checkpoint's moving-average weights")
+    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
+    p.add_argument("--loadSize", type=size, default=256, help="size for the resize option")
+    p.add_argument("--gpu_ids", default="0", help="CUDA device id; -1 for the CPU")
+    return p
+
+
+def load_model(model_path, gpu_ids="0", ema=False):
+    if not os.path.isfile(model_path):
+        hint = "run `python train.py` first, or pass --model_path" if model_path == MINI_CHECKPOINT else \
+            "check --model_path"
+        raise UserError(f"no checkpoint at {model_path}; {hint}")
+    device = select_device(gpu_ids)
+    set_numerics()
+    return prepare_model(load_detector(model_path, device=device, ema=ema), device)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    model = load_model(args.model_path, args.gpu_ids, args.ema_weights)
+    app = build_app(model, args.model_path, args.loadSize)
+    print(f"Serving on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    app.launch(server_name="127.0.0.1", server_port=args.port, share=False, theme=THEME)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

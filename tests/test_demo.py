@@ -1,0 +1,151 @@
+"""demo.py against its real server on 127.0.0.1: through gradio_client and in a real browser
+(Chromium from the system's packages, driven by Selenium), checked against predict.py.
+
+The demo's packages are an extra (requirements-demo.txt). Without them these tests are
+skipped, unless NPR_REQUIRE_DEMO=1 (what CI sets after installing them), where a missing
+package or browser is a failure.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+
+REQUIRED = os.environ.get("NPR_REQUIRE_DEMO") == "1"
+if REQUIRED:
+    import gradio  # noqa: F401
+    import gradio_client
+else:
+    gradio_client = pytest.importorskip("gradio_client")
+    pytest.importorskip("gradio")
+
+import demo  # noqa: E402
+from networks import resnet50  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, checkpoint, images): the app on a free port, a checkpoint with a stored threshold,
+    and images: three PNGs, a corrupt file and a 1x1 image."""
+    tmp = tmp_path_factory.mktemp("demo")
+    torch.manual_seed(0)
+    ckpt = str(tmp / "m.pth")
+    torch.save({"model": resnet50().state_dict(), "threshold": 0.3}, ckpt)
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(3):
+        p = str(tmp / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(p)
+        images.append(p)
+    (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp / "tiny.png")
+    images += [str(tmp / "corrupt.png"), str(tmp / "tiny.png")]
+    app = demo.build_app(demo.load_model(ckpt, "-1"), ckpt)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True,
+               theme=demo.THEME)
+    yield f"http://127.0.0.1:{port}/", ckpt, images, tmp
+    app.close()
+
+
+def predict_py(ckpt, paths, out, *extra):
+    r = subprocess.run([sys.executable, "predict.py", *paths, "--model_path", ckpt, "--gpu_ids", "-1", "--output", out,
+                        *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return {os.path.basename(p["path"]): p for p in json.load(open(out + ".json"))["predictions"]}
+
+
+def test_page_and_predict_py_give_the_same_numbers(served):
+    url, ckpt, images, tmp = served
+    client = gradio_client.Client(url, verbose=False, download_files=str(tmp / "dl"))
+    table, gallery, status, details = client.predict([gradio_client.handle_file(p) for p in images], "0.5", 0.5,
+                                                     False, api_name="/analyse")
+    ours = {d["file"]: d for d in details}
+    cli = predict_py(ckpt, images, str(tmp / "pred"), "--threshold", "0.5")
+    assert set(ours) == set(cli) == {os.path.basename(p) for p in images}
+    for name, row in cli.items():
+        assert ours[name]["verdict"] == row["verdict"], name
+        if row["prob_fake"] is None:
+            assert ours[name]["prob_fake"] is None
+        else:
+            assert ours[name]["prob_fake"] == pytest.approx(row["prob_fake"], abs=1e-6), name
+    assert ours["corrupt.png"]["verdict"] == "unreadable" and ours["tiny.png"]["verdict"] == "too small"
+    rows = {r[0]: r for r in table["data"]}
+    assert "cannot be read" in rows["corrupt.png"][5] and "2x2" in rows["tiny.png"][5]
+    assert len(gallery) == 3 and "0.5000" in status and "Traceback" not in json.dumps(table)
+
+
+def test_stored_and_custom_thresholds(served):
+    url, ckpt, images, tmp = served
+    client = gradio_client.Client(url, verbose=False, download_files=str(tmp / "dl2"))
+    files = [gradio_client.handle_file(p) for p in images[:3]]
+    _, _, status, details = client.predict(files, "stored", 0.5, False, api_name="/analyse")
+    assert "0.3000" in status and "stored by train.py" in status
+    assert all(d["verdict"] == ("fake" if d["prob_fake"] > 0.3 else "real") for d in details)
+    _, _, status, details = client.predict(files, "custom", 0.999, True, api_name="/analyse")
+    assert "0.9990" in status and all(d["verdict"] == "real" and d["resized"] for d in details)
+    assert all(d["size"] == "256x256" for d in details)
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "demo.py", "--model_path", str(tmp_path / "none.pth")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def browser():
+    """Headless Chromium from the system's packages through Selenium (no driver download)."""
+    from selenium import webdriver
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chrome and driver):
+        if REQUIRED:
+            raise RuntimeError("Chromium and its driver are needed: apt-get install chromium chromium-driver")
+        pytest.skip("Chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,1000"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+
+
+def test_in_a_real_browser(served):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, ckpt, images, tmp = served
+    cli = predict_py(ckpt, images[:1], str(tmp / "pred1"), "--threshold", "stored")
+    driver = browser()
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, 60)
+        upload = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+        upload.send_keys(images[0])
+        wait.until(lambda d: "img0.png" in d.page_source)
+        time.sleep(1)  # the upload finishes
+        next(b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Analyse").click()
+        wait.until(lambda d: "Verdict: fake when" in d.find_element(By.TAG_NAME, "body").text)
+        text = driver.find_element(By.TAG_NAME, "body").text
+        expected = cli["img0.png"]
+        assert f"{expected['prob_fake']:.4f}" in text and expected["verdict"] in text
+        shot = os.environ.get("NPR_DEMO_SCREENSHOT", str(tmp / "demo.png"))
+        driver.save_screenshot(shot)
+        assert os.path.getsize(shot) > 10_000
+    finally:
+        driver.quit()
