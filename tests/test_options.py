@@ -1,0 +1,84 @@
+"""Each script's options: --help shows what the script uses, the reference's commands still
+run, one type per flag; and the README stays a front door whose links resolve."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+import options
+from options import parse_train_args, predict_parser, train_parser, validate_parser
+from options.base_options import REFERENCE_OPTIONS
+from util import UserError
+
+TRAINING_ONLY = ("blur_prob", "blur_sig", "jpg_prob", "jpg_method", "jpg_qual", "rz_interp", "delr_freq", "class_bal",
+                 "serial_batches", "no_flip", "name", "epoch", "checkpoints_dir", "niter", "lr", "beta1", "optim",
+                 "earlystop_epoch", "loss_freq", "save_latest_freq", "save_epoch_freq", "continue_train", "new_optim",
+                 "train_split", "val_split", "seed", "rotate", "color_jitter", "mask_prob", "ema", "cache_dir")
+NO_OPS = ("mode", "arch", "resize_or_crop", "init_type", "init_gain", "suffix", "data_aug", "epoch_count", "last_epoch",
+          "eval")
+
+
+def shown(parser):
+    """The flags --help lists (the usage line names every option that is not suppressed)."""
+    return set(re.findall(r"--([A-Za-z_0-9]+)", parser.format_usage()))
+
+
+def test_evaluation_help_lists_no_training_flag_and_no_flag_lists_a_no_op():
+    for parser in (options.test_parser(), validate_parser(), predict_parser()):
+        assert not shown(parser) & set(TRAINING_ONLY), shown(parser) & set(TRAINING_ONLY)
+    for parser in (train_parser(), options.test_parser(), validate_parser(), predict_parser()):
+        assert not shown(parser) & set(NO_OPS)
+    assert {"blur_prob", "niter", "ema", "rotate"} <= shown(train_parser())
+
+
+def test_the_references_commands_and_options_are_accepted():
+    args = parse_train_args(["--name", "4class-resnet-car-cat-chair-horse", "--dataroot", "x", "--classes",
+                             "car,cat,chair,horse", "--batch_size", "32", "--delr_freq", "10", "--lr", "0.0002",
+                             "--niter", "50", "--mode", "binary", "--arch", "res50", "--init_type", "normal",
+                             "--data_aug", "--epoch_count", "1", "--suffix", "", "--resize_or_crop", "none"])
+    assert (args.batch_size, args.lr, args.niter, args.classes) == (32, 0.0002, 50, ("car", "cat", "chair", "horse"))
+    assert not any(hasattr(args, k) for k in NO_OPS)
+    values = {"loadSize": "256", "cropSize": "224", "batch_size": "64", "gpu_ids": "-1", "num_threads": "0"}
+    reference_test_flags = []  # every reference option, as its test.py accepts them
+    for name, takes_value in REFERENCE_OPTIONS.items():
+        if name in ("dataroot", "model_path"):
+            continue
+        reference_test_flags += [f"--{name}"] + ([values.get(name, "1")] if takes_value else [])
+    args = options.test_parser().parse_args(["--model_path", "NPR.pth", "--dataroot", "x"] + reference_test_flags)
+    assert args.model_path == ["NPR.pth"] and not hasattr(args, "blur_prob") and not hasattr(args, "niter")
+
+
+def test_one_type_per_flag():
+    assert parse_train_args(["--ema", "0.9", "--dataroot", "x"]).ema == 0.9
+    for parser in (options.test_parser(), validate_parser(), predict_parser()):
+        assert "ema_weights" in shown(parser) and "ema" not in shown(parser)
+    with pytest.raises(UserError, match="--blur_sig"):
+        parse_train_args(["--blur_sig", "1,2,3"])
+
+
+def test_readme_is_a_front_door_whose_links_resolve():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    assert len(text.splitlines()) <= 220
+    links = re.findall(r"\]\(((?:docs/|DIFFERENCES)[^)#]+)", text)
+    assert any(link.startswith("docs/") for link in links)
+    for page in set(links) | {f"docs/{p}" for p in os.listdir(os.path.join(ROOT, "docs")) if p.endswith(".md")}:
+        assert os.path.exists(os.path.join(ROOT, page)), page
+        body = open(os.path.join(ROOT, page), "rb").read().decode("utf-8", "replace") if page.endswith(".md") else ""
+        for rel in re.findall(r"\]\(([^)#:]+\.(?:md|png))", body):
+            assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), rel)), (page, rel)
+        assert "issue #" not in body.lower(), page  # pages describe the code, not the project's history
+    assert "issue #" not in text.lower()
+
+
+def test_scripts_import_no_script():
+    scripts = ("train", "test", "validate", "predict", "bench", "demo")
+    for name in os.listdir(ROOT):
+        if name.endswith(".py"):
+            source = open(os.path.join(ROOT, name)).read()
+            for s in scripts:
+                assert not re.search(rf"^(import {s}\b|from {s} import)", source, re.M), (name, s)
+    r = subprocess.run(["git", "grep", "-n", "getattr(opt"], cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout == ""
