@@ -22,7 +22,7 @@ from data.discovery import list_images, make_samples
 from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
-from metrics import METRIC_KEYS, compute_metrics, metrics_at
+from metrics import METRIC_KEYS, compute_metrics, metrics_at, resolve_threshold
 from networks import npr_residual, score_images
 from report import residual_figure
 from util import AMP_DTYPE, UserError
@@ -89,11 +89,13 @@ def evaluate_folder(model, root, transform, cfg, classes=None, progress=None):
     return metrics
 
 
-def score_folder(model, folder, transform, cfg):
-    """Fake-probabilities of the usable images below ``folder`` (labels ignored), e.g. real
-    images for a threshold calibration."""
-    samples = [(p, 0) for p in list_images(folder)]
-    return predict_samples(model, samples, transform, cfg)[1] if samples else np.zeros(0)
+def eval_threshold(model, transform, cfg, threshold=None, calibrate_real=None, target_fpr=0.05):
+    """``metrics.resolve_threshold`` for ``model`` (its stored ``model.threshold``), with the
+    calibration folder's images scored through the evaluation loader and ``transform``."""
+    def score_reals(folder):
+        samples = [(p, 0) for p in list_images(folder)]
+        return predict_samples(model, samples, transform, cfg)[1] if samples else np.zeros(0)
+    return resolve_threshold(model.threshold, threshold, calibrate_real, target_fpr, score_reals)
 
 
 def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_dir=None, progress=False):

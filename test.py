@@ -23,8 +23,8 @@ from data.mini import build_mini
 from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
 from data.verify import format_report, verify as verify_suites
-from engine import EvalConfig, evaluate_suite, score_folder
-from metrics import mean_row, resolve_threshold, summarize_checkpoints
+from engine import EvalConfig, eval_threshold, evaluate_suite
+from metrics import mean_row, summarize_checkpoints
 from networks import load_detector, prepare_model
 from options import MINI_ROOT, parse_test_args, print_options
 from report import groups, make_figures, suite_table, summary_table, write_results
@@ -38,8 +38,7 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
                           channels_last=cfg.channels_last, fold_bn=not args.no_fold_bn, compile_model=args.compile)
     # Calibration images go through the evaluation transform of the flags (no suite's own).
     calibration = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
-    threshold, source = resolve_threshold(model.threshold, args.threshold, args.calibrate_real, args.target_fpr,
-                                          lambda folder: score_folder(model, folder, calibration, cfg))
+    threshold, source = eval_threshold(model, calibration, cfg, args.threshold, args.calibrate_real, args.target_fpr)
     log.info("Checkpoint %s%s on %s%s", model_path, " (moving-average weights)" if args.ema_weights else "",
              cfg.device, f"; threshold for ACC@t: {threshold:.4f} ({source})" if threshold is not None else "")
     out = []

@@ -9,8 +9,8 @@ import time
 from data.images import ImageRule
 from data.loaders import default_workers
 from data.transforms import EvalTransform
-from engine import EvalConfig, evaluate_folder, score_folder
-from metrics import metrics_at, resolve_threshold
+from engine import EvalConfig, eval_threshold, evaluate_folder
+from metrics import metrics_at
 from networks import load_detector, prepare_model
 from options import parse_validate_args
 from util import run_cli, select_device, set_numerics, setup_logging
@@ -26,8 +26,7 @@ def main(argv=None):
     model = prepare_model(load_detector(args.model_path, device=device, ema=args.ema_weights), device,
                           cfg.channels_last, fold_bn=not args.no_fold_bn, compile_model=args.compile)
     transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
-    threshold, source = resolve_threshold(model.threshold, args.threshold, args.calibrate_real, args.target_fpr,
-                                          lambda folder: score_folder(model, folder, transform, cfg))
+    threshold, source = eval_threshold(model, transform, cfg, args.threshold, args.calibrate_real, args.target_fpr)
     start = time.time()
     m = evaluate_folder(model, args.dataroot, transform, cfg, classes=args.classes)
     print(f"{args.dataroot}: {m['n_scored']} images scored ({m['n_truncated']} of them truncated), "

@@ -171,7 +171,8 @@ def join_split_zip(parts, out):
     """Join a split zip (PKZIP spanning: x.z01 ... x.zip) into one ordinary zip ``out``: the
     parts are concatenated, and the central directory's disk numbers and offsets, which count
     from the start of each part, are rewritten as offsets into the whole (what ``zip -s-``
-    does). Zip64 archives are left to the ``zip`` tool."""
+    does), reading no more than the directory into memory. Zip64 archives are left to the
+    ``zip`` tool."""
     if shutil.which("zip") and subprocess.run(["zip", "-q", "-s-", parts[-1], "-O", out]).returncode == 0:
         return out
     starts, total = [], 0
@@ -182,29 +183,34 @@ def join_split_zip(parts, out):
         for p in parts:
             with open(p, "rb") as src:
                 shutil.copyfileobj(src, f, CHUNK)
+    # Only the central directory and its end record are rewritten, in place; the leading
+    # spanning marker stays (readers skip data before the first entry).
     with open(out, "r+b") as f:
-        data = bytearray(f.read())
-    skip = 4 if data[:4] == b"PK\x07\x08" else 0  # the spanning marker opens the first part
-    eocd = data.rfind(b"PK\x05\x06")
-    if eocd < 0:
-        raise ValueError("no end of central directory: not a zip")
-    (_, _, cd_disk, _, n_entries, cd_size, cd_offset, _) = struct.unpack("<4sHHHHIIH", data[eocd:eocd + 22])
-    if 0xFFFFFFFF in (cd_offset, cd_size) or n_entries == 0xFFFF:
-        raise ValueError("a Zip64 split archive: join it with `zip -s- test.zip -O joined.zip` (apt-get install zip)")
-    pos = starts[cd_disk] + cd_offset
-    new_cd = pos - skip
-    for _ in range(n_entries):
-        if data[pos:pos + 4] != b"PK\x01\x02":
-            raise ValueError("a broken central directory")
-        name_len, extra_len, comment_len, disk = struct.unpack("<HHHH", data[pos + 28:pos + 36])
-        local = struct.unpack("<I", data[pos + 42:pos + 46])[0]
-        struct.pack_into("<H", data, pos + 34, 0)
-        struct.pack_into("<I", data, pos + 42, starts[disk] + local - skip)
-        pos += 46 + name_len + extra_len + comment_len
-    struct.pack_into("<HHHHIIH", data, eocd + 4, 0, 0, n_entries, n_entries, cd_size, new_cd,
-                     struct.unpack("<H", data[eocd + 20:eocd + 22])[0])
-    with open(out, "wb") as f:
-        f.write(data[skip:])
+        f.seek(max(0, total - (1 << 16) - 22))
+        tail = f.read()
+        eocd = tail.rfind(b"PK\x05\x06")
+        if eocd < 0:
+            raise ValueError("no end of central directory: not a zip")
+        _, _, cd_disk, _, n_entries, cd_size, cd_offset, comment_len = struct.unpack("<4sHHHHIIH", tail[eocd:eocd + 22])
+        if 0xFFFFFFFF in (cd_offset, cd_size) or n_entries == 0xFFFF:
+            raise ValueError("a Zip64 split archive: join it with `zip -s- test.zip -O joined.zip` (apt-get install zip)")
+        cd_start = starts[cd_disk] + cd_offset
+        f.seek(cd_start)
+        cd = bytearray(f.read(cd_size))
+        pos = 0
+        for _ in range(n_entries):
+            if cd[pos:pos + 4] != b"PK\x01\x02":
+                raise ValueError("a broken central directory")
+            name_len, extra_len, comment_len_entry, disk = struct.unpack("<HHHH", cd[pos + 28:pos + 36])
+            local = struct.unpack("<I", cd[pos + 42:pos + 46])[0]
+            struct.pack_into("<H", cd, pos + 34, 0)
+            struct.pack_into("<I", cd, pos + 42, starts[disk] + local)
+            pos += 46 + name_len + extra_len + comment_len_entry
+        f.seek(cd_start)
+        f.write(cd)
+        f.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n_entries, n_entries, cd_size, cd_start, comment_len))
+        f.truncate()
+        f.write(tail[eocd + 22:eocd + 22 + comment_len])
     return out
 
 

@@ -26,7 +26,6 @@ import logging
 import os
 import random
 import shutil
-import sys
 
 import numpy as np
 import skimage.data
@@ -193,13 +192,13 @@ def load_third_party(name):
     info = dict(THIRD_PARTY[name])
     try:
         # Optional: the package brings the trained weights; without it the rest of NPR-mini builds.
-        from vintagify.generator import ResnetGenerator
+        import vintagify.generator as vintagify_generator
         info["version"] = importlib.metadata.version(info["package"])
     except Exception as e:  # a missing package, or one that fails on import: either way, skip it
         raise GeneratorUnavailable(f"the {info['package']} package cannot be imported ({type(e).__name__}: {e}); "
                                    "pip install -r requirements.txt") from None
-    weights = os.path.join(os.path.dirname(sys.modules["vintagify.generator"].__file__), info["weights"])
-    model = ResnetGenerator()
+    weights = os.path.join(os.path.dirname(vintagify_generator.__file__), info["weights"])
+    model = vintagify_generator.ResnetGenerator()
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as e:
