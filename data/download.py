@@ -16,7 +16,6 @@ A failed or refused download ends with one line naming the source and the manual
 Google Drive needs the ``gdown`` package (``pip install gdown``); nothing here runs on import.
 """
 import argparse
-import fnmatch
 import glob
 import hashlib
 import http.client
@@ -238,10 +237,10 @@ def extract(path, dest):
         raise ValueError("neither a tar.gz nor a zip archive")
 
 
-def flatten_single_folder(folder, keep):
-    """When ``folder`` holds only one folder and it is not ``keep``, move its content up."""
+def flatten_single_folder(folder):
+    """When ``folder`` holds only one folder (an archive's top folder), move its content up."""
     entries = [e for e in os.listdir(folder) if not e.startswith(".")]
-    if len(entries) == 1 and entries[0] != keep and os.path.isdir(os.path.join(folder, entries[0])):
+    if len(entries) == 1 and os.path.isdir(os.path.join(folder, entries[0])):
         inner = os.path.join(folder, entries[0])
         for e in os.listdir(inner):
             shutil.move(os.path.join(inner, e), os.path.join(folder, e))
@@ -254,36 +253,30 @@ def install(source, archives, root, folder):
     staging = os.path.join(folder, ".extracting")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
-    zips = [a for a in archives if a.endswith(".zip")]
-    joined = []
-    for a in zips:
-        parts = split_parts(a)
-        if parts:
-            out = os.path.join(folder, os.path.basename(a)[:-4] + ".joined.zip")
-            joined.append(join_split_zip(parts, out))
-    todo = joined + [a for a in archives if not split_parts(a) and not fnmatch.fnmatch(os.path.basename(a), "*.z[0-9]*")]
-    for a in todo:
+    # A split zip (x.z01 ... x.zip) is joined first and extracted as one archive.
+    split = {a: split_parts(a) for a in archives if a.endswith(".zip")}
+    joined = {join_split_zip(parts, a[:-4] + ".joined.zip"): parts for a, parts in split.items() if parts}
+    in_parts = {p for parts in joined.values() for p in parts}
+    for a in list(joined) + [a for a in archives if a not in in_parts]:
         try:
             extract(a, staging)
         except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as e:
-            os.remove(a)
+            for bad in [a] + joined.get(a, []):
+                os.remove(bad)
             shutil.rmtree(staging, ignore_errors=True)
             raise failure(source, f"extracting {os.path.basename(a)}",
                           f"{type(e).__name__}: {e}; the archive is corrupt and was removed, run again to download "
                           "it anew") from None
     for j in joined:
         os.remove(j)
+    flatten_single_folder(staging)
     target = os.path.join(root, source.target)
-    name = os.path.basename(os.path.normpath(source.target))
-    flatten_single_folder(staging, name)
-    inner = os.path.join(staging, name)
-    content = inner if os.path.isdir(inner) and len(os.listdir(staging)) == 1 else staging
     os.makedirs(target, exist_ok=True)
-    for e in os.listdir(content):
+    for e in os.listdir(staging):
         dst = os.path.join(target, e)
         if os.path.exists(dst):
             shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
-        shutil.move(os.path.join(content, e), dst)
+        shutil.move(os.path.join(staging, e), dst)
     shutil.rmtree(staging, ignore_errors=True)
     return target
 
