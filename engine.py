@@ -23,7 +23,7 @@ from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from metrics import METRIC_KEYS, compute_metrics, metrics_at, resolve_threshold
-from networks import npr_residual, score_images
+from networks import OPERATOR_NAMES, score_images
 from report import residual_figure
 from util import AMP_DTYPE, UserError
 
@@ -101,7 +101,8 @@ def eval_threshold(model, transform, cfg, threshold=None, calibrate_real=None, t
 def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_dir=None, progress=False):
     """One row per image file for predict.py and demo.py: path, P(fake), verdict at ``threshold``
     ('unreadable' / 'too small' for a skipped file), truncated, the size the model saw and, with
-    ``figures_dir``, the NPR residual figure written there. Scores come from ``score_images``."""
+    ``figures_dir``, the figure of the model's artifact operator (the NPR residual, or SAFE's
+    wavelet sub-band) written there. Scores come from ``score_images``."""
     rows = []
     scores = score_images(model, paths, transform, rule)
     for i, s in enumerate(tqdm(scores, total=len(paths), desc="scoring", unit="img", disable=None if progress else True)):
@@ -113,8 +114,11 @@ def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_di
                 # numbered, since files in different folders often share a name
                 name = os.path.basename(s.image)
                 out = os.path.join(figures_dir, f"{i:04d}_{os.path.splitext(name)[0]}_npr.png")
-                residual = npr_residual(normalize_batch(s.pixels.unsqueeze(0)))
-                row["figure"] = residual_figure(s.pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, name, out)
+                with torch.inference_mode():
+                    device = next(model.parameters()).device
+                    residual = model.artifact(normalize_batch(s.pixels.unsqueeze(0).to(device))).float().cpu()
+                row["figure"] = residual_figure(s.pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, name,
+                                                out, OPERATOR_NAMES[model.operator])
         rows.append(row)
     return rows
 
@@ -236,6 +240,7 @@ class StepConfig:
     loss_freq: int = 400         # log the loss every this many steps
     save_latest_freq: int = 2000  # call save_latest every this many steps
     latest_path: str = ""        # named in the error when the loss stops being finite
+    lr_at: object = None         # (epoch, step in epoch) -> lr, set before every step; None: the lr as it is
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, progress, step_cfg, save_latest, stopper,
@@ -255,6 +260,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, progress, step_cf
                 raise UserError("every image of one batch was unreadable; under torchrun remove the files named "
                                 "in the warnings above (or find them with --strict_images) and resume")
             continue
+        if step_cfg.lr_at is not None:
+            for g in optimizer.param_groups:
+                g["lr"] = step_cfg.lr_at(epoch, progress["step_in_epoch"])
         x = batch.images.to(device, non_blocking=True)
         if step_cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

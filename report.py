@@ -276,9 +276,10 @@ def make_figures(rows, out_dir):
     return paths
 
 
-def residual_figure(img, residual, prob, threshold, name, out):
-    """Write ``out``: image | NPR residual per channel (amplified) | its magnitude, titled with
-    ``name``, the probability and the verdict at ``threshold``."""
+def residual_figure(img, residual, prob, threshold, name, out, label="NPR residual"):
+    """Write ``out``: image | the artifact operator's output (``label``: the NPR residual by
+    default) per channel, amplified | its magnitude, titled with ``name``, the probability and
+    the verdict at ``threshold``."""
     plt = _pyplot()
     r = residual[0].permute(1, 2, 0).numpy()
     mag = np.abs(r).mean(axis=2)
@@ -287,9 +288,9 @@ def residual_figure(img, residual, prob, threshold, name, out):
     axes[0].imshow(img)
     axes[0].set_title("image")
     axes[1].imshow(np.clip(0.5 + r / (2 * scale), 0, 1))
-    axes[1].set_title("NPR residual per channel (amplified)")
+    axes[1].set_title(f"{label} per channel (amplified)")
     axes[2].imshow(mag, cmap="magma", vmin=0, vmax=np.percentile(mag, 99) or 1.0)
-    axes[2].set_title("NPR magnitude")
+    axes[2].set_title("magnitude")
     for ax in axes:
         ax.axis("off")
     verdict = "fake" if prob > threshold else "real"

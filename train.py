@@ -10,6 +10,7 @@ one checkpoint dict (see ``checkpoint_state``). ``torchrun --nproc_per_node=N tr
 with DistributedDataParallel; ``--batch_size`` is then the global batch, split over processes.
 """
 import datetime
+import math
 import os
 import random
 import signal
@@ -111,23 +112,54 @@ def checkpoint_state(model, optimizer, args, progress, scaler=None, ema=None):
             "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"],
             "total_steps": progress["total_steps"], "lr": optimizer.param_groups[0]["lr"],
             "best_ap": progress["best_ap"], "epochs_no_improve": progress["epochs_no_improve"],
-            "opt": options, "rng": rng_state(), "arch": "npr_resnet50",
+            "opt": options, "rng": rng_state(), "arch": "npr_resnet50", "operator": unwrap(model).operator,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "threshold": progress.get("threshold"), "threshold_ema": progress.get("threshold_ema"),
             "model_ema": ema.module.state_dict() if ema is not None else None,
             "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0}
 
 
-def build_loss():
-    """The reference's loss: binary cross-entropy on the logit (label 1 = fake)."""
-    return nn.BCEWithLogitsLoss()
+class SmoothedBCEWithLogits(nn.Module):
+    """Binary cross-entropy towards ``1 - s/2`` (fake) and ``s/2`` (real). On the log-odds of a
+    two-class head this is SAFE's loss, timm's ``LabelSmoothingCrossEntropy(s)``."""
+
+    def __init__(self, smoothing):
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits, labels):
+        target = labels * (1.0 - self.smoothing) + self.smoothing / 2
+        return nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+
+def build_loss(label_smoothing=0.0):
+    """The reference's loss: binary cross-entropy on the logit (label 1 = fake); with
+    ``label_smoothing``, SAFE's smoothed targets."""
+    return SmoothedBCEWithLogits(label_smoothing) if label_smoothing else nn.BCEWithLogitsLoss()
 
 
 def build_optimizer(model, args):
-    """Adam (betas (beta1, 0.999), no weight decay) or SGD without momentum, as the reference."""
+    """Adam (betas (beta1, 0.999), no weight decay) or SGD without momentum, as the reference;
+    AdamW as SAFE (eps 1e-8, ``--weight_decay`` on the weights of convolutions and linear
+    layers only: its ``get_parameter_groups`` leaves biases and BatchNorm undecayed)."""
+    if args.optim == "adamw":
+        decay = [p for p in model.parameters() if p.dim() > 1]
+        no_decay = [p for p in model.parameters() if p.dim() <= 1]
+        groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, 0.999), eps=1e-8)
     if args.optim == "adam":
-        return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.0, weight_decay=0)
+        return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999),
+                                weight_decay=args.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.0, weight_decay=args.weight_decay)
+
+
+def cosine_lr(epoch_progress, lr, min_lr, warmup_epochs, epochs):
+    """SAFE's per-step schedule (its ``utils.adjust_learning_rate``) at ``epoch_progress``
+    epochs (fractional): linear warm-up from 0, then a half cosine from ``lr`` to ``min_lr``."""
+    if epoch_progress < warmup_epochs:
+        return lr * epoch_progress / warmup_epochs
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch_progress - warmup_epochs)
+                                                          / (epochs - warmup_epochs)))
 
 
 def build_ema(model, decay):
@@ -205,8 +237,11 @@ def main(argv=None):
             print_options(args, file=f)
     log.info("#training images = %d, #validation images = %d, device = %s, processes = %d",
              len(train_samples), len(val_samples), device, world)
+    log.info("Operator %s, recipe %s: %s, lr %.3g, %s schedule, %d epochs, batch %d, label smoothing %g",
+             args.operator, args.recipe, args.optim, args.lr, args.lr_schedule, args.niter, args.batch_size,
+             args.label_smoothing)
 
-    model = resnet50(num_classes=1).to(device)
+    model = resnet50(operator=args.operator).to(device)
     if args.train_channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args)
@@ -231,12 +266,22 @@ def main(argv=None):
                            class_balance=args.class_bal, rank=rank, world_size=world)
     loader = make_train_loader(dataset, per_rank_batch, sampler, workers, device)
     loader.worker_init_fn = ignore_signals_in_worker
-    loss_fn = build_loss()
+    loss_fn = build_loss(args.label_smoothing)
+    lr_at = None
+    if args.lr_schedule == "cosine":
+        steps_per_epoch = len(loader)  # before any resume shortens the sampler
+
+        def lr_at(epoch, step_in_epoch):
+            return cosine_lr(epoch + step_in_epoch / steps_per_epoch, args.lr, args.min_lr, args.warmup_epochs,
+                             args.niter)
     step_cfg = StepConfig(channels_last=args.train_channels_last, amp=args.amp, loss_freq=args.loss_freq,
-                          save_latest_freq=args.save_latest_freq, latest_path=checkpoint_path(args, "latest"))
-    # Validation: resize to loadSize (also with --no_resize, as the reference's val), centre crop.
+                          save_latest_freq=args.save_latest_freq, latest_path=checkpoint_path(args, "latest"),
+                          lr_at=lr_at)
+    # Validation: resize to loadSize (also with --no_resize, as the reference's val), centre crop;
+    # --val_crop_only: the centre crop alone (SAFE's).
     eval_cfg = EvalConfig(device, args.batch_size, workers, args.amp, not args.no_channels_last, rule)
-    val_transform = EvalTransform(args.loadSize, args.cropSize, resize=True, crop=True, interp=args.rz_interp[0])
+    val_transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.val_crop_only, crop=True,
+                                  interp=args.rz_interp[0])
     writer = SummaryWriter(os.path.join(exp_dir, "tensorboard")) if rank == 0 else None
 
     def save(which):
@@ -257,7 +302,7 @@ def main(argv=None):
             epoch_start = time.time()
             train_skipped = train_one_epoch(train_model, loader, optimizer, loss_fn, device, progress, step_cfg,
                                             lambda: save("latest"), stopper, writer, rank, world, scaler, ema)
-            if epoch % args.delr_freq == 0 and epoch != 0:
+            if args.lr_schedule == "step" and epoch % args.delr_freq == 0 and epoch != 0:
                 for g in optimizer.param_groups:
                     g["lr"] *= LR_DECAY
                 log.info("Changing lr at the end of epoch %d to %.3g", epoch, optimizer.param_groups[0]["lr"])

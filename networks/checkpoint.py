@@ -6,8 +6,10 @@ behind the name.
 
 Loading: any of the formats seen in the wild -- a plain state dict
 (``NPR.pth``), a dict with key ``model`` (or ``state_dict``), keys prefixed ``module.``
-(DataParallel) or ``_orig_mod.`` (torch.compile) -- always with ``weights_only=True``.
+(DataParallel) or ``_orig_mod.`` (torch.compile), SAFE's training checkpoints (which also
+pickle its ``argparse.Namespace`` of options) -- always with ``weights_only=True``.
 """
+import argparse
 import os
 import pickle
 import tempfile
@@ -57,7 +59,9 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # An argparse.Namespace only sets attributes: allowed, so that SAFE's checkpoints load.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # PyTorch's own message suggests weights_only=False, i.e. running the file's code: not repeated here.
         raise CheckpointError(f"refusing to load '{path}': it holds objects other than tensors and plain "
@@ -94,6 +98,17 @@ def extract_state_dict(ckpt, ema=False):
     if not any(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError("the checkpoint holds no tensors: not a model state dict")
     return state
+
+
+def checkpoint_operator(ckpt, state):
+    """The artifact operator a checkpoint was trained with: stored by train.py as ``operator``;
+    otherwise told by the head, since only SAFE's model has a two-class ``fc1`` (its release,
+    ``checkpoint/checkpoint-best.pth`` in Ouxiang-Li/SAFE) and ``NPR.pth`` has one logit."""
+    stored = ckpt.get("operator") if isinstance(ckpt, dict) else None
+    if stored is not None:
+        return stored
+    fc = state.get("fc1.weight")
+    return "dwt" if torch.is_tensor(fc) and fc.dim() == 2 and fc.shape[0] == 2 else "npr"
 
 
 def load_state_dict_strict(model, state, source="checkpoint"):

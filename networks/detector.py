@@ -12,23 +12,29 @@ from PIL import Image
 from data.images import ImageRule
 from data.transforms import normalize_batch
 from util import select_device
-from .checkpoint import extract_state_dict, load_checkpoint, load_state_dict_strict
+from .checkpoint import CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint, load_state_dict_strict
 from .fuse import fuse_for_inference
-from .resnet import resnet50
+from .resnet import OPERATORS, resnet50
 
 
 def load_detector(path, device=None, ema=False):
     """An eval-mode NPR model with the weights of ``path``, on ``device`` (default: CUDA if available).
 
-    Accepts the official ``NPR.pth``, our training checkpoints and DataParallel ones; ``ema=True``
-    loads the moving-average weights of a ``train.py --ema`` checkpoint. ``model.threshold`` is
-    the decision threshold train.py chose on its validation split (best balanced accuracy), or
+    Accepts the official ``NPR.pth``, our training checkpoints, DataParallel ones and SAFE's;
+    the artifact operator (``model.operator``) is the checkpoint's. ``ema=True`` loads the
+    moving-average weights of a ``train.py --ema`` checkpoint. ``model.threshold`` is the
+    decision threshold train.py chose on its validation split (best balanced accuracy), or
     None when the checkpoint has none; the paper's rule is ``prob > 0.5``.
     """
     device = torch.device(device) if device is not None else select_device("0")
-    model = resnet50(num_classes=1)
     ckpt = load_checkpoint(path)
-    load_state_dict_strict(model, extract_state_dict(ckpt, ema=ema), source=f"checkpoint '{path}'")
+    state = extract_state_dict(ckpt, ema=ema)
+    operator = checkpoint_operator(ckpt, state)
+    if operator not in OPERATORS:
+        raise CheckpointError(f"checkpoint '{path}' was trained with the artifact operator '{operator}', which this "
+                              f"version does not know ({', '.join(OPERATORS)})")
+    model = resnet50(operator=operator)
+    load_state_dict_strict(model, state, source=f"checkpoint '{path}'")
     model.threshold = ckpt.get("threshold_ema" if ema else "threshold") if isinstance(ckpt, dict) else None
     return model.to(device).eval()
 

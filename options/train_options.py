@@ -1,14 +1,31 @@
 """train.py's options: the reference's ``options/train_options.py`` names and defaults, the
-built-in benchmark's recipe as a preset, and the options beyond the paper (all off by default)."""
+built-in benchmark's recipe and SAFE's recipe as presets, and the options beyond the paper
+(all off by default)."""
 from util import UserError
 from .base_options import (MINI_ROOT, OneLineErrorParser, accept_reference_options, add_data_options,
                            add_device_options, check_sizes, comma_list, decay, interpolations, jpeg_methods,
                            jpeg_qualities, learning_rate, non_negative, non_negative_int, positive_int, probability,
                            ratio_range, rate, sigma_range)
 
+OPERATOR_CHOICES = ("npr", "dwt")  # networks.OPERATORS; options import nothing but argparse
+
 # The NPR-mini recipe, taken when --dataroot is not given (each value can still be overridden):
 # sized so that building, training and testing fit in a few minutes on a 2-core CPU.
 MINI_RECIPE = {"loadSize": 48, "cropSize": 40, "batch_size": 32, "niter": 6, "lr": 0.0005, "delr_freq": 2}
+
+# SAFE's recipe (Li et al., KDD 2025; Ouxiang-Li/SAFE scripts/train.sh and main_finetune.py):
+# AdamW, lr = blr * batch / 256 (32 images on each of 4 GPUs), weight decay on weights only,
+# one warm-up epoch then a half cosine to min_lr per step, label smoothing 0.1, 256 px random
+# crops without resizing, flip, rotation, colour jitter and patch masking, centre-crop validation.
+SAFE_RECIPE = {"optim": "adamw", "blr": 0.01, "weight_decay": 0.01, "lr_schedule": "cosine",
+               "warmup_epochs": 1.0, "min_lr": 1e-6, "niter": 20, "label_smoothing": 0.1, "batch_size": 128,
+               "no_resize": True, "cropSize": 256, "rotate": 180.0, "color_jitter": 0.5, "mask_prob": 0.5,
+               "val_crop_only": True}
+# SAFE's recipe on NPR-mini: NPR-mini's sizes, batch and epochs; the mask patch keeps SAFE's
+# 16 cells across the crop (16 px of 256 -> 2 px of 40, aligned with the 2 x 2 grid).
+MINI_SAFE_RECIPE = {**SAFE_RECIPE, **{k: MINI_RECIPE[k] for k in ("loadSize", "cropSize", "batch_size", "niter")},
+                    "mask_patch": 2}
+RECIPES = ("paper", "safe")
 
 
 def train_parser():
@@ -20,6 +37,16 @@ def train_parser():
     g.add_argument("--val_split", default="val", help="validation split folder under --dataroot")
     g.add_argument("--cache_dir", default=None, help="decode the train split once into a uint8 cache here")
     g.add_argument("--rebuild", action="store_true", help="rebuild the mini benchmark before training")
+
+    g = p.add_argument_group("model and recipe")
+    g.add_argument("--operator", choices=OPERATOR_CHOICES, default="npr",
+                   help="artifact operator before the network: npr, the paper's residual; dwt, SAFE's wavelet HH "
+                        "sub-band (with SAFE's two-class head). Stored in the checkpoint, so the evaluation scripts "
+                        "need no flag")
+    g.add_argument("--recipe", choices=RECIPES, default="paper",
+                   help="training preset: paper, the reference's defaults; safe, SAFE's recipe (AdamW, lr = blr * "
+                        "batch_size / 256, warm-up + cosine, label smoothing, crops without resizing, its "
+                        "augmentations, centre-crop validation; docs/beyond-the-paper.md). Flags given still win")
 
     g = p.add_argument_group("experiment")
     g.add_argument("--name", default="experiment_name", help="experiment name (used as given)")
@@ -36,10 +63,21 @@ def train_parser():
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--niter", type=positive_int, default=1000, help="number of epochs")
-    g.add_argument("--optim", default="adam", choices=["adam", "sgd"], help="optimiser")
+    g.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"], help="optimiser")
     g.add_argument("--lr", type=learning_rate, default=0.0001, help="initial learning rate")
+    g.add_argument("--blr", type=learning_rate, default=None,
+                   help="base learning rate: without --lr, lr = blr * batch_size / 256 (SAFE's rule)")
     g.add_argument("--beta1", type=rate, default=0.9, help="Adam beta1")
+    g.add_argument("--weight_decay", type=non_negative, default=0.0,
+                   help="weight decay of the convolution and linear weights (not of biases and BatchNorm, as SAFE)")
+    g.add_argument("--lr_schedule", choices=["step", "cosine"], default="step",
+                   help="step: the reference's (lr *= 0.9 after every delr_freq epochs); cosine: SAFE's, set every "
+                        "step: linear warm-up over --warmup_epochs, then a half cosine down to --min_lr")
     g.add_argument("--delr_freq", type=positive_int, default=20, help="multiply lr by 0.9 after every delr_freq epochs")
+    g.add_argument("--warmup_epochs", type=non_negative, default=0.0, help="warm-up epochs of the cosine schedule")
+    g.add_argument("--min_lr", type=non_negative, default=1e-6, help="final lr of the cosine schedule")
+    g.add_argument("--label_smoothing", type=rate, default=0.0,
+                   help="train towards 1 - s/2 and s/2 instead of 1 and 0 (SAFE: 0.1, its two-class label smoothing)")
     g.add_argument("--earlystop_epoch", type=non_negative_int, default=0,
                    help="stop after this many epochs without val-AP improvement; 0 trains all --niter epochs, as the "
                         "reference does (it parses this option but never uses it)")
@@ -75,6 +113,9 @@ def train_parser():
     g.add_argument("--mask_ratio", type=ratio_range, default="0,0.75",
                    help="part of the crop masked: one value or 'lo,hi' drawn uniformly")
     g.add_argument("--mask_patch", type=positive_int, default=16, help="masked patch size in pixels")
+    g.add_argument("--val_crop_only", action="store_true",
+                   help="validate on a centre crop of cropSize without resizing (SAFE's; the reference resizes to "
+                        "loadSize first)")
     g.add_argument("--ema", type=decay, nargs="?", const=0.999, default=0.0, metavar="DECAY",
                    help="also keep an exponential moving average of the weights and BatchNorm statistics "
                         "(torch.optim.swa_utils.AveragedModel), updated after every step, saved as 'model_ema' and "
@@ -90,19 +131,31 @@ def train_parser():
 
 def parse_train_args(argv=None):
     """train.py's arguments, checked. Without --dataroot the NPR-mini preset (``MINI_RECIPE``,
-    --name npr-mini) replaces the defaults, and ``args.mini`` is True."""
+    --name npr-mini) replaces the defaults, and ``args.mini`` is True; ``--recipe safe`` replaces
+    them with ``SAFE_RECIPE`` (``MINI_SAFE_RECIPE`` on NPR-mini). Flags given always win."""
     parser = train_parser()
     args = parser.parse_args(argv)
     mini = args.dataroot is None
+    preset = {}
     if mini:
-        parser.set_defaults(dataroot=MINI_ROOT, name="npr-mini", **MINI_RECIPE)
-        args = parser.parse_args(argv)
+        preset.update(dataroot=MINI_ROOT, name="npr-mini", **MINI_RECIPE)
+    if args.recipe == "safe":
+        preset.update(MINI_SAFE_RECIPE if mini else SAFE_RECIPE)
+    default_lr = preset.get("lr", parser.get_default("lr"))
+    # lr=None tells whether --lr was given: without it, --blr (SAFE's rule) sets the lr.
+    parser.set_defaults(**{**preset, "lr": None})
+    args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = args.blr * args.batch_size / 256 if args.blr is not None else default_lr
     args.mini = mini
     check_sizes(args)
     if args.exact:
         clash = [f"--{k}" for k in ("amp", "compile", "tf32", "train_channels_last") if getattr(args, k)]
         if clash:
             raise UserError(f"--exact computes as the reference does; drop {', '.join(clash)}")
+    if args.lr_schedule == "cosine" and args.warmup_epochs >= args.niter:
+        raise UserError(f"--warmup_epochs {args.warmup_epochs:g} leaves no epoch of the {args.niter} (--niter) for "
+                        "the cosine decay; use fewer warm-up epochs")
     if args.ema_bn_images and not args.ema:
         raise UserError("--ema_bn_images recomputes the BatchNorm statistics of the --ema weights; give --ema too")
     if args.no_resize and args.cache_dir:

@@ -216,7 +216,7 @@ def ours(tmp_path_factory):
     write_images(root)
     losses = []
     build_loss = train.build_loss
-    train.build_loss = lambda: RecordingLoss(build_loss(), losses)
+    train.build_loss = lambda *a: RecordingLoss(build_loss(*a), losses)
     try:
         code = train.main(["--dataroot", root, "--classes", ",".join(CLASSES), "--name", "parity",
                            "--checkpoints_dir", os.path.join(root, "ck"), "--batch_size", str(BATCH),
@@ -309,7 +309,7 @@ def agreement(device="cpu"):
     rows = []
     for variant, extra in (("default", []), ("channels_last", ["--train_channels_last"])):
         losses, build_loss = [], train.build_loss
-        train.build_loss = lambda: RecordingLoss(build_loss(), losses)
+        train.build_loss = lambda *a: RecordingLoss(build_loss(*a), losses)
         try:
             train.main(["--dataroot", root, "--classes", ",".join(CLASSES), "--name", variant,
                         "--checkpoints_dir", os.path.join(root, "ck"), "--batch_size", str(BATCH),
