@@ -16,6 +16,8 @@ What it measures, per device (images per second, peak memory):
   PNG images (256 px for the 224 px runs, 48 px for the mini size). ``plain`` evaluation is the
   reference's pipeline: torchvision Resize / CenterCrop / ToTensor / Normalize in the workers,
   float batches, the plain model.
+* artifact operators: the rows above for ``--operator dwt`` (SAFE's wavelet sub-band) beside
+  NPR's residual, and the operator alone on a batch; the summary gives the cost ratios.
 * efficiency = end-to-end / model-only throughput of the same configuration.
 * scaling: peak memory of an evaluation over N and over 4N images.
 
@@ -40,7 +42,7 @@ from data.discovery import make_samples
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform, normalize_batch
 from engine import EvalConfig, GracefulStop, StepConfig, evaluate_folder, train_one_epoch
-from networks import prepare_model, resnet50
+from networks import OPERATORS, prepare_model, resnet50
 from options import parse_train_args
 from options.base_options import OneLineErrorParser
 from report import format_table
@@ -137,18 +139,33 @@ def plain_evaluate_folder(model, root, device, batch_size, load_size, crop_size,
 
 # ----------------------------------------------------------------------------- benchmarks
 
-def make_model(device, seed=0):
+def make_model(device, seed=0, operator="npr"):
     torch.manual_seed(seed)
-    return resnet50(num_classes=1).to(device).eval()
+    return resnet50(operator=operator).to(device).eval()
 
 
-def bench_model(device, size, batch, seconds, variants):
+def bench_operator(device, size, batch, seconds, operator):
+    """The artifact operator alone (what the first convolution sees), on a batch on the device."""
+    model = make_model(device, operator=operator)
+    x = normalize_batch(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).to(device))
+
+    def run():
+        with torch.inference_mode():
+            model.artifact(x)
+        return batch
+
+    ips, mem = timed(run, device, seconds)
+    return [{"device": device.type, "what": "operator only", "operator": operator, "variant": "default",
+             "size": size, "batch": batch, "images_per_s": ips, "peak_mem_mb": mem}]
+
+
+def bench_model(device, size, batch, seconds, variants, operator="npr"):
     """Model-only forward and training-step throughput for each variant."""
     rows = []
     x_cpu = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     x = normalize_batch(x_cpu.to(device))
     for variant in variants:
-        base = make_model(device)
+        base = make_model(device, operator=operator)
         amp = variant == "amp"
         if variant == "plain":
             fwd_model, ctx, xin = base, torch.no_grad, x
@@ -163,10 +180,10 @@ def bench_model(device, size, batch, seconds, variants):
             return batch
 
         ips, mem = timed(forward, device, seconds)
-        rows.append({"device": device.type, "what": "model forward", "variant": variant, "size": size,
-                     "batch": batch, "images_per_s": ips, "peak_mem_mb": mem})
+        rows.append({"device": device.type, "what": "model forward", "operator": operator, "variant": variant,
+                     "size": size, "batch": batch, "images_per_s": ips, "peak_mem_mb": mem})
 
-        train_model = make_model(device).train()
+        train_model = make_model(device, operator=operator).train()
         if variant != "plain":
             train_model = train_model.to(memory_format=torch.channels_last)
         if variant == "compile":
@@ -191,16 +208,16 @@ def bench_model(device, size, batch, seconds, variants):
         ips, mem = timed(step, device, seconds)
         # Training runs contiguous by default (step-for-step the reference); channels-last is --train_channels_last.
         train_variant = {"plain": "contiguous", "default": "channels_last"}.get(variant, variant)
-        rows.append({"device": device.type, "what": "model train step", "variant": train_variant, "size": size,
-                     "batch": tb, "images_per_s": ips, "peak_mem_mb": mem})
+        rows.append({"device": device.type, "what": "model train step", "operator": operator,
+                     "variant": train_variant, "size": size, "batch": tb, "images_per_s": ips, "peak_mem_mb": mem})
     return rows
 
 
-def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, repeats=1):
+def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, repeats=1, operator="npr"):
     rows = []
     n = len(make_samples(folder))
     for variant in variants:
-        base = make_model(device)
+        base = make_model(device, operator=operator)
         if variant == "plain":
             def run():
                 return plain_evaluate_folder(base, folder, device, batch, load_size, crop_size, workers)
@@ -218,8 +235,8 @@ def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, r
             run()
         sync(device)
         ips = n * repeats / (time.perf_counter() - start)
-        rows.append({"device": device.type, "what": "end-to-end eval", "variant": variant, "size": crop_size,
-                     "batch": batch, "workers": workers, "images": n, "images_per_s": ips,
+        rows.append({"device": device.type, "what": "end-to-end eval", "operator": operator, "variant": variant,
+                     "size": crop_size, "batch": batch, "workers": workers, "images": n, "images_per_s": ips,
                      "peak_mem_mb": peak_memory_mb(device)})
     return rows
 
@@ -265,8 +282,8 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
         epoch(1)
         sync(device)
         ips = len(samples) / (time.perf_counter() - start)
-        rows.append({"device": device.type, "what": "end-to-end train", "variant": variant, "size": crop_size,
-                     "batch": batch, "workers": workers, "images": len(samples), "images_per_s": ips,
+        rows.append({"device": device.type, "what": "end-to-end train", "operator": "npr", "variant": variant,
+                     "size": crop_size, "batch": batch, "workers": workers, "images": len(samples), "images_per_s": ips,
                      "peak_mem_mb": peak_memory_mb(device)})
     return rows
 
@@ -277,7 +294,8 @@ def bench_scaling(device, folder, mult, size=64):
     n = len(make_samples(folder))
     start = time.perf_counter()
     evaluate_folder(model, folder, EvalTransform(size, size - 8), EvalConfig(device, 64, 0))
-    return [{"device": device.type, "what": "eval memory scaling", "variant": f"{mult}x", "size": size - 8,
+    return [{"device": device.type, "what": "eval memory scaling", "operator": "npr", "variant": f"{mult}x",
+             "size": size - 8,
              "batch": 64, "images": n, "images_per_s": n / (time.perf_counter() - start),
              "peak_mem_mb": peak_memory_mb(device)}]
 
@@ -318,6 +336,9 @@ def get_args_parser():
                    help="data-loading workers for the end-to-end runs (-1: what the scripts use by default "
                         "on that device)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    p.add_argument("--operators", default="npr,dwt",
+                   help="artifact operators to measure: npr, dwt (SAFE's); the later ones only in the model-only "
+                        "and evaluation rows")
     p.add_argument("--quick", action="store_true", help="short smoke run: tiny folders, 1 s per measurement")
     p.add_argument("--output", default="results/bench", help="folder for bench.json")
     return p
@@ -330,6 +351,9 @@ def main(argv=None):
     if "cuda" in devices and not torch.cuda.is_available():
         raise UserError("--devices cuda: no CUDA device is visible")
     seconds = 1.0 if args.quick else args.seconds
+    operators = [o.strip() for o in args.operators.split(",") if o.strip()]
+    if not operators or any(o not in OPERATORS for o in operators):
+        raise UserError(f"--operators '{args.operators}': choose from {', '.join(OPERATORS)} (comma-separated)")
     rows = []
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
@@ -346,14 +370,17 @@ def main(argv=None):
             n_train = 8 if args.quick else (64 if cuda else 2) * args.batch_size
             print(f"[{name}] model only ...", flush=True)
             for size in (224, 40):
-                for v in variants:
-                    rows += isolated(bench_model, device, size, args.batch_size, seconds, [v])
+                for op in operators:
+                    rows += isolated(bench_operator, device, size, args.batch_size, seconds, op)
+                    for v in variants if op == operators[0] else [v for v in variants if v != "compile"]:
+                        rows += isolated(bench_model, device, size, args.batch_size, seconds, [v], op)
             print(f"[{name}] end-to-end evaluation and training on generated PNGs ...", flush=True)
             big = write_png_folder(os.path.join(tmp, name, "eval256"), n_eval, 256)
             small = write_png_folder(os.path.join(tmp, name, "eval48"), n_eval * (1 if args.quick else 16), 48)
-            for v in variants:
-                rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, [v])
-                rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, [v])
+            for op in operators:
+                for v in variants if op == operators[0] else [v for v in variants if v not in ("plain", "compile")]:
+                    rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, [v], 1, op)
+                    rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, [v], 1, op)
             train_root = os.path.join(tmp, name, "train256")
             write_png_folder(os.path.join(train_root, "train"), n_train, 256, seed=5)
             for v in ["default", "channels_last", "cache"] + (["amp"] if cuda else []):
@@ -386,8 +413,10 @@ def summarize(rows):
     for device in dict.fromkeys(r["device"] for r in rows):
         for size in (224, 40):
             s = {"device": device, "size": size}
-            fwd = {v: find(rows, device=device, what="model forward", variant=v, size=size) for v in ("plain", "default")}
-            ev = {v: find(rows, device=device, what="end-to-end eval", variant=v, size=size) for v in ("plain", "default")}
+            fwd = {v: find(rows, device=device, what="model forward", variant=v, size=size, operator="npr")
+                   for v in ("plain", "default")}
+            ev = {v: find(rows, device=device, what="end-to-end eval", variant=v, size=size, operator="npr")
+                  for v in ("plain", "default")}
             if fwd["plain"] and fwd["default"]:
                 s["model_speedup_default_vs_plain"] = fwd["default"]["images_per_s"] / fwd["plain"]["images_per_s"]
             if ev["plain"] and ev["default"]:
@@ -395,26 +424,38 @@ def summarize(rows):
             if ev["default"] and fwd["default"]:
                 s["eval_efficiency"] = ev["default"]["images_per_s"] / fwd["default"]["images_per_s"]
             tr = find(rows, device=device, what="end-to-end train", variant="default", size=size)
-            step = find(rows, device=device, what="model train step", variant="contiguous", size=size)
+            step = find(rows, device=device, what="model train step", variant="contiguous", size=size, operator="npr")
             if tr and step:
                 s["train_efficiency"] = tr["images_per_s"] / step["images_per_s"]
             trc = find(rows, device=device, what="end-to-end train", variant="cache", size=size)
             if trc and step:
                 s["train_efficiency_cache"] = trc["images_per_s"] / step["images_per_s"]
+            # How much slower SAFE's operator makes each path (NPR's throughput / SAFE's).
+            for key, what, variant in (("dwt_cost_operator", "operator only", "default"),
+                                       ("dwt_cost_model", "model forward", "default"),
+                                       ("dwt_cost_train_step", "model train step", "contiguous"),
+                                       ("dwt_cost_eval", "end-to-end eval", "default")):
+                a, b = (find(rows, device=device, what=what, variant=variant, size=size, operator=op)
+                        for op in ("npr", "dwt"))
+                if a and b:
+                    s[key] = a["images_per_s"] / b["images_per_s"]
             if len(s) > 2:
                 out.append(s)
     return out
 
 
 def report(rows, summary, info):
-    cols = [("device", "device"), ("what", "what"), ("variant", "variant"), ("size", "px"), ("batch", "batch"),
+    cols = [("device", "device"), ("what", "what"), ("operator", "operator"), ("variant", "variant"), ("size", "px"),
+            ("batch", "batch"),
             ("images_per_s", "images/s"), ("peak_mem_mb", "peak MiB")]
     text = [f"torch {info['torch']}, {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
             f"CUDA: {info['cuda'] or 'none'}, loader workers: {info['workers']}",
             format_table(rows, cols)]
     scols = [("device", "device"), ("size", "px"), ("model_speedup_default_vs_plain", "model default/plain"),
              ("eval_speedup_default_vs_plain", "eval default/plain"), ("eval_efficiency", "eval efficiency"),
-             ("train_efficiency", "train efficiency"), ("train_efficiency_cache", "train efficiency (cache)")]
+             ("train_efficiency", "train efficiency"), ("train_efficiency_cache", "train efficiency (cache)"),
+             ("dwt_cost_operator", "dwt cost: operator"), ("dwt_cost_model", "model"),
+             ("dwt_cost_train_step", "train step"), ("dwt_cost_eval", "eval")]
     text.append(format_table(summary, scols, floatfmt="{:.2f}"))
     return "\n\n".join(text)
 

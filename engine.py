@@ -124,16 +124,16 @@ def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_di
 
 
 def evaluate_suite(model, suite, suite_dir, cfg, load_size=256, crop_size=224, no_resize=False, no_crop=False,
-                   perturb=None, threshold=None, progress=True):
+                   perturb=None, threshold=None, progress=True, center_crop=False):
     """Evaluate every generator of ``suite`` found under ``suite_dir``, pre-processed as the suite
-    says (``no_resize`` / ``no_crop`` override it).
+    says (``no_resize`` / ``no_crop`` / ``center_crop`` override it).
 
     Returns ``(rows, missing)``: one dict per generator (metrics in %, the paper's numbers,
     image counts; with a ``threshold``, also ACC / real ACC / fake ACC at it) and the names of
     generators whose folder is absent (skipped, not fatal).
     """
     transform = EvalTransform(load_size, crop_size, resize=suite.resize and not no_resize,
-                              crop=suite.crop and not no_crop, perturb=perturb)
+                              crop=(suite.crop or center_crop) and not no_crop, perturb=perturb)
     rows, missing = [], []
     for gen in suite.generators:
         path = locate_generator(suite_dir, gen)

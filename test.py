@@ -45,13 +45,15 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
     for perturb in settings:
         for suite, path in suites:
             rows, absent = evaluate_suite(model, suite, path, cfg, args.loadSize, args.cropSize, args.no_resize,
-                                          args.no_crop, perturb=perturb, threshold=threshold)
+                                          args.no_crop, perturb=perturb, threshold=threshold,
+                                          center_crop=args.center_crop)
             if absent and perturb is None:
                 log.info("%s: generators not found under %s (skipped): %s", suite.name, path, ", ".join(absent))
             if not rows:
                 continue
             pre = "no resize" if not suite.resize or args.no_resize else f"resize {args.loadSize}"
-            pre += ", no crop" if not suite.crop or args.no_crop else f", centre crop {args.cropSize}"
+            crop = (suite.crop or args.center_crop) and not args.no_crop
+            pre += f", centre crop {args.cropSize}" if crop else ", no crop"
             if perturb is not None:
                 pre = f"perturbation {perturb.name}; " + pre
             log.info("\n%s (%s; %s)%s\n%s", suite.name, path, pre, f" - {suite.note}" if suite.note else "",

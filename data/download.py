@@ -4,6 +4,7 @@
     python -m data.download --root ./datasets ForenSynths GANGen-Detection DiffusionForensics
     python -m data.download --root ./datasets all         # every scripted source
     python -m data.download weights                       # NPR.pth, to --weights_path
+    python -m data.download safe-weights                  # SAFE's checkpoint, beside it
 
 Archives go to ``<root>/.downloads/<name>/``; an interrupted transfer resumes where it stopped (HTTP
 range requests; gdown's own resume for Google Drive). A source is skipped when its marker
@@ -287,12 +288,14 @@ def download(source, root, keep_archives=False, weights_path="NPR.pth", progress
     if source.kind == "manual":
         raise DownloadError(f"{source.name}: no scripted download: {source.note}. Get it from {source.manual} "
                             f"and put it in {os.path.join(root, source.target)}")
-    if source.name == "weights":
-        if os.path.isfile(weights_path):
-            return weights_path
-        folder = os.path.dirname(os.path.abspath(weights_path))
+    if not source.target:  # a weights file: NPR.pth at weights_path, the others beside it
+        path = weights_path if source.name == "weights" else \
+            os.path.join(os.path.dirname(os.path.abspath(weights_path)), source.archives[0])
+        if os.path.isfile(path):
+            return path
+        folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        return fetch(replace(source, archives=(os.path.basename(weights_path),)), folder, progress)[0]
+        return fetch(replace(source, archives=(os.path.basename(path),)), folder, progress)[0]
     folder = os.path.join(root, ".downloads", source.name)
     marker, target = folder + ".done", os.path.join(root, source.target)
     if os.path.isfile(marker) and os.path.isdir(target):
@@ -335,7 +338,7 @@ def main(argv=None):
     if args.list or not args.names:
         print(list_sources())
         return 0
-    names = [s.name for s in SOURCES if s.kind != "manual" and s.name != "weights"] if args.names == ["all"] \
+    names = [s.name for s in SOURCES if s.kind != "manual" and s.target] if args.names == ["all"] \
         else args.names
     sources = []
     for n in names:

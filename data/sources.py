@@ -72,6 +72,11 @@ SOURCES = (
            ("NPR.pth",), "", "about 5.8 MB (1,437,761 float32 parameters)",
            "https://github.com/chuangchuangtan/NPR-DeepfakeDetection (NPR.pth in the repository)",
            note="the authors' ProGAN 4-class detector; written to --weights_path"),
+    Source("safe-weights", "url", "https://github.com/Ouxiang-Li/SAFE/raw/main/checkpoint/checkpoint-best.pth",
+           ("SAFE-checkpoint-best.pth",), "", "",
+           "https://github.com/Ouxiang-Li/SAFE (checkpoint/checkpoint-best.pth in the repository)",
+           note="SAFE's ProGAN 4-class detector (Li et al., KDD 2025), a training checkpoint of its code; "
+                "written beside --weights_path; test.py reads it as it is (the dwt operator)"),
 )
 
 

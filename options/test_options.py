@@ -24,6 +24,9 @@ def test_parser():
     p, g = eval_parser("Evaluate checkpoints on the benchmark suites and write per-generator ACC / AP tables "
                        "(without --dataroot: the built-in NPR-mini benchmark and its checkpoint).")
     g.add_argument("--suites", type=comma_list, default="", help="comma-separated suites to run (empty: every suite found)")
+    g.add_argument("--center_crop", action="store_true",
+                   help="centre crop every suite to --cropSize (SAFE's evaluation: --no_resize --center_crop "
+                        "--cropSize 256)")
     g.add_argument("--rebuild", action="store_true", help="rebuild the mini benchmark first")
     g = p.add_argument_group("evaluation")
     g.add_argument("--model_path", nargs="+", default=None,
@@ -63,6 +66,8 @@ def parse_test_args(argv=None):
     if absent:
         raise UserError(f"--model_path: no checkpoint at {', '.join(absent)}")
     check_sizes(args)
+    if args.center_crop and args.no_crop:
+        raise UserError("--center_crop and --no_crop contradict each other; give one")
     return args
 
 

@@ -124,6 +124,30 @@ def test_checksum_mismatch_refused(server, tmp_path):
     assert os.path.isdir(dl.download(good, str(tmp_path / "d"), progress=False))
 
 
+def test_weights_files_land_at_and_beside_weights_path(server, tmp_path):
+    """NPR.pth goes to --weights_path, SAFE's checkpoint beside it under its own name, and the
+    evaluation scripts read it as it is."""
+    import torch
+    from networks import load_detector, resnet50
+    base, h = server
+    buf = io.BytesIO()
+    torch.save({"model": resnet50(operator="dwt").state_dict(), "epoch": "best"}, buf)
+    h.files["/SAFE/checkpoint-best.pth"] = buf.getvalue()
+    buf = io.BytesIO()
+    torch.save(resnet50().state_dict(), buf)
+    h.files["/NPR.pth"] = buf.getvalue()
+    safe = {s.name: s for s in SOURCES}["safe-weights"]
+    npr = {s.name: s for s in SOURCES}["weights"]
+    assert safe.location.endswith("Ouxiang-Li/SAFE/raw/main/checkpoint/checkpoint-best.pth") and not safe.target
+    weights = str(tmp_path / "w" / "NPR.pth")
+    got = dl.download(dl.replace(safe, location=base + "/SAFE/checkpoint-best.pth"), str(tmp_path), progress=False,
+                      weights_path=weights)
+    assert got == str(tmp_path / "w" / "SAFE-checkpoint-best.pth") and not os.path.exists(weights)
+    assert dl.download(dl.replace(npr, location=base + "/NPR.pth"), str(tmp_path), progress=False,
+                       weights_path=weights) == weights
+    assert load_detector(got, device="cpu").operator == "dwt" and load_detector(weights, device="cpu").operator == "npr"
+
+
 def test_refused_connection_and_missing_file_are_one_line(server, tmp_path):
     base, _ = server
     with socket.socket() as s:  # a port nobody listens on

@@ -212,13 +212,18 @@ def test_bench_pieces_run_and_summarize(tmp_path):
     assert len(make_samples(folder)) == 6 and Image.open(make_samples(folder)[0][0]).size == (48, 48)
     rows = bench.bench_model(cpu, 40, 4, 0.05, ["plain", "default"])
     rows += bench.bench_eval(cpu, folder, 48, 40, 4, 0, ["plain", "default"])
+    for op in ("npr", "dwt"):  # SAFE's operator beside NPR's: the operator alone, the model, evaluation
+        rows += bench.bench_operator(cpu, 40, 4, 0.05, op)
+    rows += bench.bench_model(cpu, 40, 4, 0.05, ["plain", "default"], operator="dwt")
+    rows += bench.bench_eval(cpu, folder, 48, 40, 4, 0, ["default"], operator="dwt")
     bench.write_png_folder(str(tmp_path / "t" / "train"), 8, 48)
     rows += bench.bench_train(cpu, str(tmp_path / "t"), 48, 40, 4, 0, ["default", "cache"], str(tmp_path / "c"))
     rows += bench.bench_scaling(cpu, folder, 1, size=48)
     assert all(r["images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in rows)
     s = {r["size"]: r for r in bench.summarize(rows)}[40]
     assert {"model_speedup_default_vs_plain", "eval_speedup_default_vs_plain", "eval_efficiency",
-            "train_efficiency", "train_efficiency_cache"} <= set(s)
+            "train_efficiency", "train_efficiency_cache", "dwt_cost_operator", "dwt_cost_model", "dwt_cost_train_step",
+            "dwt_cost_eval"} <= set(s)
     assert "images/s" in bench.report(rows, bench.summarize(rows), {"torch": "x", "cpu_count": 2, "torch_threads": 2,
                                                                       "cuda": None, "workers": {}})
 

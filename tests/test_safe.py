@@ -8,7 +8,9 @@ optimiser groups, learning-rate schedule and label-smoothed loss are transcribed
 training steps of both must agree.
 """
 import argparse
+import json
 import math
+import os
 import sys
 import types
 
@@ -22,7 +24,7 @@ import hubconf
 import train
 from data.transforms import normalize_batch
 from networks import load_detector, predict_proba, resnet50, wavelet_hh
-from test_train_parity import RefBottleneck
+from test_train_parity import RefResNet
 
 # pytorch_wavelets 1.3.0 imports pkg_resources for its dual-tree tables, which setuptools >= 81
 # no longer ships; its DWT does not use them.
@@ -36,36 +38,13 @@ from pytorch_wavelets import DWTForward  # noqa: E402
 
 # ----------------------------------------------------------------------------- SAFE, transcribed
 
-class SafeResNet(nn.Module):
-    """SAFE's ``models/resnet.py``: ``resnet50(num_classes=2)`` with ``_preprocess_dwt``."""
+class SafeResNet(RefResNet):
+    """SAFE's ``models/resnet.py``: the reference's network (transcribed in test_train_parity.py)
+    built as ``resnet50(num_classes=2)``, with ``_preprocess_dwt`` in front instead of NPR."""
 
-    def __init__(self, layers=(3, 4), num_classes=2):
+    def __init__(self):
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc1 = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def _make_layer(self, planes, blocks, stride=1):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * 4:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(planes * 4))
-        layers = [RefBottleneck(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * 4
-        layers += [RefBottleneck(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        self.fc1 = nn.Linear(512, 2)
 
     def _preprocess_dwt(self, x, mode="symmetric", wave="bior1.3"):
         DWT_filter = DWTForward(J=1, mode=mode, wave=wave).to(x.device)
@@ -248,3 +227,64 @@ def test_optimizer_steps_match_safes_loop():
         for p, q in zip(ref.parameters(), ours.parameters()):
             torch.testing.assert_close(q, p, rtol=0, atol=1e-7)
     assert max((p - q).abs().max().item() for p, q in zip(ours.parameters(), start)) > 1e-3  # it trained
+
+
+# ----------------------------------------------------------------------------- the scripts
+
+def test_safe_recipe_preset_and_flags_given_win():
+    from options import parse_train_args
+    full = parse_train_args(["--dataroot", "x", "--recipe", "safe"])
+    assert (full.optim, full.weight_decay, full.lr_schedule, full.warmup_epochs, full.min_lr, full.niter,
+            full.label_smoothing, full.batch_size, full.cropSize, full.no_resize, full.rotate, full.color_jitter,
+            full.mask_prob, full.mask_ratio, full.mask_patch, full.val_crop_only, full.no_flip) == \
+        ("adamw", 0.01, "cosine", 1.0, 1e-6, 20, 0.1, 128, 256, True, 180.0, 0.5, 0.5, (0.0, 0.75), 16, True, False)
+    assert full.lr == pytest.approx(0.01 * 128 / 256) and full.operator == "npr"  # the recipe leaves the operator
+    mine = parse_train_args(["--dataroot", "x", "--recipe", "safe", "--batch_size", "64", "--niter", "3",
+                             "--operator", "dwt"])
+    assert (mine.batch_size, mine.niter, mine.operator) == (64, 3, "dwt") and mine.lr == pytest.approx(0.01 * 64 / 256)
+    assert parse_train_args(["--dataroot", "x", "--recipe", "safe", "--lr", "0.1"]).lr == 0.1
+    paper = parse_train_args(["--dataroot", "x"])
+    assert (paper.optim, paper.lr, paper.lr_schedule, paper.label_smoothing, paper.weight_decay) == \
+        ("adam", 0.0001, "step", 0.0, 0.0)
+    mini = parse_train_args(["--recipe", "safe"])
+    assert (mini.cropSize, mini.batch_size, mini.niter, mini.mask_patch) == (40, 32, 6, 2)
+
+
+def test_train_dwt_safe_recipe_then_every_script_without_a_flag(tiny_dataset, tmp_path):
+    from test_scripts import run
+    ck = str(tmp_path / "ck")
+    r = run("train.py", "--dataroot", str(tiny_dataset), "--name", "safe", "--checkpoints_dir", ck,
+            "--operator", "dwt", "--recipe", "safe", "--niter", "2", "--batch_size", "4", "--loadSize", "32",
+            "--cropSize", "24", "--mask_patch", "4", "--gpu_ids", "-1", "--num_threads", "0")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "Operator dwt, recipe safe: adamw" in r.stdout
+    path = os.path.join(ck, "safe", "model_epoch_last.pth")
+    state = torch.load(path, weights_only=True)
+    assert state["operator"] == "dwt" and state["model"]["fc1.weight"].shape == (2, 512)
+    # 24 training images / batch 4 = 6 steps per epoch; the lr of the last step is the cosine's
+    base = 0.01 * 4 / 256
+    assert state["lr"] == pytest.approx(train.cosine_lr(1 + 5 / 6, base, 1e-6, 1, 2), rel=1e-9)
+
+    suites = tmp_path / "suites"
+    os.makedirs(suites)
+    os.rename(tiny_dataset / "test", suites / "CNN_synth_testset")
+    r = run("test.py", "--dataroot", str(suites), "--model_path", path, "--results_dir", str(tmp_path / "res"),
+            "--gpu_ids", "-1", "--batch_size", "4", "--num_threads", "0")
+    assert r.returncode == 0 and "ProGAN" in r.stdout, r.stderr + r.stdout
+    r = run("test.py", "--dataroot", str(suites), "--model_path", path, "--results_dir", str(tmp_path / "res2"),
+            "--gpu_ids", "-1", "--num_threads", "0", "--no_resize", "--center_crop", "--cropSize", "24")
+    assert r.returncode == 0 and "no resize, centre crop 24" in r.stdout, r.stderr + r.stdout  # SAFE's evaluation
+    r = run("test.py", "--dataroot", str(suites), "--model_path", path, "--center_crop", "--no_crop")
+    assert r.returncode == 2 and "contradict" in r.stderr
+    r = run("validate.py", "--dataroot", str(suites / "CNN_synth_testset" / "progan"), "--model_path", path,
+            "--gpu_ids", "-1", "--no_resize", "--no_crop")
+    assert r.returncode == 0 and "6 images scored" in r.stdout, r.stderr + r.stdout
+    images = sorted(str(p) for p in (suites / "CNN_synth_testset" / "progan").rglob("*.png"))
+    out = str(tmp_path / "pred")
+    r = run("predict.py", *images, "--model_path", path, "--gpu_ids", "-1", "--output", out,
+            "--visualize", str(tmp_path / "fig"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    rows = {row["path"]: row["prob_fake"] for row in json.load(open(out + ".json"))["predictions"]}
+    expected = predict_proba(load_detector(path, device="cpu"), images)
+    assert [rows[p] for p in images] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert len(list((tmp_path / "fig").glob("*.png"))) == len(images)
