@@ -113,7 +113,7 @@ def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_di
             if figures_dir is not None:
                 # numbered, since files in different folders often share a name
                 name = os.path.basename(s.image)
-                out = os.path.join(figures_dir, f"{i:04d}_{os.path.splitext(name)[0]}_npr.png")
+                out = os.path.join(figures_dir, f"{i:04d}_{os.path.splitext(name)[0]}_{model.operator}.png")
                 with torch.inference_mode():
                     device = next(model.parameters()).device
                     residual = model.artifact(normalize_batch(s.pixels.unsqueeze(0).to(device))).float().cpu()

@@ -138,19 +138,24 @@ def build_loss(label_smoothing=0.0):
     return SmoothedBCEWithLogits(label_smoothing) if label_smoothing else nn.BCEWithLogitsLoss()
 
 
+def parameter_groups(model, weight_decay):
+    """The parameters, split as SAFE's ``get_parameter_groups`` does when ``weight_decay`` is on:
+    decay on the weights of convolutions and linear layers, none on biases and BatchNorm."""
+    if not weight_decay:
+        return model.parameters()
+    return [{"params": [p for p in model.parameters() if p.dim() > 1], "weight_decay": weight_decay},
+            {"params": [p for p in model.parameters() if p.dim() <= 1], "weight_decay": 0.0}]
+
+
 def build_optimizer(model, args):
-    """Adam (betas (beta1, 0.999), no weight decay) or SGD without momentum, as the reference;
-    AdamW as SAFE (eps 1e-8, ``--weight_decay`` on the weights of convolutions and linear
-    layers only: its ``get_parameter_groups`` leaves biases and BatchNorm undecayed)."""
+    """Adam (betas (beta1, 0.999)) or SGD without momentum, as the reference; AdamW (eps 1e-8)
+    as SAFE. ``--weight_decay`` (0 in the reference) goes through ``parameter_groups``."""
+    params = parameter_groups(model, args.weight_decay)
     if args.optim == "adamw":
-        decay = [p for p in model.parameters() if p.dim() > 1]
-        no_decay = [p for p in model.parameters() if p.dim() <= 1]
-        groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, 0.999), eps=1e-8)
+        return torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, 0.999), eps=1e-8, weight_decay=0.0)
     if args.optim == "adam":
-        return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999),
-                                weight_decay=args.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.0, weight_decay=args.weight_decay)
+        return torch.optim.Adam(params, lr=args.lr, betas=(args.beta1, 0.999))
+    return torch.optim.SGD(params, lr=args.lr, momentum=0.0)
 
 
 def cosine_lr(epoch_progress, lr, min_lr, warmup_epochs, epochs):

@@ -12,7 +12,8 @@ from PIL import Image
 from data.images import ImageRule
 from data.transforms import normalize_batch
 from util import select_device
-from .checkpoint import CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint, load_state_dict_strict
+from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
+                         load_state_dict_strict)
 from .fuse import fuse_for_inference
 from .resnet import OPERATORS, resnet50
 

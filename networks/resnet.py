@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from data.transforms import MEAN, STD
 
-__all__ = ["OPERATORS", "npr_residual", "wavelet_hh", "Bottleneck", "NPRResNet", "resnet50"]
+__all__ = ["OPERATORS", "OPERATOR_NAMES", "npr_residual", "wavelet_hh", "Bottleneck", "NPRResNet", "resnet50"]
 
 OPERATORS = ("npr", "dwt")
 OPERATOR_NAMES = {"npr": "NPR residual", "dwt": "wavelet HH sub-band (SAFE)"}

@@ -46,7 +46,7 @@ def train_parser():
     g.add_argument("--recipe", choices=RECIPES, default="paper",
                    help="training preset: paper, the reference's defaults; safe, SAFE's recipe (AdamW, lr = blr * "
                         "batch_size / 256, warm-up + cosine, label smoothing, crops without resizing, its "
-                        "augmentations, centre-crop validation; docs/beyond-the-paper.md). Flags given still win")
+                        "augmentations, centre-crop validation; docs/npr-family.md). Flags given still win")
 
     g = p.add_argument_group("experiment")
     g.add_argument("--name", default="experiment_name", help="experiment name (used as given)")
@@ -69,7 +69,8 @@ def train_parser():
                    help="base learning rate: without --lr, lr = blr * batch_size / 256 (SAFE's rule)")
     g.add_argument("--beta1", type=rate, default=0.9, help="Adam beta1")
     g.add_argument("--weight_decay", type=non_negative, default=0.0,
-                   help="weight decay of the convolution and linear weights (not of biases and BatchNorm, as SAFE)")
+                   help="weight decay of the convolution and linear weights, for every --optim (not of biases and "
+                        "BatchNorm, as SAFE's)")
     g.add_argument("--lr_schedule", choices=["step", "cosine"], default="step",
                    help="step: the reference's (lr *= 0.9 after every delr_freq epochs); cosine: SAFE's, set every "
                         "step: linear warm-up over --warmup_epochs, then a half cosine down to --min_lr")

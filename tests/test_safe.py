@@ -177,6 +177,11 @@ def test_optimizer_groups_match_safe():
     key = sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in theirs)
     assert sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in ours.param_groups) == key
     assert isinstance(ours, torch.optim.AdamW) and ours.defaults["eps"] == 1e-8
+    for optim in ("adam", "sgd"):  # --weight_decay means the same with every optimiser
+        other = train.build_optimizer(model, argparse.Namespace(optim=optim, lr=1e-3, beta1=0.9, weight_decay=0.01))
+        assert sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in other.param_groups) == key
+    plain = train.build_optimizer(model, argparse.Namespace(optim="adamw", lr=1e-3, beta1=0.9, weight_decay=0.0))
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.0]  # not AdamW's own default of 0.01
 
 
 @pytest.mark.parametrize("t", [0.0, 0.25, 0.999, 1.0, 1.5, 7.3, 19.99])
@@ -232,7 +237,10 @@ def test_optimizer_steps_match_safes_loop():
 # ----------------------------------------------------------------------------- the scripts
 
 def test_safe_recipe_preset_and_flags_given_win():
+    from networks import OPERATORS
     from options import parse_train_args
+    from options.train_options import OPERATOR_CHOICES
+    assert OPERATOR_CHOICES == OPERATORS  # options/ imports nothing but argparse, so it keeps its own copy
     full = parse_train_args(["--dataroot", "x", "--recipe", "safe"])
     assert (full.optim, full.weight_decay, full.lr_schedule, full.warmup_epochs, full.min_lr, full.niter,
             full.label_smoothing, full.batch_size, full.cropSize, full.no_resize, full.rotate, full.color_jitter,
