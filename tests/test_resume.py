@@ -1,6 +1,7 @@
 import os
 import signal
 
+import pytest
 import torch
 
 import train
@@ -25,10 +26,15 @@ def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe", [
+    [],
+    # SAFE's operator and recipe: AdamW, a per-step warm-up (interrupted inside it) and cosine, its augmentations
+    ["--operator", "dwt", "--recipe", "safe", "--mask_patch", "4"],
+], ids=["paper", "safe"])
+def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, monkeypatch, recipe):
     common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--batch_size", "4",
               "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0", "--niter", "2",
-              "--deterministic", "--blur_prob", "0.3", "--jpg_prob", "0.3", "--jpg_method", "pil"]
+              "--deterministic", "--blur_prob", "0.3", "--jpg_prob", "0.3", "--jpg_method", "pil", *recipe]
     assert train.main(common + ["--name", "straight"]) == 0
 
     monkeypatch.setattr(train, "GracefulStop", lambda: StopAfter(4))  # stop mid-epoch 0 (6 steps/epoch)
