@@ -26,7 +26,7 @@ from data.transforms import normalize_batch
 from networks import load_detector, predict_proba, resnet50, wavelet_hh
 from test_train_parity import RefResNet
 
-# pytorch_wavelets 1.3.0 imports pkg_resources for its dual-tree tables, which setuptools >= 81
+# pytorch_wavelets 1.3.0 imports pkg_resources for its dual-tree tables, which setuptools >= 82
 # no longer ships; its DWT does not use them.
 if "pkg_resources" not in sys.modules:
     try:
