@@ -366,19 +366,24 @@ def main(argv=None):
             workers = default_workers(None, device) if args.workers < 0 else args.workers
             info["workers"][name] = workers
             variants = ["plain", "default"] + (["amp"] if cuda else []) + (["compile"] if args.compile else [])
+            # NPR's residual gets every variant; another operator those its cost ratios need.
+            model_variants = {op: variants if op == "npr" else [v for v in variants if v != "compile"]
+                              for op in operators}
+            eval_variants = {op: variants if op == "npr" else [v for v in variants if v not in ("plain", "compile")]
+                             for op in operators}
             n_eval = args.eval_images or (8 if args.quick else (64 if cuda else 4) * args.batch_size)
             n_train = 8 if args.quick else (64 if cuda else 2) * args.batch_size
             print(f"[{name}] model only ...", flush=True)
             for size in (224, 40):
                 for op in operators:
                     rows += isolated(bench_operator, device, size, args.batch_size, seconds, op)
-                    for v in variants if op == operators[0] else [v for v in variants if v != "compile"]:
+                    for v in model_variants[op]:
                         rows += isolated(bench_model, device, size, args.batch_size, seconds, [v], op)
             print(f"[{name}] end-to-end evaluation and training on generated PNGs ...", flush=True)
             big = write_png_folder(os.path.join(tmp, name, "eval256"), n_eval, 256)
             small = write_png_folder(os.path.join(tmp, name, "eval48"), n_eval * (1 if args.quick else 16), 48)
             for op in operators:
-                for v in variants if op == operators[0] else [v for v in variants if v not in ("plain", "compile")]:
+                for v in eval_variants[op]:
                     rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, [v], 1, op)
                     rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, [v], 1, op)
             train_root = os.path.join(tmp, name, "train256")

@@ -104,6 +104,7 @@ def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_di
     ``figures_dir``, the figure of the model's artifact operator (the NPR residual, or SAFE's
     wavelet sub-band) written there. Scores come from ``score_images``."""
     rows = []
+    device = next(model.parameters()).device
     scores = score_images(model, paths, transform, rule)
     for i, s in enumerate(tqdm(scores, total=len(paths), desc="scoring", unit="img", disable=None if progress else True)):
         row = {"path": s.image, "prob_fake": s.prob, "verdict": s.skipped or ("fake" if s.prob > threshold else "real"),
@@ -115,7 +116,6 @@ def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_di
                 name = os.path.basename(s.image)
                 out = os.path.join(figures_dir, f"{i:04d}_{os.path.splitext(name)[0]}_{model.operator}.png")
                 with torch.inference_mode():
-                    device = next(model.parameters()).device
                     residual = model.artifact(normalize_batch(s.pixels.unsqueeze(0).to(device))).float().cpu()
                 row["figure"] = residual_figure(s.pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, name,
                                                 out, OPERATOR_NAMES[model.operator])
@@ -123,17 +123,24 @@ def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_di
     return rows
 
 
+def suite_transform(suite, load_size=256, crop_size=224, no_resize=False, no_crop=False, center_crop=False,
+                    perturb=None):
+    """The evaluation transform of ``suite``: its own resize / crop, which ``no_resize`` /
+    ``no_crop`` / ``center_crop`` override."""
+    return EvalTransform(load_size, crop_size, resize=suite.resize and not no_resize,
+                         crop=(suite.crop or center_crop) and not no_crop, perturb=perturb)
+
+
 def evaluate_suite(model, suite, suite_dir, cfg, load_size=256, crop_size=224, no_resize=False, no_crop=False,
                    perturb=None, threshold=None, progress=True, center_crop=False):
-    """Evaluate every generator of ``suite`` found under ``suite_dir``, pre-processed as the suite
-    says (``no_resize`` / ``no_crop`` / ``center_crop`` override it).
+    """Evaluate every generator of ``suite`` found under ``suite_dir``, pre-processed by
+    ``suite_transform``.
 
     Returns ``(rows, missing)``: one dict per generator (metrics in %, the paper's numbers,
     image counts; with a ``threshold``, also ACC / real ACC / fake ACC at it) and the names of
     generators whose folder is absent (skipped, not fatal).
     """
-    transform = EvalTransform(load_size, crop_size, resize=suite.resize and not no_resize,
-                              crop=(suite.crop or center_crop) and not no_crop, perturb=perturb)
+    transform = suite_transform(suite, load_size, crop_size, no_resize, no_crop, center_crop, perturb)
     rows, missing = [], []
     for gen in suite.generators:
         path = locate_generator(suite_dir, gen)

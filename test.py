@@ -23,7 +23,7 @@ from data.mini import build_mini
 from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
 from data.verify import format_report, verify as verify_suites
-from engine import EvalConfig, eval_threshold, evaluate_suite
+from engine import EvalConfig, eval_threshold, evaluate_suite, suite_transform
 from metrics import mean_row, summarize_checkpoints
 from networks import load_detector, prepare_model
 from options import MINI_ROOT, parse_test_args, print_options
@@ -51,9 +51,9 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
                 log.info("%s: generators not found under %s (skipped): %s", suite.name, path, ", ".join(absent))
             if not rows:
                 continue
-            pre = "no resize" if not suite.resize or args.no_resize else f"resize {args.loadSize}"
-            crop = (suite.crop or args.center_crop) and not args.no_crop
-            pre += f", centre crop {args.cropSize}" if crop else ", no crop"
+            t = suite_transform(suite, args.loadSize, args.cropSize, args.no_resize, args.no_crop, args.center_crop)
+            pre = (f"resize {t.load_size}" if t.resize else "no resize") + \
+                (f", centre crop {t.crop_size}" if t.crop else ", no crop")
             if perturb is not None:
                 pre = f"perturbation {perturb.name}; " + pre
             log.info("\n%s (%s; %s)%s\n%s", suite.name, path, pre, f" - {suite.note}" if suite.note else "",
