@@ -23,7 +23,7 @@ from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from metrics import METRIC_KEYS, compute_metrics, metrics_at, resolve_threshold
-from networks import OPERATOR_NAMES, score_images
+from networks import OPERATOR_NAMES, batch_probs, score_images
 from report import residual_figure
 from util import AMP_DTYPE, UserError
 
@@ -48,17 +48,11 @@ def predict_loader(model, loader, cfg, progress=None):
     """Run ``model`` over ``loader``; returns (labels, probabilities, skipped indices, truncated
     indices) in loader order."""
     labels, probs, skipped, truncated = [], [], [], []
-    use_amp = cfg.amp and cfg.device.type == "cuda"
     for batch in loader:
         skipped += list(batch.skipped)
         truncated += list(batch.truncated)
         if len(batch.labels):
-            x = batch.images.to(cfg.device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(cfg.device.type, dtype=AMP_DTYPE, enabled=use_amp):
-                logits = model(normalize_batch(x))
-            probs.append(torch.sigmoid(logits.float()).flatten().cpu())
+            probs.append(batch_probs(model, batch.images, cfg.channels_last, cfg.amp))
             labels.append(batch.labels)
         if progress is not None:
             progress.update(len(batch.labels) + len(batch.skipped))
@@ -89,28 +83,31 @@ def evaluate_folder(model, root, transform, cfg, classes=None, progress=None):
     return metrics
 
 
-def eval_threshold(model, transform, cfg, threshold=None, calibrate_real=None, target_fpr=0.05):
-    """``metrics.resolve_threshold`` for ``model`` (its stored ``model.threshold``), with the
-    calibration folder's images scored through the evaluation loader and ``transform``."""
+def eval_threshold(model, transform, cfg, threshold=None, calibrate_real=None, target_fpr=0.05, use_stored=True):
+    """``metrics.resolve_threshold`` for ``model`` (its stored ``model.threshold``, unless not
+    ``use_stored``), with the calibration folder's images scored through the evaluation loader
+    and ``transform``."""
     def score_reals(folder):
         samples = [(p, 0) for p in list_images(folder)]
         return predict_samples(model, samples, transform, cfg)[1] if samples else np.zeros(0)
-    return resolve_threshold(model.threshold, threshold, calibrate_real, target_fpr, score_reals)
+    stored = model.threshold if use_stored else None
+    return resolve_threshold(stored, threshold, calibrate_real, target_fpr, score_reals)
 
 
-def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_dir=None, progress=False):
-    """One row per image file for predict.py and demo.py: path, P(fake), verdict at ``threshold``
-    ('unreadable' / 'too small' for a skipped file), truncated, the size the model saw and, with
-    ``figures_dir``, the figure of the model's artifact operator (the NPR residual, or SAFE's
-    wavelet sub-band) written there. Scores come from ``score_images``."""
-    rows = []
+def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figures_dir=None, first_number=0):
+    """Yield one row per image file, in order, as batches finish (predict.py and demo.py): path,
+    P(fake), verdict at ``threshold`` ('unreadable' / 'too small' for a skipped file), truncated,
+    the size the model saw and, with ``figures_dir``, the figure of the model's artifact
+    operator (the NPR residual, or SAFE's wavelet sub-band) written there, numbered from
+    ``first_number``. Scores come from ``score_images`` with ``cfg``'s batching and rule."""
     device = next(model.parameters()).device
-    scores = score_images(model, paths, transform, rule)
-    for i, s in enumerate(tqdm(scores, total=len(paths), desc="scoring", unit="img", disable=None if progress else True)):
+    scores = score_images(model, paths, transform, cfg.images, cfg.batch_size, cfg.num_workers,
+                          keep_pixels=figures_dir is not None, channels_last=cfg.channels_last, amp=cfg.amp)
+    for i, s in enumerate(scores, first_number):
         row = {"path": s.image, "prob_fake": s.prob, "verdict": s.skipped or ("fake" if s.prob > threshold else "real"),
                "truncated": s.truncated, "size": None, "figure": None}
         if s.prob is not None:
-            row["size"] = f"{s.pixels.shape[-1]}x{s.pixels.shape[-2]}"
+            row["size"] = f"{s.size[0]}x{s.size[1]}"
             if figures_dir is not None:
                 # numbered, since files in different folders often share a name
                 name = os.path.basename(s.image)
@@ -119,8 +116,7 @@ def score_files(model, paths, transform, threshold, rule=ImageRule(), figures_di
                     residual = model.artifact(normalize_batch(s.pixels.unsqueeze(0).to(device))).float().cpu()
                 row["figure"] = residual_figure(s.pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, name,
                                                 out, OPERATOR_NAMES[model.operator])
-        rows.append(row)
-    return rows
+        yield row
 
 
 def suite_transform(suite, load_size=256, crop_size=224, no_resize=False, no_crop=False, center_crop=False,

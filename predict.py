@@ -2,28 +2,33 @@
 
     python predict.py photos/ 'more/*.jpg' one.png --model_path NPR.pth
     python predict.py img.png --model_path NPR.pth --visualize out/   # image | NPR residual | probability
+    python predict.py scraped/ --model_path NPR.pth --shard 2/4       # the second quarter (one process each)
 
 Pixels are kept as they are by default (NPR reads pixel-level traces); ``--resize`` applies
-the reference's resize to loadSize x loadSize first. Writes ``--output`` as CSV and JSON.
-Scores come from ``engine.score_files`` (``networks.score_images``), the path of the notebook
-API's ``predict_proba`` and of ``demo.py``.
+the reference's resize to loadSize x loadSize first. Images go through the evaluation loader
+of ``test.py`` (batches of equal sizes, worker processes) via ``engine.score_files``, the path
+of the notebook API's ``predict_proba`` and of ``demo.py``. Rows are appended to
+``<output>.csv`` / ``<output>.jsonl`` as batches finish; running the same command again after a
+crash scores only what is missing (``report.PredictionFiles``). ``<output>.json`` gets every
+prediction when the run completes.
 """
-import csv
 import glob
-import json
 import os
 import sys
 
-import numpy as np
+from tqdm import tqdm
 
 from data.discovery import IMG_EXTENSIONS, list_images
 from data.images import ImageRule
+from data.loaders import default_workers
 from data.transforms import EvalTransform
-from engine import score_files
-from metrics import resolve_threshold
-from networks import load_detector, prepare_model, score_images
+from engine import EvalConfig, eval_threshold, score_files
+from networks import load_detector, prepare_model
 from options import parse_predict_args
+from report import PredictionFiles, merge_prediction_files, printable
 from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
+
+LIST_AT_MOST = 50  # rows printed to the terminal without --list
 
 
 def expand_inputs(inputs):
@@ -42,16 +47,44 @@ def expand_inputs(inputs):
     return list(dict.fromkeys(paths))
 
 
-def verdict_threshold(args, model, transform, rule):
-    """(threshold, where it comes from): --calibrate_real, --threshold <p> / stored, else the
-    paper's 0.5 (predict.py does not use a stored threshold unless asked)."""
-    def score_reals(folder):
-        return np.array([np.nan if s.prob is None else s.prob
-                         for s in score_images(model, list_images(folder), transform, rule)])
+def shard_of(shard):
+    """(k, n) from --shard k/n, or from torchrun's RANK / WORLD_SIZE; None for a single process."""
+    if shard is not None:
+        return shard
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")) + 1, world) if world > 1 else None
 
-    stored = model.threshold if args.threshold == "stored" else None
-    t, source = resolve_threshold(stored, args.threshold, args.calibrate_real, args.target_fpr, score_reals)
-    return (0.5, "the paper's rule") if t is None else (t, source)
+
+def shard_paths(paths, k, n):
+    """The k-th of n contiguous, deterministic parts of ``paths`` (k from 1)."""
+    return paths[(k - 1) * len(paths) // n: k * len(paths) // n]
+
+
+def merge_if_last(args, settings, paths, info, n):
+    """When every one of the n shards is complete, write the merged ``--output`` files (once)."""
+    parts = [PredictionFiles(f"{args.output}.shard{k}of{n}", settings, shard_paths(paths, k, n), paths, (k, n))
+             for k in range(1, n + 1)]
+    if not all((p.meta() or {}).get("complete") and p.meta()["settings"] == p.settings for p in parts):
+        return None
+    merged = PredictionFiles(args.output, settings, paths)
+    try:  # the shard that finishes last merges; if two finish together, one does
+        os.close(os.open(args.output + ".merging", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return None
+    try:
+        merge_prediction_files(merged, parts, info)
+    finally:
+        os.remove(args.output + ".merging")
+    return merged
+
+
+def print_rows(files):
+    rows = list(files.rows())
+    width = max(len(printable(r["path"])) for r in rows)
+    print(f"{'path'.ljust(width)}  P(fake)  verdict")
+    for r in rows:
+        p = "   -   " if r["prob_fake"] is None else f"{r['prob_fake']:.4f} "
+        print(f"{printable(r['path']).ljust(width)}  {p}  {r['verdict']}")
 
 
 def main(argv=None):
@@ -60,35 +93,54 @@ def main(argv=None):
     paths = expand_inputs(args.inputs)
     if not paths:
         raise UserError("no images found in the given inputs")
-    device = select_device(args.gpu_ids)
+    shard = shard_of(args.shard)
+    mine = shard_paths(paths, *shard) if shard else paths
+    gpu_ids = os.environ.get("LOCAL_RANK", args.gpu_ids) if shard and args.shard is None and args.gpu_ids != "-1" \
+        else args.gpu_ids
+    device = select_device(gpu_ids)
     set_numerics()  # float32 on CUDA (no TF32), as the reference computed
     model = prepare_model(load_detector(args.model_path, device=device, ema=args.ema_weights), device)
     transform = EvalTransform(args.loadSize, args.loadSize, resize=args.resize, crop=False)
-    rule = ImageRule(args.strict_images, args.skip_truncated)
-    threshold, source = verdict_threshold(args, model, transform, rule)
+    cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device),
+                     images=ImageRule(args.strict_images, args.skip_truncated))
+    # predict.py uses a stored threshold only when asked (--threshold stored); else the paper's 0.5
+    threshold, source = eval_threshold(model, transform, cfg, args.threshold, args.calibrate_real, args.target_fpr,
+                                       use_stored=args.threshold == "stored")
+    threshold, source = (0.5, "the paper's rule") if threshold is None else (threshold, source)
     log.info("Verdict: fake when P(fake) > %.4f (%s)", threshold, source)
+    settings = {"model_path": args.model_path, "ema": args.ema_weights, "threshold": threshold,
+                "resize": args.resize, "loadSize": args.loadSize if args.resize else None,
+                "skip_truncated": args.skip_truncated}
+    info = {"model_path": args.model_path, "ema": args.ema_weights, "threshold": threshold,
+            "threshold_source": source, "resize": args.resize}
+    out = f"{args.output}.shard{shard[0]}of{shard[1]}" if shard else args.output
+    files = PredictionFiles(out, settings, mine, paths if shard else None, shard)
+    done = files.open(args.overwrite)
+    if done:
+        log.info("Resuming %s: %d of %d images already scored", files.jsonl, done, len(mine))
     if args.visualize:
         os.makedirs(args.visualize, exist_ok=True)
-    rows = [{k: r[k] for k in ("path", "prob_fake", "verdict", "truncated")}
-            for r in score_files(model, paths, transform, threshold, rule, args.visualize, progress=True)]
-    width = max(len(r["path"]) for r in rows)
-    print(f"{'path'.ljust(width)}  P(fake)  verdict")
-    for r in rows:
-        p = "   -   " if r["prob_fake"] is None else f"{r['prob_fake']:.4f} "
-        print(f"{r['path'].ljust(width)}  {p}  {r['verdict']}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "prob_fake", "verdict", "truncated"])
-        w.writeheader()
-        w.writerows(rows)
-    with open(args.output + ".json", "w") as f:
-        json.dump({"model_path": args.model_path, "ema": args.ema_weights, "threshold": threshold,
-                   "threshold_source": source, "resize": args.resize, "predictions": rows}, f, indent=1)
-    scored = sum(r["prob_fake"] is not None for r in rows)
-    print(f"{scored} images scored ({sum(r['truncated'] for r in rows)} of them truncated), "
-          f"{len(rows) - scored} skipped (unreadable or too small)")
-    print(f"Wrote {args.output}.csv and {args.output}.json" +
-          (f"; figures in {args.visualize}" if args.visualize else ""))
+    first = ((shard[0] - 1) * len(paths) // shard[1] if shard else 0) + done  # figure numbers: input positions
+    bar = tqdm(total=len(mine), initial=done, desc="scoring", unit="img", disable=None)
+    try:
+        for row in score_files(model, mine[done:], transform, threshold, cfg, args.visualize, first):
+            files.write([row])
+            bar.update(1)
+    finally:
+        bar.close()
+        files.close()
+    files.finish(info)
+    if args.list or len(mine) <= LIST_AT_MOST:
+        print_rows(files)
+    c = files.counts
+    skipped = c.get("unreadable", 0) + c.get("too small", 0)
+    print(f"{len(mine) - skipped} images scored ({c.get('truncated', 0)} of them truncated), {skipped} skipped "
+          f"(unreadable or too small): {c.get('fake', 0)} fake, {c.get('real', 0)} real at {threshold:.4f}")
+    print(f"Wrote {out}.csv, {out}.jsonl and {out}.json" + (f"; figures in {args.visualize}" if args.visualize else ""))
+    if shard:
+        merged = merge_if_last(args, settings, paths, info, shard[1])
+        print(f"Merged the {shard[1]} shards into {args.output}.csv / .jsonl / .json" if merged else
+              f"Shard {shard[0]} of {shard[1]} done; the last shard to finish merges them into {args.output}.*")
     return 0
 
 

@@ -6,7 +6,7 @@
   sharded across distributed ranks) and can start mid-epoch, which is what makes resuming
   reproduce the same data order.
 * ``bucket_by_size`` groups equally sized images so that un-resized, mixed-size test sets
-  run with batches larger than 1.
+  run with batches larger than 1; ``SizeBuckets`` does it window by window for a stream.
 """
 import os
 import random
@@ -25,8 +25,8 @@ def sample_seed(seed, epoch, position):
 
 
 class BinaryImageDataset(Dataset):
-    """(path, label) samples -> (uint8 image tensor, label, index, truncated); None image when
-    ``rule`` (an ``ImageRule``) skips the file.
+    """(path or PIL image, label) samples -> (uint8 image tensor, label, index, truncated, why
+    skipped); None image when ``rule`` (an ``ImageRule``) skips the file.
 
     Keys are either an index (evaluation) or ``(index, seed)`` from ``EpochSampler``
     (training: the seed drives that sample's random augmentation).
@@ -43,8 +43,8 @@ class BinaryImageDataset(Dataset):
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, key)
         path, label = self.samples[index]
-        img, truncated, _ = self.rule.load(path, self.transform, random.Random(seed))
-        return img, label, index, truncated
+        img, truncated, why = self.rule.load(path, self.transform, random.Random(seed))
+        return img, label, index, truncated, why
 
     @property
     def labels(self):
@@ -58,6 +58,7 @@ class Batch:
     indices: torch.Tensor  # long (N,): positions in the dataset
     skipped: list  # dataset indices that could not be used (unreadable or too small)
     truncated: list = ()  # dataset indices of truncated files that were scored
+    skipped_why: list = ()  # for each of ``skipped``: 'unreadable' or 'too small'
 
     def pin_memory(self):
         self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
@@ -66,19 +67,20 @@ class Batch:
 
 def collate_skipping(items):
     """Stack the usable images; report the others in ``Batch.skipped``. Items are
-    (image or None, label, index[, truncated])."""
+    (image or None, label, index[, truncated[, why skipped]])."""
     good = [it for it in items if it[0] is not None]
     skipped = [it[2] for it in items if it[0] is None]
+    why = [it[4] if len(it) > 4 else "unreadable" for it in items if it[0] is None]
     truncated = [it[2] for it in good if len(it) > 3 and it[3]]
     if not good:
         empty = torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
-        return Batch(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped, truncated)
+        return Batch(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped, truncated, why)
     shapes = {tuple(it[0].shape) for it in good}
     if len(shapes) > 1:
         raise RuntimeError(f"images of different sizes {sorted(shapes)} in one batch; bucket them by size")
     return Batch(torch.stack([it[0] for it in good]),
                  torch.tensor([float(it[1]) for it in good]),
-                 torch.tensor([it[2] for it in good], dtype=torch.long), skipped, truncated)
+                 torch.tensor([it[2] for it in good], dtype=torch.long), skipped, truncated, why)
 
 
 class EpochSampler(Sampler):
@@ -126,7 +128,10 @@ class EpochSampler(Sampler):
 
 
 def image_size(path):
-    """(width, height) from the file header, or None when the file cannot be opened."""
+    """(width, height) from the file header (or of a PIL image), or None when the file cannot
+    be opened."""
+    if isinstance(path, Image.Image):
+        return path.size
     try:
         with Image.open(path) as img:
             return img.size
@@ -147,6 +152,46 @@ def bucket_by_size(sizes, batch_size):
     for _, idx in sorted(buckets.items(), key=lambda kv: (kv[0] is None, kv[0] or (0, 0))):
         batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
     return batches
+
+
+class SizeBuckets:
+    """The evaluation loader's batches: indices of ``images`` in batches of at most
+    ``batch_size``.
+
+    When the transform keeps the input size (no resize, no crop; ``transform=None`` keeps the
+    pixels as they are), images are grouped by output size, read from their headers, so that
+    a batch never mixes sizes; order is kept within a size. With ``window``, headers are read
+    and buckets formed ``window`` images at a time, so a scan of any length starts at once and
+    its batches never span more than a window (a stream scored in input order waits for at
+    most one window); without it, the whole list is one window (``test.py``).
+    """
+
+    def __init__(self, images, transform, batch_size, window=None):
+        self.images, self.transform, self.batch_size = images, transform, batch_size
+        self.window = window or max(1, len(images))
+
+    def output_size(self, image):
+        size = image_size(image)
+        if size is None or self.transform is None:
+            return size
+        return self.transform.output_size(*size)
+
+    def __iter__(self):
+        n, bs = len(self.images), self.batch_size
+        fixed = self.transform is not None and (self.transform.resize or self.transform.crop)
+        for start in range(0, n, self.window):
+            stop = min(n, start + self.window)
+            if fixed:
+                yield from (list(range(i, min(i + bs, stop))) for i in range(start, stop, bs))
+                continue
+            sizes = [self.output_size(self.images[i]) for i in range(start, stop)]
+            yield from ([start + i for i in batch] for batch in bucket_by_size(sizes, bs))
+
+    def __len__(self):
+        if self.transform is not None and (self.transform.resize or self.transform.crop):
+            return sum(-(-min(self.window, len(self.images) - s) // self.batch_size)
+                       for s in range(0, len(self.images), self.window))
+        return len(list(iter(self)))
 
 
 def default_workers(requested, device=None):
@@ -173,21 +218,12 @@ def loader_kwargs(num_workers, device, persistent=False):
     return kw
 
 
-def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None, rule=ImageRule()):
-    """A loader over ``samples`` that keeps their order within each size bucket.
-
-    When the transform's output size depends on the input (no resize, no crop), images are
-    bucketed by size from their headers, so batches never mix sizes.
-    """
+def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None, rule=ImageRule(), window=None):
+    """The one evaluation loader (test.py, validate.py, predict.py, ``predict_proba``, the demo):
+    ``samples`` ((path or PIL image, label)) decoded by ``rule``, in ``SizeBuckets`` batches,
+    with workers and, on CUDA, pinned memory."""
     dataset = BinaryImageDataset(samples, transform, rule)
-    if transform.resize or transform.crop:
-        batches = [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
-    else:
-        sizes = []
-        for p, _ in samples:
-            s = image_size(p)
-            sizes.append(None if s is None else transform.output_size(*s))
-        batches = bucket_by_size(sizes, batch_size)
+    batches = SizeBuckets([image for image, _ in dataset.samples], transform, batch_size, window)
     return DataLoader(dataset, batch_sampler=batches, **loader_kwargs(num_workers, device))
 
 

@@ -1,6 +1,7 @@
 """The detector interface of notebooks and every script: load a checkpoint, prepare the model
-for evaluation, score images one by one (``score_images``, the one inference path of
-``predict.py`` and ``predict_proba``)."""
+for evaluation, and score images: ``batch_probs`` runs the model on a batch (every evaluation
+path), ``score_images`` streams images through the evaluation loader (``predict.py``, the demo
+and ``predict_proba``)."""
 import copy
 import os
 import warnings
@@ -10,8 +11,9 @@ import torch
 from PIL import Image
 
 from data.images import ImageRule
+from data.loaders import make_eval_loader
 from data.transforms import normalize_batch
-from util import select_device
+from util import AMP_DTYPE, select_device
 from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
                          load_state_dict_strict)
 from .fuse import fuse_for_inference
@@ -59,28 +61,75 @@ def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model
     return model
 
 
+# On the CPU, a forward over a whole batch of large images allocates activations of hundreds
+# of MB per layer; sub-batches of at most this many pixels give the same predictions with a
+# fraction of the memory, and no slower (docs/speed.md). 40-48 px batches stay whole.
+CPU_FORWARD_PIXELS = 8 * 256 * 256
+
+
+def is_channels_last(model):
+    """Whether ``model``'s convolution weights are in the channels-last layout (``prepare_model``)."""
+    return next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def batch_probs(model, images, channels_last=None, amp=False):
+    """P(fake) of a batch: ``images`` is uint8 (N, 3, H, W), or float and already normalised.
+
+    Returns a float32 (N,) tensor on the CPU. On the device of ``model``; channels-last input
+    when ``channels_last`` (None: when the model is, as ``prepare_model`` leaves it); float16
+    autocast with ``amp`` on CUDA; on the CPU in sub-batches of ``CPU_FORWARD_PIXELS`` pixels.
+    """
+    device = next(model.parameters()).device
+    channels_last = is_channels_last(model) if channels_last is None else channels_last
+    step = len(images) if device.type != "cpu" else max(1, CPU_FORWARD_PIXELS // (images.shape[-1] * images.shape[-2]))
+    out = []
+    for i in range(0, len(images), max(1, step)):
+        x = images[i:i + step].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=amp and device.type == "cuda"):
+            logits = model(x if x.is_floating_point() else normalize_batch(x))
+        out.append(torch.sigmoid(logits.float()).flatten().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 @dataclass
 class ImageScore:
     image: object              # the path or PIL image as given
     prob: float = None         # P(fake); None when the image was skipped
     skipped: str = None        # why: 'unreadable' or 'too small'
     truncated: bool = False    # scored as far as the file decodes
-    pixels: torch.Tensor = None  # the uint8 (3, H, W) input the model saw
+    pixels: torch.Tensor = None  # the uint8 (3, H, W) input the model saw (with ``keep_pixels``)
+    size: tuple = None         # (width, height) of that input
 
 
 @torch.inference_mode()
-def score_images(model, images, transform=None, rule=ImageRule()):
-    """Yield an ``ImageScore`` per image (paths or PIL images), one at a time, so that sizes may
-    differ. ``transform`` (a ``data.transforms.EvalTransform``; None keeps the pixels as they
-    are) runs first; ``rule`` decides what happens to an image that cannot be used."""
+def score_images(model, images, transform=None, rule=ImageRule(), batch_size=32, num_workers=0, keep_pixels=False,
+                 window=1024, channels_last=None, amp=False):
+    """Yield an ``ImageScore`` per image (paths or PIL images), in input order, as batches finish.
+
+    Images go through the evaluation loader (``data.loaders.make_eval_loader``: ``transform``
+    first -- None keeps the pixels as they are --, batches of equal sizes formed ``window``
+    images at a time, ``num_workers`` decoding processes, pinned memory on CUDA), then
+    ``batch_probs``. ``rule`` decides what happens to an image that cannot be used.
+    ``keep_pixels`` keeps the uint8 input of each scored image (for figures).
+    """
+    images = images if isinstance(images, list) else list(images)
     device = next(model.parameters()).device
-    for im in images:
-        pixels, truncated, skipped = rule.load(im, transform)
-        if pixels is None:
-            yield ImageScore(im, skipped=skipped)
-            continue
-        x = normalize_batch(pixels.unsqueeze(0)).to(device)
-        yield ImageScore(im, torch.sigmoid(model(x).float()).item(), None, truncated, pixels)
+    loader = make_eval_loader([(im, 0) for im in images], transform, batch_size, num_workers, device, rule, window)
+    ready, next_index = {}, 0
+    for batch in loader:
+        probs = batch_probs(model, batch.images, channels_last, amp).tolist() if len(batch.labels) else []
+        truncated, size = set(batch.truncated), (batch.images.shape[-1], batch.images.shape[-2])
+        for j, i in enumerate(batch.indices.tolist()):
+            ready[i] = ImageScore(images[i], probs[j], None, i in truncated,
+                                  batch.images[j].clone() if keep_pixels else None, size)
+        for i, why in zip(batch.skipped, batch.skipped_why):
+            ready[i] = ImageScore(images[i], skipped=why)
+        while next_index in ready:
+            yield ready.pop(next_index)
+            next_index += 1
 
 
 def warn_nan(name, err):
@@ -93,7 +142,7 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
 
     * paths / PIL images go through ``transform`` (a ``data.transforms.EvalTransform``; by
       default none, i.e. the pixels as they are -- NPR reads pixel-level traces) and are
-      scored one by one (``score_images``). An image that cannot be used -- unreadable, or
+      scored in batches of equal sizes (``score_images``). An image that cannot be used -- unreadable, or
       under 2x2 pixels after the transform -- gets NaN and one warning naming it
       (``strict=True`` raises a ``ValueError`` instead); truncated files are scored as far as
       they decode, as the reference does.
@@ -101,13 +150,11 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
     Returns a 1-D float tensor on the CPU.
     """
     if torch.is_tensor(images):
-        device = next(model.parameters()).device
         x = images if images.dim() == 4 else images.unsqueeze(0)
-        x = x if x.is_floating_point() else normalize_batch(x)
-        return torch.cat([torch.sigmoid(model(x[i:i + batch_size].to(device)).float()).flatten().cpu()
-                          for i in range(0, len(x), batch_size)])
+        return torch.cat([batch_probs(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     rule = ImageRule(strict=strict, report=warn_nan)
-    probs = [float("nan") if s.prob is None else s.prob for s in score_images(model, images, transform, rule)]
+    probs = [float("nan") if s.prob is None else s.prob
+             for s in score_images(model, images, transform, rule, batch_size)]
     return torch.tensor(probs, dtype=torch.float32)

@@ -125,6 +125,17 @@ def _threshold(text):
     return _in_range(float, 0, 1, "a probability in (0, 1), or 'stored'", lo_open=True, hi_open=True)(text)
 
 
+def _shard(text):
+    """'2/4' -> (2, 4): the second of four parts."""
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"'{text}': expected k/n, e.g. 2/4 for the second of four parts") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"'{text}': k must lie in 1..n")
+    return k, n
+
+
 def _comma_list(text):
     return tuple(c.strip() for c in str(text).split(",") if c.strip())
 
@@ -144,6 +155,7 @@ jpeg_methods = _type("JPEG encoders", _choices_list(("cv2", "pil")))
 interpolations = _type("interpolations", _choices_list(("bilinear", "bicubic", "lanczos", "nearest")))
 threshold = _type("threshold", _threshold)
 comma_list = _type("list", _comma_list)
+shard = _type("shard", _shard)
 
 
 # ----------------------------------------------------------------------------- shared groups

@@ -5,7 +5,7 @@ import os
 from util import UserError
 from .base_options import (MINI_ROOT, OneLineErrorParser, accept_reference_options, add_data_options,
                            add_device_options, add_image_options, add_threshold_options, check_sizes, comma_list,
-                           size)
+                           non_negative_int, positive_int, shard, size)
 from .train_options import MINI_RECIPE
 
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
@@ -100,6 +100,18 @@ def predict_parser():
     p.add_argument("--output", default="results/predictions", help="writes <output>.csv and <output>.json")
     p.add_argument("--visualize", default=None, help="folder for one PNG per image: image, NPR residual, probability")
     p.add_argument("--gpu_ids", default="0", help="CUDA device id; -1 for the CPU")
+    p.add_argument("--batch_size", type=positive_int, default=32, help="images per batch (equal sizes are batched)")
+    p.add_argument("--num_threads", type=non_negative_int, default=None,
+                   help="data-loading worker processes (default: chosen for the device, as test.py)")
+    p.add_argument("--shard", type=shard, default=None,
+                   help="k/n: score only the k-th of n equal, contiguous parts of the inputs (k from 1), into "
+                        "<output>.shard<k>of<n>.*; the last shard to finish merges them into <output>.* (under "
+                        "torchrun each process takes its own shard)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="score everything again; by default a run with the same inputs and settings resumes where "
+                        "the files at --output stop")
+    p.add_argument("--list", action="store_true",
+                   help="print every row (by default only when there are at most 50)")
     add_image_options(p)
     add_threshold_options(p)
     return p

@@ -122,8 +122,9 @@ def test_loading_path_never_raises(tmp_path, payload):
     path = tmp_path / "x.png"
     path.write_bytes(data)
     ds = BinaryImageDataset([(str(path), 1)], EvalTransform(16, 8, resize=False, crop=True))
-    img, label, idx, _ = ds[0]
+    img, label, idx, _, why = ds[0]
     assert img is None or (img.shape == (3, 8, 8) and img.dtype == torch.uint8)
+    assert (img is None) == (why in ("unreadable", "too small"))
 
 
 def test_strict_images_one_line_error_from_worker(tmp_path):
