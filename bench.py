@@ -29,6 +29,8 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,11 +44,13 @@ from data.discovery import make_samples
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform, normalize_batch
 from engine import EvalConfig, GracefulStop, StepConfig, evaluate_folder, train_one_epoch
-from networks import OPERATORS, prepare_model, resnet50
+from networks import OPERATORS, batch_probs, prepare_model, resnet50
 from options import parse_train_args
 from options.base_options import OneLineErrorParser
 from report import format_table
-from util import AMP_DTYPE, UserError, run_cli
+from util import AMP_DTYPE, UserError, keep_freed_memory, run_cli
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -77,22 +81,36 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_times():
+    """(user, system) CPU seconds of this process and its finished children (data-loader workers)."""
+    import resource
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + b.ru_utime, a.ru_stime + b.ru_stime
+
+
+def sys_share(before, after):
+    """{'cpu_user_s', 'cpu_sys_s', 'sys_pct'} between two ``cpu_times()``."""
+    user, system = after[0] - before[0], after[1] - before[1]
+    return {"cpu_user_s": user, "cpu_sys_s": system, "sys_pct": 100.0 * system / max(user + system, 1e-9)}
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def timed(fn, device, seconds, min_iters=3):
-    """Images per second of ``fn`` (which returns the number of images it processed)."""
+    """(images per second of ``fn`` -- which returns the number of images it processed --, peak
+    memory, and the CPU time split of ``sys_share``)."""
     fn()  # warm-up (cuDNN autotuning, allocator, lazy init)
     sync(device)
     reset_peak_memory(device)
-    n_img, iters, start = 0, 0, time.perf_counter()
+    n_img, iters, start, cpu = 0, 0, time.perf_counter(), cpu_times()
     while iters < min_iters or time.perf_counter() - start < seconds:
         n_img += fn()
         iters += 1
     sync(device)
-    return n_img / (time.perf_counter() - start), peak_memory_mb(device)
+    return n_img / (time.perf_counter() - start), peak_memory_mb(device), sys_share(cpu, cpu_times())
 
 
 # ----------------------------------------------------------------------------- data
@@ -154,9 +172,9 @@ def bench_operator(device, size, batch, seconds, operator):
             model.artifact(x)
         return batch
 
-    ips, mem = timed(run, device, seconds)
+    ips, mem, cpu = timed(run, device, seconds)
     return [{"device": device.type, "what": "operator only", "operator": operator, "variant": "default",
-             "size": size, "batch": batch, "images_per_s": ips, "peak_mem_mb": mem}]
+             "size": size, "batch": batch, "images_per_s": ips, "peak_mem_mb": mem, **cpu}]
 
 
 def bench_model(device, size, batch, seconds, variants, operator="npr"):
@@ -175,13 +193,16 @@ def bench_model(device, size, batch, seconds, variants, operator="npr"):
             ctx, xin = torch.inference_mode, x.contiguous(memory_format=torch.channels_last)
 
         def forward():
-            with ctx(), torch.autocast(device.type, dtype=AMP_DTYPE, enabled=amp):
-                fwd_model(xin)
+            if variant == "plain":
+                with ctx():
+                    fwd_model(xin)
+            else:  # what every evaluation path runs: CPU sub-batches, autocast with amp
+                batch_probs(fwd_model, xin, channels_last=True, amp=amp)
             return batch
 
-        ips, mem = timed(forward, device, seconds)
+        ips, mem, cpu = timed(forward, device, seconds)
         rows.append({"device": device.type, "what": "model forward", "operator": operator, "variant": variant,
-                     "size": size, "batch": batch, "images_per_s": ips, "peak_mem_mb": mem})
+                     "size": size, "batch": batch, "images_per_s": ips, "peak_mem_mb": mem, **cpu})
 
         train_model = make_model(device, operator=operator).train()
         if variant != "plain":
@@ -205,11 +226,12 @@ def bench_model(device, size, batch, seconds, variants, operator="npr"):
             scaler.update()
             return tb
 
-        ips, mem = timed(step, device, seconds)
+        ips, mem, cpu = timed(step, device, seconds)
         # Training runs contiguous by default (step-for-step the reference); channels-last is --train_channels_last.
         train_variant = {"plain": "contiguous", "default": "channels_last"}.get(variant, variant)
         rows.append({"device": device.type, "what": "model train step", "operator": operator,
-                     "variant": train_variant, "size": size, "batch": tb, "images_per_s": ips, "peak_mem_mb": mem})
+                     "variant": train_variant, "size": size, "batch": tb, "images_per_s": ips, "peak_mem_mb": mem,
+                     **cpu})
     return rows
 
 
@@ -230,14 +252,14 @@ def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, r
                 return evaluate_folder(model, folder, EvalTransform(load_size, crop_size), cfg)["y_prob"]
         run()  # warm-up: page cache, lazy init
         reset_peak_memory(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_times()
         for _ in range(repeats):
             run()
         sync(device)
         ips = n * repeats / (time.perf_counter() - start)
         rows.append({"device": device.type, "what": "end-to-end eval", "operator": operator, "variant": variant,
                      "size": crop_size, "batch": batch, "workers": workers, "images": n, "images_per_s": ips,
-                     "peak_mem_mb": peak_memory_mb(device)})
+                     "peak_mem_mb": peak_memory_mb(device), **sys_share(cpu, cpu_times())})
     return rows
 
 
@@ -278,13 +300,13 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
         epoch(0)  # warm-up: worker start, page cache
         sync(device)
         reset_peak_memory(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_times()
         epoch(1)
         sync(device)
         ips = len(samples) / (time.perf_counter() - start)
         rows.append({"device": device.type, "what": "end-to-end train", "operator": "npr", "variant": variant,
                      "size": crop_size, "batch": batch, "workers": workers, "images": len(samples), "images_per_s": ips,
-                     "peak_mem_mb": peak_memory_mb(device)})
+                     "peak_mem_mb": peak_memory_mb(device), **sys_share(cpu, cpu_times())})
     return rows
 
 
@@ -300,21 +322,77 @@ def bench_scaling(device, folder, mult, size=64):
              "peak_mem_mb": peak_memory_mb(device)}]
 
 
+def run_script(argv, env=None):
+    """(wall s, user s, sys s, peak RSS MiB) of one whole script process and its workers."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if status != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(argv[:1])} failed: {err.read().decode(errors='replace')[-2000:]}")
+    return wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def script_row(what, variant, images, size, argv, env=None):
+    wall, user, system, rss = run_script(argv, env)
+    return {"device": "cpu", "what": what, "operator": "npr", "variant": variant, "size": size, "images": images,
+            "images_per_s": images / wall, "wall_s": wall, "peak_mem_mb": rss, "cpu_user_s": user,
+            "cpu_sys_s": system, "sys_pct": 100.0 * system / max(user + system, 1e-9)}
+
+
+def bench_scripts(dataroot, checkpoint, n, batch):
+    """test.py and predict.py as a user runs them, whole processes, on the same folder of 256 px
+    PNGs with the pixels as they are: test.py with glibc as is and as the scripts set it up
+    (``util.keep_freed_memory``), then predict.py."""
+    common = ["--model_path", checkpoint, "--gpu_ids", "-1", "--batch_size", str(batch)]
+    test = ["test.py", "--dataroot", dataroot, "--no_resize", "--no_crop", "--results_dir",
+            os.path.join(dataroot, "results"), *common]
+    leaf = os.path.join(dataroot, "suite", "gen")
+    return [script_row("test.py", "glibc as is", n, 256, test, {"NPR_ALLOCATOR": "system"}),
+            script_row("test.py", "default", n, 256, test),
+            script_row("predict.py", "default", n, 256,
+                       ["predict.py", leaf, "--output", os.path.join(dataroot, "pred", "p"), *common])]
+
+
+def bench_scan(root, checkpoint, counts, size=16):
+    """Peak RSS of predict.py scanning folders of ``counts`` small images: flat when rows stream."""
+    rows = []
+    for n in counts:
+        folder = write_png_folder(os.path.join(root, f"scan{n}"), n, size, seed=n)
+        rows.append(script_row("predict.py scan", f"{n} images", n, size,
+                               ["predict.py", folder, "--model_path", checkpoint, "--gpu_ids", "-1",
+                                "--output", os.path.join(root, f"scan{n}", "p")]))
+        shutil.rmtree(folder)
+    return rows
+
+
 # ----------------------------------------------------------------------------- isolation
 
-def _child(queue, fn, args):
+def _child(queue, fn, args, allocator):
     try:
-        queue.put(("ok", fn(*args)))
+        if allocator == "system":
+            os.environ["NPR_ALLOCATOR"] = "system"
+        keep_freed_memory()  # as every script does at start, unless NPR_ALLOCATOR=system
+        rows = fn(*args)
+        if allocator == "system":
+            for r in rows:
+                r["variant"] += " (glibc as is)"
+        queue.put(("ok", rows))
     except BaseException as e:  # report, never hang the parent
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def isolated(fn, *args):
+def isolated(fn, *args, allocator="scripts"):
     """Run ``fn(*args)`` in a fresh process, so that each peak-memory figure is its own and not
-    the high-water mark of everything measured before (freed memory stays in the allocator)."""
+    the high-water mark of everything measured before (freed memory stays in the allocator).
+    The process sets up glibc as the scripts do (``util.keep_freed_memory``); with
+    ``allocator='system'`` it leaves glibc's defaults, and the rows' variant says so."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc = ctx.Process(target=_child, args=(queue, fn, args, allocator))
     proc.start()
     status, value = queue.get()
     proc.join()
@@ -391,16 +469,43 @@ def main(argv=None):
             for v in ["default", "channels_last", "cache"] + (["amp"] if cuda else []):
                 rows += isolated(bench_train, device, train_root, 256, 224, args.batch_size // 2, workers, [v],
                                  os.path.join(tmp, name, "cache"))
+            train48 = os.path.join(tmp, name, "train48")
+            write_png_folder(os.path.join(train48, "train"), n_train * 8, 48, seed=6)
+            rows += isolated(bench_train, device, train48, 48, 40, args.batch_size // 2, workers, ["default"])
+            if not cuda:  # the same rows with glibc's defaults: what util.keep_freed_memory changes
+                print("[cpu] glibc as is, for comparison ...", flush=True)
+                for size in (224, 40):
+                    rows += isolated(bench_model, device, size, args.batch_size, seconds, ["default"],
+                                     allocator="system")
+                rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, ["default"],
+                                 allocator="system")
+                rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, ["default"],
+                                 allocator="system")
+                rows += isolated(bench_train, device, train_root, 256, 224, args.batch_size // 2, workers,
+                                 ["default"], allocator="system")
+                rows += isolated(bench_train, device, train48, 48, 40, args.batch_size // 2, workers, ["default"],
+                                 allocator="system")
+                print("[cpu] test.py and predict.py, whole processes ...", flush=True)
+                checkpoint = os.path.join(tmp, "model.pth")
+                torch.save({"model": make_model(device).state_dict()}, checkpoint)
+                n_scripts = 16 if args.quick else 400
+                write_png_folder(os.path.join(tmp, "scripts", "suite", "gen"), n_scripts, 256, seed=7)
+                rows += bench_scripts(os.path.join(tmp, "scripts"), checkpoint, n_scripts, args.batch_size)
+                rows += bench_scan(os.path.join(tmp, "scan"), checkpoint,
+                                   (200, 2000) if args.quick else (10_000, 100_000))
             n_scale = 16 if args.quick else 256
             for mult in (1, 4):
                 folder = write_png_folder(os.path.join(tmp, name, f"scale{mult}"), n_scale * mult, 64, seed=mult)
                 rows += isolated(bench_scaling, device, folder, mult)
     summary = summarize(rows)
     print(report(rows, summary, info))
+    scripts = summarize_scripts(rows)
+    for k, v in scripts.items():
+        print(f"{k}: {v:.2f}")
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "bench.json")
     with open(path, "w") as f:
-        json.dump({"info": info, "results": rows, "summary": summary}, f, indent=1)
+        json.dump({"info": info, "results": rows, "summary": summary, "scripts": scripts}, f, indent=1)
     print(f"Wrote {path}")
     return 0
 
@@ -444,15 +549,41 @@ def summarize(rows):
                         for op in ("npr", "dwt"))
                 if a and b:
                     s[key] = a["images_per_s"] / b["images_per_s"]
+            # What util.keep_freed_memory buys (throughput with it / with glibc as is).
+            for key, what, variant in (("malloc_gain_model", "model forward", "default"),
+                                       ("malloc_gain_eval", "end-to-end eval", "default"),
+                                       ("malloc_gain_train", "end-to-end train", "default")):
+                a, b = (find(rows, device=device, what=what, variant=v, size=size, operator="npr")
+                        for v in (variant, variant + " (glibc as is)"))
+                if a and b:
+                    s[key] = a["images_per_s"] / b["images_per_s"]
             if len(s) > 2:
                 out.append(s)
     return out
 
 
+def summarize_scripts(rows):
+    """test.py with / without ``keep_freed_memory``, predict.py against test.py (wall time ratios)
+    and the scan's peak memory at the largest count against the smallest."""
+    t_sys, t, p = (find(rows, what=w, variant=v) for w, v in (("test.py", "glibc as is"), ("test.py", "default"),
+                                                              ("predict.py", "default")))
+    scans = [r for r in rows if r["what"] == "predict.py scan"]
+    s = {}
+    if t_sys and t:
+        s["test.py speed-up from keep_freed_memory"] = t_sys["wall_s"] / t["wall_s"]
+    if t and p:
+        s["predict.py speed / test.py speed"] = t["wall_s"] / p["wall_s"]
+    if len(scans) > 1:
+        s[f"scan peak RSS, {scans[-1]['images']} / {scans[0]['images']} images"] = \
+            scans[-1]["peak_mem_mb"] / scans[0]["peak_mem_mb"]
+    return s
+
+
 def report(rows, summary, info):
     cols = [("device", "device"), ("what", "what"), ("operator", "operator"), ("variant", "variant"), ("size", "px"),
             ("batch", "batch"),
-            ("images_per_s", "images/s"), ("peak_mem_mb", "peak MiB")]
+            ("images_per_s", "images/s"), ("peak_mem_mb", "peak MiB"), ("wall_s", "wall s"),
+            ("cpu_user_s", "user s"), ("cpu_sys_s", "sys s"), ("sys_pct", "sys %")]
     text = [f"torch {info['torch']}, {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
             f"CUDA: {info['cuda'] or 'none'}, loader workers: {info['workers']}",
             format_table(rows, cols)]
@@ -460,7 +591,8 @@ def report(rows, summary, info):
              ("eval_speedup_default_vs_plain", "eval default/plain"), ("eval_efficiency", "eval efficiency"),
              ("train_efficiency", "train efficiency"), ("train_efficiency_cache", "train efficiency (cache)"),
              ("dwt_cost_operator", "dwt cost: operator"), ("dwt_cost_model", "model"),
-             ("dwt_cost_train_step", "train step"), ("dwt_cost_eval", "eval")]
+             ("dwt_cost_train_step", "train step"), ("dwt_cost_eval", "eval"),
+             ("malloc_gain_model", "malloc gain: model"), ("malloc_gain_eval", "eval"), ("malloc_gain_train", "train")]
     text.append(format_table(summary, scols, floatfmt="{:.2f}"))
     return "\n\n".join(text)
 

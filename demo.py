@@ -68,7 +68,7 @@ def build_app(model, model_path, load_size=256):
             return [], [], "Upload one or several images first.", []
         threshold, source = decide_threshold(model, choice, custom)
         transform = EvalTransform(load_size, load_size, resize=resize, crop=False)
-        rows = score_files(model, paths, transform, threshold, figures_dir=figures_dir)
+        rows = list(score_files(model, paths, transform, threshold, figures_dir=figures_dir))
         table = [[os.path.basename(r["path"]), None if r["prob_fake"] is None else round(r["prob_fake"], 4),
                   r["verdict"], r["size"] or "-", "yes" if resize else "no", NOTES.get(r["verdict"], "")]
                  for r in rows]

@@ -346,7 +346,8 @@ class PredictionFiles:
     def __init__(self, out, settings, paths, all_paths=None, shard=None):
         self.out, self.paths = out, paths
         everything = paths if all_paths is None else all_paths
-        self.settings = dict(settings, inputs=inputs_fingerprint(everything), n_inputs=len(everything), shard=shard)
+        self.settings = dict(settings, inputs=inputs_fingerprint(everything), n_inputs=len(everything),
+                             shard=None if shard is None else "{}/{}".format(*shard))
         self.jsonl, self.csv, self.json = out + ".jsonl", out + ".csv", out + ".json"
         self.counts = {}
 
