@@ -2,6 +2,7 @@
 
     python bench.py                  # full run (docs/speed.md gives its run time and results)
     python bench.py --quick          # a short smoke run (numbers are rougher)
+    python bench.py --only malloc,scripts,scan,photo   # some groups only
 
 What it measures, per device (images per second, peak memory):
 
@@ -20,6 +21,12 @@ What it measures, per device (images per second, peak memory):
   NPR's residual, and the operator alone on a batch; the summary gives the cost ratios.
 * efficiency = end-to-end / model-only throughput of the same configuration.
 * scaling: peak memory of an evaluation over N and over 4N images.
+* loader: the training loader alone (decoding, augmentations, collation), no model.
+* malloc (CPU): model, evaluation and training rows with and without ``util.keep_freed_memory``.
+* scripts (CPU): ``test.py`` (with and without it) and ``predict.py`` as whole processes on the
+  same 400 PNGs of 256 px, pixels as they are: wall, user and system time, peak RSS.
+* scan (CPU): peak RSS of ``predict.py`` over 10,000 and 100,000 small images.
+* photo (CPU): peak RSS of ``predict.py`` scoring one 4000x3000 and one 8000x6000 JPEG.
 
 Peak memory is the process's peak resident set (CPU, main process; data-loader workers are
 separate processes) or ``torch.cuda.max_memory_allocated`` (CUDA). Results are printed as a
@@ -51,6 +58,7 @@ from report import format_table
 from util import AMP_DTYPE, UserError, keep_freed_memory, run_cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+GROUPS = ("model", "e2e", "loader", "malloc", "scripts", "scan", "photo", "scaling")
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -310,6 +318,23 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
     return rows
 
 
+def bench_loader(device, dataroot, load_size, crop_size, batch, workers):
+    """The training loader alone (decoding, train.py's augmentations, collation; pinned memory
+    for CUDA), no model: how many images per second it can feed."""
+    samples = make_samples(os.path.join(dataroot, "train"))
+    sampler = EpochSampler([label for _, label in samples], seed=0)
+    loader = make_train_loader(BinaryImageDataset(samples, TrainTransform(load_size, crop_size)), batch, sampler,
+                               workers, device)
+    for e in range(2):  # epoch 0 warms up the workers and the page cache
+        sampler.set_epoch(e)
+        start, cpu, n = time.perf_counter(), cpu_times(), 0
+        for b in loader:
+            n += len(b.labels)
+    return [{"device": device.type, "what": "train loader only", "operator": "-", "variant": "default",
+             "size": crop_size, "batch": batch, "workers": workers, "images": n,
+             "images_per_s": n / (time.perf_counter() - start), "peak_mem_mb": None, **sys_share(cpu, cpu_times())}]
+
+
 def bench_scaling(device, folder, mult, size=64):
     """Peak memory of one evaluation of ``folder`` (workers 0: everything in this process)."""
     model = prepare_model(make_model(device), device)
@@ -322,18 +347,32 @@ def bench_scaling(device, folder, mult, size=64):
              "peak_mem_mb": peak_memory_mb(device)}]
 
 
+# Runs a script in a grandchild and reports its rusage: a child started straight from this
+# (large) process would inherit this process's peak RSS, which Linux carries across exec.
+RUSAGE_SHIM = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+_, status, ru = os.wait4(pid, 0)
+print(json.dumps([os.waitstatus_to_exitcode(status), ru.ru_utime, ru.ru_stime, ru.ru_maxrss]))
+"""
+
+
 def run_script(argv, env=None):
     """(wall s, user s, sys s, peak RSS MiB) of one whole script process and its workers."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(proc.pid, 0)
+        out = subprocess.run([sys.executable, "-c", RUSAGE_SHIM, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
+                             env={**os.environ, **(env or {})}, text=True)
         wall = time.perf_counter() - start
-        if status != 0:
+        code, user, system, maxrss = json.loads(out.stdout.strip().splitlines()[-1])
+        if code != 0:
             err.seek(0)
             raise RuntimeError(f"{' '.join(argv[:1])} failed: {err.read().decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024
+    return wall, user, system, maxrss / 1024
 
 
 def script_row(what, variant, images, size, argv, env=None):
@@ -355,6 +394,24 @@ def bench_scripts(dataroot, checkpoint, n, batch):
             script_row("test.py", "default", n, 256, test),
             script_row("predict.py", "default", n, 256,
                        ["predict.py", leaf, "--output", os.path.join(dataroot, "pred", "p"), *common])]
+
+
+def bench_photo(root, checkpoint, sizes):
+    """Peak RSS of predict.py scoring one photo-like JPEG of each of ``sizes`` (above the pixel
+    budget it is scored in tiles, so memory should not grow with the photo beyond decoding it)."""
+    rows = []
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for w, h in sizes:
+        path = os.path.join(root, f"photo_{w}x{h}.jpg")
+        coarse = Image.fromarray(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8))
+        arr = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.int16)
+        Image.fromarray(np.clip(arr + rng.integers(-4, 5, arr.shape), 0, 255).astype(np.uint8)).save(path, quality=92)
+        del arr
+        rows.append(script_row("predict.py photo", f"{w}x{h} JPEG", 1, max(w, h),
+                               ["predict.py", path, "--model_path", checkpoint, "--gpu_ids", "-1",
+                                "--output", os.path.join(root, f"p{w}")]))
+    return rows
 
 
 def bench_scan(root, checkpoint, counts, size=16):
@@ -410,6 +467,8 @@ def get_args_parser():
     p.add_argument("--seconds", type=float, default=8.0, help="time per model-only measurement")
     p.add_argument("--eval_images", type=int, default=0,
                    help="images in the generated 256 px evaluation folder (0: 4 batches on CPU, 64 on CUDA)")
+    p.add_argument("--train_images", type=int, default=0,
+                   help="images in the generated 256 px training folder (0: 2 batches on CPU, 64 on CUDA)")
     p.add_argument("--workers", type=int, default=-1,
                    help="data-loading workers for the end-to-end runs (-1: what the scripts use by default "
                         "on that device)")
@@ -417,6 +476,8 @@ def get_args_parser():
     p.add_argument("--operators", default="npr,dwt",
                    help="artifact operators to measure: npr, dwt (SAFE's); the later ones only in the model-only "
                         "and evaluation rows")
+    p.add_argument("--only", default="",
+                   help=f"comma-separated groups to run (default: all): {', '.join(GROUPS)}")
     p.add_argument("--quick", action="store_true", help="short smoke run: tiny folders, 1 s per measurement")
     p.add_argument("--output", default="results/bench", help="folder for bench.json")
     return p
@@ -432,6 +493,14 @@ def main(argv=None):
     operators = [o.strip() for o in args.operators.split(",") if o.strip()]
     if not operators or any(o not in OPERATORS for o in operators):
         raise UserError(f"--operators '{args.operators}': choose from {', '.join(OPERATORS)} (comma-separated)")
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise UserError(f"--only {args.only}: unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+
+    def want(group):
+        return not groups or group in groups
+
     rows = []
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
@@ -450,53 +519,65 @@ def main(argv=None):
             eval_variants = {op: variants if op == "npr" else [v for v in variants if v not in ("plain", "compile")]
                              for op in operators}
             n_eval = args.eval_images or (8 if args.quick else (64 if cuda else 4) * args.batch_size)
-            n_train = 8 if args.quick else (64 if cuda else 2) * args.batch_size
-            print(f"[{name}] model only ...", flush=True)
-            for size in (224, 40):
-                for op in operators:
-                    rows += isolated(bench_operator, device, size, args.batch_size, seconds, op)
-                    for v in model_variants[op]:
-                        rows += isolated(bench_model, device, size, args.batch_size, seconds, [v], op)
-            print(f"[{name}] end-to-end evaluation and training on generated PNGs ...", flush=True)
-            big = write_png_folder(os.path.join(tmp, name, "eval256"), n_eval, 256)
-            small = write_png_folder(os.path.join(tmp, name, "eval48"), n_eval * (1 if args.quick else 16), 48)
-            for op in operators:
-                for v in eval_variants[op]:
-                    rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, [v], 1, op)
-                    rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, [v], 1, op)
-            train_root = os.path.join(tmp, name, "train256")
-            write_png_folder(os.path.join(train_root, "train"), n_train, 256, seed=5)
-            for v in ["default", "channels_last", "cache"] + (["amp"] if cuda else []):
-                rows += isolated(bench_train, device, train_root, 256, 224, args.batch_size // 2, workers, [v],
-                                 os.path.join(tmp, name, "cache"))
-            train48 = os.path.join(tmp, name, "train48")
-            write_png_folder(os.path.join(train48, "train"), n_train * 8, 48, seed=6)
-            rows += isolated(bench_train, device, train48, 48, 40, args.batch_size // 2, workers, ["default"])
-            if not cuda:  # the same rows with glibc's defaults: what util.keep_freed_memory changes
-                print("[cpu] glibc as is, for comparison ...", flush=True)
+            n_train = args.train_images or (8 if args.quick else (64 if cuda else 2) * args.batch_size)
+            if want("model"):
+                print(f"[{name}] model only ...", flush=True)
                 for size in (224, 40):
-                    rows += isolated(bench_model, device, size, args.batch_size, seconds, ["default"],
-                                     allocator="system")
-                rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, ["default"],
-                                 allocator="system")
-                rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, ["default"],
-                                 allocator="system")
-                rows += isolated(bench_train, device, train_root, 256, 224, args.batch_size // 2, workers,
-                                 ["default"], allocator="system")
-                rows += isolated(bench_train, device, train48, 48, 40, args.batch_size // 2, workers, ["default"],
-                                 allocator="system")
+                    for op in operators:
+                        rows += isolated(bench_operator, device, size, args.batch_size, seconds, op)
+                        for v in model_variants[op]:
+                            rows += isolated(bench_model, device, size, args.batch_size, seconds, [v], op)
+            big, small = os.path.join(tmp, name, "eval256"), os.path.join(tmp, name, "eval48")
+            train_root, train48 = os.path.join(tmp, name, "train256"), os.path.join(tmp, name, "train48")
+            if want("e2e") or want("malloc") or want("loader"):
+                write_png_folder(big, n_eval, 256)
+                write_png_folder(small, n_eval * (1 if args.quick else 16), 48)
+                write_png_folder(os.path.join(train_root, "train"), n_train, 256, seed=5)
+                write_png_folder(os.path.join(train48, "train"), n_train * 8, 48, seed=6)
+            if want("e2e"):
+                print(f"[{name}] end-to-end evaluation and training on generated PNGs ...", flush=True)
+                for op in operators:
+                    for v in eval_variants[op]:
+                        rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, [v], 1, op)
+                        rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, [v], 1, op)
+                for v in ["default", "channels_last", "cache"] + (["amp"] if cuda else []):
+                    rows += isolated(bench_train, device, train_root, 256, 224, args.batch_size // 2, workers, [v],
+                                     os.path.join(tmp, name, "cache"))
+                rows += isolated(bench_train, device, train48, 48, 40, args.batch_size // 2, workers, ["default"])
+            if want("loader"):
+                rows += isolated(bench_loader, device, train_root, 256, 224, args.batch_size // 2, workers)
+            if not cuda and want("malloc"):  # with and without util.keep_freed_memory, back to back
+                print("[cpu] with and without keep_freed_memory ...", flush=True)
+                for allocator in ("scripts", "system"):
+                    for size in (224, 40):
+                        rows += isolated(bench_model, device, size, args.batch_size, seconds, ["default"],
+                                         allocator=allocator)
+                    for folder, load, crop in ((big, 256, 224), (small, 48, 40)):
+                        rows += isolated(bench_eval, device, folder, load, crop, args.batch_size, workers,
+                                         ["default"], allocator=allocator)
+                    for folder, load, crop in ((train_root, 256, 224), (train48, 48, 40)):
+                        rows += isolated(bench_train, device, folder, load, crop, args.batch_size // 2, workers,
+                                         ["default"], allocator=allocator)
+            checkpoint = os.path.join(tmp, "model.pth")
+            torch.save({"model": make_model(torch.device("cpu")).state_dict()}, checkpoint)
+            if not cuda and want("scripts"):
                 print("[cpu] test.py and predict.py, whole processes ...", flush=True)
-                checkpoint = os.path.join(tmp, "model.pth")
-                torch.save({"model": make_model(device).state_dict()}, checkpoint)
                 n_scripts = 16 if args.quick else 400
                 write_png_folder(os.path.join(tmp, "scripts", "suite", "gen"), n_scripts, 256, seed=7)
                 rows += bench_scripts(os.path.join(tmp, "scripts"), checkpoint, n_scripts, args.batch_size)
+            if not cuda and want("scan"):
+                print("[cpu] predict.py scans ...", flush=True)
                 rows += bench_scan(os.path.join(tmp, "scan"), checkpoint,
                                    (200, 2000) if args.quick else (10_000, 100_000))
-            n_scale = 16 if args.quick else 256
-            for mult in (1, 4):
-                folder = write_png_folder(os.path.join(tmp, name, f"scale{mult}"), n_scale * mult, 64, seed=mult)
-                rows += isolated(bench_scaling, device, folder, mult)
+            if not cuda and want("photo"):
+                print("[cpu] predict.py on one large photo ...", flush=True)
+                rows += bench_photo(os.path.join(tmp, "photo"), checkpoint,
+                                    ((1000, 750), (4000, 3000)) if args.quick else ((4000, 3000), (8000, 6000)))
+            if want("scaling"):
+                n_scale = 16 if args.quick else 256
+                for mult in (1, 4):
+                    folder = write_png_folder(os.path.join(tmp, name, f"scale{mult}"), n_scale * mult, 64, seed=mult)
+                    rows += isolated(bench_scaling, device, folder, mult)
     summary = summarize(rows)
     print(report(rows, summary, info))
     scripts = summarize_scripts(rows)
@@ -568,6 +649,7 @@ def summarize_scripts(rows):
     t_sys, t, p = (find(rows, what=w, variant=v) for w, v in (("test.py", "glibc as is"), ("test.py", "default"),
                                                               ("predict.py", "default")))
     scans = [r for r in rows if r["what"] == "predict.py scan"]
+    photos = [r for r in rows if r["what"] == "predict.py photo"]
     s = {}
     if t_sys and t:
         s["test.py speed-up from keep_freed_memory"] = t_sys["wall_s"] / t["wall_s"]
@@ -576,6 +658,8 @@ def summarize_scripts(rows):
     if len(scans) > 1:
         s[f"scan peak RSS, {scans[-1]['images']} / {scans[0]['images']} images"] = \
             scans[-1]["peak_mem_mb"] / scans[0]["peak_mem_mb"]
+    for r in photos:
+        s[f"predict.py peak RSS (MiB), one {r['variant']}"] = r["peak_mem_mb"]
     return s
 
 

@@ -10,9 +10,12 @@ internet. Scores come from ``engine.score_files`` (``networks.score_images``), t
 ``predict.py`` and the notebook API's ``predict_proba``, so the page and the command line give
 the same numbers for the same file.
 """
+import atexit
 import os
+import shutil
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
 
@@ -26,9 +29,12 @@ from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
 from options.base_options import OneLineErrorParser, size  # noqa: E402
 from util import UserError, run_cli, select_device, set_numerics  # noqa: E402
 
+MAX_UPLOAD = "50mb"   # per file: a 48 Mpx JPEG is 10-25 MB; larger uploads are refused by the server
+KEEP_SECONDS = 3600   # uploads (gradio's cache) and figures older than this are deleted
 COLUMNS = ["file", "P(fake)", "verdict", "size seen by the model", "resized", "note"]
 NOTES = {"unreadable": "cannot be read as an image (empty, corrupt or not an image)",
-         "too small": "too small: NPR needs at least 2x2 pixels"}
+         "too small": "too small: NPR needs at least 2x2 pixels",
+         "too large": "too large to decode (above Pillow's 89.5 Mpx limit): downscale it first"}
 # System fonts only: gradio's default theme would fetch its fonts from Google Fonts.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
@@ -57,12 +63,32 @@ def decide_threshold(model, choice, custom):
     return 0.5, "the paper's rule" + note
 
 
+def mini_note(model_path):
+    """A warning when the page serves NPR-mini's checkpoint, which has seen only 48 px patches."""
+    if "npr-mini" not in os.path.abspath(model_path).replace(os.sep, "/"):
+        return ""
+    return ("\n\n**This is the NPR-mini checkpoint** (`python train.py` without data): trained on 48-pixel "
+            "patches of a few photographs and four small auto-encoders, for a demonstration. On your own photos "
+            "its verdict says little. For real use, `python -m data.download weights` and "
+            "`python demo.py --model_path NPR.pth` (the authors' ProGAN-trained detector).")
+
+
+def prune(folder, max_age=KEEP_SECONDS):
+    """Delete files in ``folder`` older than ``max_age`` seconds."""
+    now = time.time()
+    for entry in os.scandir(folder):
+        if entry.is_file() and now - entry.stat().st_mtime > max_age:
+            os.remove(entry.path)
+
+
 def build_app(model, model_path, load_size=256):
     """The page: upload (or pick examples), choose the threshold, read the table and figures."""
     figures_dir = tempfile.mkdtemp(prefix="npr-demo-")
+    atexit.register(shutil.rmtree, figures_dir, ignore_errors=True)
     stored = f"{model.threshold:.4f}" if model.threshold is not None else "none in this checkpoint"
 
     def run(files, choice, custom, resize):
+        prune(figures_dir)
         paths = [f if isinstance(f, str) else f.name for f in (files or [])]
         if not paths:
             return [], [], "Upload one or several images first.", []
@@ -79,10 +105,12 @@ def build_app(model, model_path, load_size=256):
                     "size": r["size"], "resized": resize, "threshold": threshold} for r in rows]
         return table, gallery, status, details
 
-    with gr.Blocks(title="NPR detector") as app:
+    # delete_cache: gradio deletes uploaded files older than KEEP_SECONDS, checking as often.
+    with gr.Blocks(title="NPR detector", delete_cache=(KEEP_SECONDS, KEEP_SECONDS)) as app:
         gr.Markdown(f"# NPR: is this image generated?\nCheckpoint `{model_path}` (stored threshold: {stored}). "
                     "Pixels are kept as they are unless you tick *resize*: NPR reads traces between "
-                    "neighbouring pixels, which resizing smooths away.")
+                    "neighbouring pixels, which resizing smooths away. Images above 1 Mpx are scored in "
+                    f"512 px tiles; uploads are limited to {MAX_UPLOAD} per file." + mini_note(model_path))
         with gr.Row():
             with gr.Column():
                 files = gr.File(file_count="multiple", type="filepath", label="Images")
@@ -114,6 +142,12 @@ def get_args_parser():
     return p
 
 
+def serve(app, port, **kwargs):
+    """Launch the page on 127.0.0.1 only, with the upload limit (``MAX_UPLOAD`` per file)."""
+    return app.launch(server_name="127.0.0.1", server_port=port, share=False, theme=THEME,
+                      max_file_size=MAX_UPLOAD, **kwargs)
+
+
 def load_model(model_path, gpu_ids="0", ema=False):
     if not os.path.isfile(model_path):
         hint = "run `python train.py` first, or pass --model_path" if model_path == MINI_CHECKPOINT else \
@@ -129,7 +163,7 @@ def main(argv=None):
     model = load_model(args.model_path, args.gpu_ids, args.ema_weights)
     app = build_app(model, args.model_path, args.loadSize)
     print(f"Serving on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
-    app.launch(server_name="127.0.0.1", server_port=args.port, share=False, theme=THEME)
+    serve(app, args.port)
     return 0
 
 

@@ -24,6 +24,7 @@ from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from metrics import METRIC_KEYS, compute_metrics, metrics_at, resolve_threshold
 from networks import OPERATOR_NAMES, batch_probs, score_images
+from networks.detector import PIXEL_BUDGET, TILE
 from report import residual_figure
 from util import AMP_DTYPE, UserError
 
@@ -94,6 +95,17 @@ def eval_threshold(model, transform, cfg, threshold=None, calibrate_real=None, t
     return resolve_threshold(stored, threshold, calibrate_real, target_fpr, score_reals)
 
 
+def figure_pixels(pixels, name):
+    """(pixels, title) for an image's figure: above the pixel budget, its central TILE x TILE crop
+    (on NPR's 2x2 grid), so a phone photo's figure stays small."""
+    h, w = pixels.shape[-2:]
+    if h * w <= PIXEL_BUDGET:
+        return pixels, name
+    th, tw = min(h, TILE), min(w, TILE)
+    top, left = (h - th) // 4 * 2, (w - tw) // 4 * 2
+    return pixels[:, top:top + th, left:left + tw], f"{name} (central {tw}x{th} of {w}x{h})"
+
+
 def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figures_dir=None, first_number=0):
     """Yield one row per image file, in order, as batches finish (predict.py and demo.py): path,
     P(fake), verdict at ``threshold`` ('unreadable' / 'too small' for a skipped file), truncated,
@@ -112,9 +124,10 @@ def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figures_di
                 # numbered, since files in different folders often share a name
                 name = os.path.basename(s.image)
                 out = os.path.join(figures_dir, f"{i:04d}_{os.path.splitext(name)[0]}_{model.operator}.png")
+                pixels, label = figure_pixels(s.pixels, name)
                 with torch.inference_mode():
-                    residual = model.artifact(normalize_batch(s.pixels.unsqueeze(0).to(device))).float().cpu()
-                row["figure"] = residual_figure(s.pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, name,
+                    residual = model.artifact(normalize_batch(pixels.unsqueeze(0).to(device))).float().cpu()
+                row["figure"] = residual_figure(pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, label,
                                                 out, OPERATOR_NAMES[model.operator])
         yield row
 

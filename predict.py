@@ -18,7 +18,7 @@ import sys
 
 from tqdm import tqdm
 
-from data.discovery import IMG_EXTENSIONS, list_images
+from data.discovery import IMG_EXTENSIONS, FolderScan, file_kind, scan_images
 from data.images import ImageRule
 from data.loaders import default_workers
 from data.transforms import EvalTransform
@@ -32,18 +32,30 @@ LIST_AT_MOST = 50  # rows printed to the terminal without --list
 
 
 def expand_inputs(inputs):
-    """Files, folders and glob patterns -> sorted unique image paths."""
-    paths = []
+    """Files, folders and glob patterns -> sorted unique image paths. Entries that are not
+    regular files (a FIFO, a device, a link to one) and folders that cannot be read are named
+    in one warning and left out, never opened."""
+    paths, skipped = [], FolderScan()
     for item in inputs:
         if os.path.isdir(item):
-            paths += list_images(item)
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise UserError(f"'{item}' is not a file, a folder or a glob pattern that matches anything")
-            paths += [m for m in matches if os.path.isfile(m) and m.lower().endswith(IMG_EXTENSIONS)]
+            scan = scan_images(item)
+            paths += scan.images
+            skipped.not_regular += scan.not_regular
+            skipped.unreadable += scan.unreadable
+            continue
+        explicit = os.path.lexists(item)
+        matches = [item] if explicit else sorted(glob.glob(item, recursive=True))
+        if not matches:
+            raise UserError(f"'{item}' is not a file, a folder or a glob pattern that matches anything")
+        for m in matches:
+            kind = file_kind(m)
+            if kind in ("file", "a broken link") and (explicit or m.lower().endswith(IMG_EXTENSIONS)):
+                paths.append(m)
+            elif kind != "a folder" and (explicit or m.lower().endswith(IMG_EXTENSIONS)):
+                skipped.not_regular.append((m, kind))
+    line = skipped.skipped_line("the inputs")
+    if line:
+        log.warning(line)
     return list(dict.fromkeys(paths))
 
 
@@ -133,9 +145,10 @@ def main(argv=None):
     if args.list or len(mine) <= LIST_AT_MOST:
         print_rows(files)
     c = files.counts
-    skipped = c.get("unreadable", 0) + c.get("too small", 0)
+    skipped = c.get("unreadable", 0) + c.get("too small", 0) + c.get("too large", 0)
     print(f"{len(mine) - skipped} images scored ({c.get('truncated', 0)} of them truncated), {skipped} skipped "
-          f"(unreadable or too small): {c.get('fake', 0)} fake, {c.get('real', 0)} real at {threshold:.4f}")
+          f"(unreadable, too small or too large): {c.get('fake', 0)} fake, {c.get('real', 0)} real at "
+          f"{threshold:.4f}")
     print(f"Wrote {out}.csv, {out}.jsonl and {out}.json" + (f"; figures in {args.visualize}" if args.visualize else ""))
     if shard:
         merged = merge_if_last(args, settings, paths, info, shard[1])

@@ -44,9 +44,10 @@ LR_DECAY = 0.9  # the reference's networks/trainer.py: lr *= 0.9 after every del
 # ----------------------------------------------------------------------------- setup
 
 def init_distributed(gpu_ids, batch_size):
-    """(rank, world_size, device). Under torchrun: NCCL on CUDA, gloo on the CPU."""
+    """(rank, world_size, device). Under torchrun: NCCL on CUDA, gloo on the CPU (a process group
+    even for one process, so that a one-GPU torchrun checks the launch a multi-GPU run needs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if "RANK" not in os.environ:  # not started by torchrun
         return 0, 1, select_device(gpu_ids)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and str(gpu_ids).strip() != "-1"
@@ -357,7 +358,7 @@ def main(argv=None):
         test_after_training(model, args, eval_cfg)
     if writer is not None:
         writer.close()
-    if world > 1:
+    if dist.is_initialized():
         dist.destroy_process_group()
     return 0
 

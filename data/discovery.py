@@ -4,9 +4,14 @@ A *leaf* is a folder holding ``0_real`` and ``1_fake``. A dataset folder is a le
 holds category folders that are leaves (``progan/airplane/0_real``). Labels come from the
 folder: 0 = real, 1 = fake.
 """
+import logging
 import os
+import stat
+from dataclasses import dataclass, field
 
 from util import UserError
+
+log = logging.getLogger("npr")
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 LABEL_FOLDERS = (("0_real", 0), ("1_fake", 1))
@@ -46,13 +51,71 @@ def discover_leaves(root, classes=None):
     return [(c, os.path.join(root, c)) for c in cats]
 
 
-def list_images(folder):
-    """Image files below ``folder`` (recursively), sorted for a reproducible order."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+@dataclass
+class FolderScan:
+    """What ``scan_images`` found below a folder."""
+    images: list = field(default_factory=list)       # regular image files (links to them included)
+    not_regular: list = field(default_factory=list)  # (path, what it is): image names that are no file to read
+    unreadable: list = field(default_factory=list)   # (folder, why): subfolders that could not be listed
+
+    def skipped_line(self, folder):
+        """One line on what was skipped, or '' when nothing was."""
+        parts = []
+        if self.not_regular:
+            shown = ", ".join(f"{p} ({what})" for p, what in self.not_regular[:3])
+            parts.append(f"{len(self.not_regular)} image name(s) that are not regular files, never opened: {shown}"
+                         + (", ..." if len(self.not_regular) > 3 else ""))
+        if self.unreadable:
+            shown = ", ".join(f"{p} ({why})" for p, why in self.unreadable[:3])
+            parts.append(f"{len(self.unreadable)} folder(s) that could not be read: {shown}"
+                         + (", ..." if len(self.unreadable) > 3 else ""))
+        return f"skipped under {folder}: " + "; ".join(parts) if parts else ""
+
+
+def file_kind(path):
+    """'file' for a regular file (or a link to one); else what it is: a FIFO, a device, a socket,
+    a folder, a broken link. Reads no content, so a FIFO cannot block and /dev/zero is never read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return "a broken link" if os.path.islink(path) else f"not readable: {e.strerror or e}"
+    for test, what in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what + (" behind a link" if what != "file" and os.path.islink(path) else "")
+    return "not a regular file"
+
+
+def scan_images(folder):
+    """A ``FolderScan`` of the image files below ``folder`` (recursively, sorted for a reproducible
+    order): entries with an image name that are not regular files (FIFOs, devices, sockets, links
+    to them), and subfolders that cannot be listed, are set aside and named, never opened or
+    silently dropped. A broken link stays in: opening it fails at once, and it is counted as an
+    unreadable image."""
+    scan = FolderScan()
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=lambda e: scan.unreadable.append(
+            (e.filename, e.strerror or str(e)))):
         dirnames.sort()
-        out += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS)]
-    return out
+        for f in sorted(filenames):
+            if f.lower().endswith(IMG_EXTENSIONS):
+                path = os.path.join(dirpath, f)
+                kind = file_kind(path)
+                if kind in ("file", "a broken link"):  # a broken link fails to open: an unreadable image
+                    scan.images.append(path)
+                else:
+                    scan.not_regular.append((path, kind))
+    return scan
+
+
+def list_images(folder):
+    """Image files below ``folder`` (recursively), sorted for a reproducible order; what
+    ``scan_images`` sets aside is logged as one warning."""
+    scan = scan_images(folder)
+    line = scan.skipped_line(folder)
+    if line:
+        log.warning(line)
+    return scan.images
 
 
 def make_samples(root, classes=None):

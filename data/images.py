@@ -20,6 +20,10 @@ log = logging.getLogger("npr")
 
 # npr_residual works on 2x2 blocks: an image needs at least one of them.
 MIN_SIDE = 2
+# The hard decode limit: Pillow's own decompression-bomb limit (about 89.5 Mpx, e.g. 10000 x
+# 8900). A larger image is refused from its header, before any pixel is decoded; anything up
+# to it is decoded and, above networks.detector.PIXEL_BUDGET, scored in tiles.
+MAX_DECODE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 class ImageDecodeError(Exception):
@@ -28,6 +32,10 @@ class ImageDecodeError(Exception):
 
 class ImageTooSmallError(ImageDecodeError):
     """An image with a side under ``MIN_SIDE`` pixels after the transform."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image above ``MAX_DECODE_PIXELS``, refused from its header before decoding."""
 
 
 class UnusableImageError(UserError, ValueError):
@@ -40,17 +48,28 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
 
 def _decode(path):
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here instead
+        img = Image.open(path)
+        try:
+            if img.width * img.height > MAX_DECODE_PIXELS:
+                raise ImageTooLargeError(f"too large: {img.width}x{img.height} pixels is above the decode limit of "
+                                         f"{MAX_DECODE_PIXELS / 1e6:.1f} Mpx; downscale it first (this discards "
+                                         "some of the traces NPR reads)")
             img.load()
+            if img.mode == "RGB" and not getattr(img, "is_animated", False):
+                return img  # load() closed the file; convert("RGB") would only copy a photo's pixels
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 arr = np.asarray(img, dtype=np.float64)
                 top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-            elif img.mode == "F":
+                return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+            if img.mode == "F":
                 arr = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), "L")
+                return Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255)
+                                       .astype(np.uint8), "L").convert("RGB")
             return img.convert("RGB")
+        finally:
+            if img.mode != "RGB" or getattr(img, "is_animated", False):
+                img.close()
 
 
 def load_rgb(path, allow_truncated=True):
@@ -76,6 +95,10 @@ def load_rgb(path, allow_truncated=True):
             finally:
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
             truncated = True
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as e:  # above twice Pillow's limit: refused by Image.open itself
+        raise ImageTooLargeError(f"too large: {e}") from None
     except DECODE_ERRORS as e:
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
     if rgb.width < 1 or rgb.height < 1:
@@ -84,8 +107,20 @@ def load_rgb(path, allow_truncated=True):
     return rgb
 
 
+STRIP_PIXELS = 1 << 22  # large images are copied out of PIL in strips of this many pixels
+
+
 def pil_to_uint8_tensor(img):
-    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    """(3, H, W) uint8 view of one copy of an RGB image's pixels (channels-last in memory:
+    batching copies it anyway, and a lone large image is used as it is). A large image is
+    copied strip by strip: ``np.array(img)`` would hold a second full copy on the way."""
+    if img.width * img.height <= STRIP_PIXELS:
+        return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    arr = np.empty((img.height, img.width, 3), dtype=np.uint8)
+    step = max(1, STRIP_PIXELS // img.width)
+    for top in range(0, img.height, step):
+        arr[top:top + step] = np.asarray(img.crop((0, top, img.width, min(img.height, top + step))))
+    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def load_for_model(image, transform, rng=None, allow_truncated=True):
@@ -121,12 +156,14 @@ class ImageRule:
     report: object = log_skip
 
     def load(self, image, transform, rng=None):
-        """(uint8 tensor or None, truncated, why it was skipped: None, 'too small' or 'unreadable')."""
+        """(uint8 tensor or None, truncated, why it was skipped: None, 'too small', 'too large' or
+        'unreadable')."""
         try:
             x, truncated = load_for_model(image, transform, rng, allow_truncated=not self.skip_truncated)
         except ImageDecodeError as e:
             self.skip(image_name(image), e)
-            return None, False, "too small" if isinstance(e, ImageTooSmallError) else "unreadable"
+            return None, False, ("too small" if isinstance(e, ImageTooSmallError) else
+                                 "too large" if isinstance(e, ImageTooLargeError) else "unreadable")
         if truncated:
             log.warning("image %s is truncated: scored as far as it decodes, as the reference does "
                         "(--skip_truncated skips such files)", image_name(image))

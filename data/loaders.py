@@ -11,6 +11,7 @@
 import os
 import random
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from PIL import Image
@@ -65,9 +66,11 @@ class Batch:
         return self
 
 
-def collate_skipping(items):
+def collate_skipping(items, view_single=False):
     """Stack the usable images; report the others in ``Batch.skipped``. Items are
-    (image or None, label, index[, truncated[, why skipped]])."""
+    (image or None, label, index[, truncated[, why skipped]]). ``view_single`` (evaluation):
+    a batch of one image is a view of it, not a copy (a large photo is alone in its size
+    bucket)."""
     good = [it for it in items if it[0] is not None]
     skipped = [it[2] for it in items if it[0] is None]
     why = [it[4] if len(it) > 4 else "unreadable" for it in items if it[0] is None]
@@ -78,7 +81,8 @@ def collate_skipping(items):
     shapes = {tuple(it[0].shape) for it in good}
     if len(shapes) > 1:
         raise RuntimeError(f"images of different sizes {sorted(shapes)} in one batch; bucket them by size")
-    return Batch(torch.stack([it[0] for it in good]),
+    images = good[0][0].unsqueeze(0) if view_single and len(good) == 1 else torch.stack([it[0] for it in good])
+    return Batch(images,
                  torch.tensor([float(it[1]) for it in good]),
                  torch.tensor([it[2] for it in good], dtype=torch.long), skipped, truncated, why)
 
@@ -224,7 +228,8 @@ def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None,
     with workers and, on CUDA, pinned memory."""
     dataset = BinaryImageDataset(samples, transform, rule)
     batches = SizeBuckets([image for image, _ in dataset.samples], transform, batch_size, window)
-    return DataLoader(dataset, batch_sampler=batches, **loader_kwargs(num_workers, device))
+    kwargs = dict(loader_kwargs(num_workers, device), collate_fn=partial(collate_skipping, view_single=True))
+    return DataLoader(dataset, batch_sampler=batches, **kwargs)
 
 
 def make_train_loader(dataset, batch_size, sampler, num_workers=0, device=None):

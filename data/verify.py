@@ -29,7 +29,7 @@ from PIL import Image
 
 from util import UserError, run_cli
 from .benchmarks import find_suites, locate_generator
-from .discovery import LABEL_FOLDERS, discover_leaves, list_images
+from .discovery import LABEL_FOLDERS, FolderScan, discover_leaves, list_images, scan_images
 from .images import ImageDecodeError, load_rgb
 
 # Counts the benchmarks publish, per generator: (real, fake), or a total where only that is
@@ -82,13 +82,12 @@ def inspect_file(path):
     JPEG quality, and whether it decodes (fully, truncated, or not at all)."""
     out = {"path": path, "sha256": None, "format": None, "size": None, "quality": None, "status": "ok", "error": None}
     try:
-        with open(path, "rb") as f:
-            out["sha256"] = hashlib.sha256(f.read()).hexdigest()
+        out["sha256"] = file_hash(path)
         with Image.open(path) as img:
             out["format"], out["size"] = img.format, img.size
             if img.format == "JPEG":
                 out["quality"] = jpeg_quality(getattr(img, "quantization", None))
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         out.update(status="unreadable", error=f"{type(e).__name__}: {e}")
         return out
     try:
@@ -171,18 +170,26 @@ def count_check(suite, generator, real_n, fake_n):
 
 
 def class_files(folder):
-    """{label: [paths]} over a generator folder (a leaf, or category folders of leaves)."""
-    out = {0: [], 1: []}
+    """({label: [paths]}, FolderScan of what was set aside) over a generator folder (a leaf, or
+    category folders of leaves)."""
+    out, skipped = {0: [], 1: []}, FolderScan()
     for _, leaf in discover_leaves(folder):
         for name, label in LABEL_FOLDERS:
-            out[label] += list_images(os.path.join(leaf, name))
-    return out
+            scan = scan_images(os.path.join(leaf, name))
+            out[label] += scan.images
+            skipped.not_regular += scan.not_regular
+            skipped.unreadable += scan.unreadable
+    return out, skipped
 
 
 def file_hash(path):
+    """SHA-256 of a file, read in 1 MiB chunks; None when it cannot be read."""
     try:
+        h = hashlib.sha256()
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
     except OSError:
         return None
 
@@ -235,10 +242,10 @@ def verify(dataroot, suites=(), workers=None):
                 entry["missing"].append(gen.name)
                 continue
             used.add(os.path.normcase(os.path.abspath(folder)))
-            files = class_files(folder)
+            files, skipped = class_files(folder)
             infos = inspect_all(files[0] + files[1], workers)
             every_file.update(infos)
-            entry["generators"].append(generator_report(suite.name, gen.name, folder, files, infos))
+            entry["generators"].append(generator_report(suite.name, gen.name, folder, files, infos, skipped))
         if not suite.custom:
             for d in sorted(os.listdir(suite_dir)):
                 path = os.path.join(suite_dir, d)
@@ -261,7 +268,7 @@ def verify(dataroot, suites=(), workers=None):
     return report
 
 
-def generator_report(suite, name, folder, files, infos):
+def generator_report(suite, name, folder, files, infos, skipped):
     stats = {label: ClassStats() for label in (0, 1)}
     for label in (0, 1):
         for p in files[label]:
@@ -286,11 +293,17 @@ def generator_report(suite, name, folder, files, infos):
     if duplicates:
         n = sum(len(d) - 1 for d in duplicates)
         problems.append(f"{n} duplicate file{'s' if n != 1 else ''}")
+    if skipped.not_regular:
+        problems.append(f"{len(skipped.not_regular)} not regular files (not read)")
+    if skipped.unreadable:
+        problems.append(f"{len(skipped.unreadable)} unreadable folders")
     problems += bias
     return {"generator": name, "folder": folder, "real": stats[0].summary(), "fake": stats[1].summary(),
             "count_status": count_status, "count": count_text, "duplicates": duplicates, "bias": bias,
             "unreadable_files": stats[0].unreadable + stats[1].unreadable,
             "truncated_files": stats[0].truncated + stats[1].truncated,
+            "not_regular_files": [{"path": p, "kind": k} for p, k in skipped.not_regular],
+            "unreadable_folders": [{"path": p, "error": e} for p, e in skipped.unreadable],
             "verdict": "ok" if not problems else "; ".join(problems)}
 
 

@@ -65,11 +65,45 @@ def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model
 # of MB per layer; sub-batches of at most this many pixels give the same predictions with a
 # fraction of the memory, and no slower (docs/speed.md). 40-48 px batches stay whole.
 CPU_FORWARD_PIXELS = 8 * 256 * 256
+# The pixel budget: an image of at most this many pixels (1 Mpx: 1024 x 1024, the largest
+# images of the paper's benchmarks) is scored whole, as the reference does; a larger one (a
+# phone photo) in TILE x TILE tiles whose pooled features are averaged, so that memory stays
+# bounded whatever the image (docs/troubleshooting.md compares the two verdicts).
+PIXEL_BUDGET = 1024 * 1024
+TILE = 512  # a multiple of 8, the network's stride: tiles keep NPR's 2x2 grid and the feature grid
 
 
 def is_channels_last(model):
     """Whether ``model``'s convolution weights are in the channels-last layout (``prepare_model``)."""
     return next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+
+
+def _forward(model, x, device, channels_last, amp, features=False):
+    x = x.to(device, non_blocking=True)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=amp and device.type == "cuda"):
+        x = x if x.is_floating_point() else normalize_batch(x)
+        return (model.features(x) if features else model(x)).float()
+
+
+def tiles(height, width, tile=TILE):
+    """(top, left, height, width) of the tiles covering an image: origins on a ``tile`` grid, the
+    last row and column as large as what is left."""
+    return [(t, l, min(tile, height - t), min(tile, width - l))
+            for t in range(0, height, tile) for l in range(0, width, tile)]
+
+
+def tiled_logit(model, image, device, channels_last, amp):
+    """The logit of one image above ``PIXEL_BUDGET``: each tile's pooled features, weighted by the
+    size of its feature map (ceil(side / 8) per side), averaged, then the classifier; without
+    tile borders this is the whole image's average pooling."""
+    total, weight = 0.0, 0
+    for t, l, h, w in tiles(*image.shape[-2:]):
+        n = -(-h // 8) * -(-w // 8)
+        total = total + n * _forward(model, image[None, :, t:t + h, l:l + w], device, channels_last, amp, True)
+        weight += n
+    with torch.autocast(device.type, enabled=False):
+        return model.head(total / weight).float()
 
 
 @torch.inference_mode()
@@ -79,18 +113,17 @@ def batch_probs(model, images, channels_last=None, amp=False):
     Returns a float32 (N,) tensor on the CPU. On the device of ``model``; channels-last input
     when ``channels_last`` (None: when the model is, as ``prepare_model`` leaves it); float16
     autocast with ``amp`` on CUDA; on the CPU in sub-batches of ``CPU_FORWARD_PIXELS`` pixels.
+    Images above ``PIXEL_BUDGET`` pixels are scored in tiles (``tiled_logit``).
     """
     device = next(model.parameters()).device
     channels_last = is_channels_last(model) if channels_last is None else channels_last
-    step = len(images) if device.type != "cpu" else max(1, CPU_FORWARD_PIXELS // (images.shape[-1] * images.shape[-2]))
-    out = []
-    for i in range(0, len(images), max(1, step)):
-        x = images[i:i + step].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=amp and device.type == "cuda"):
-            logits = model(x if x.is_floating_point() else normalize_batch(x))
-        out.append(torch.sigmoid(logits.float()).flatten().cpu())
+    pixels = images.shape[-1] * images.shape[-2]
+    if pixels > PIXEL_BUDGET:
+        logits = [tiled_logit(model, im, device, channels_last, amp) for im in images]
+        return torch.sigmoid(torch.cat(logits)).flatten().cpu() if logits else torch.zeros(0)
+    step = len(images) if device.type != "cpu" else max(1, CPU_FORWARD_PIXELS // pixels)
+    out = [torch.sigmoid(_forward(model, images[i:i + step], device, channels_last, amp)).flatten().cpu()
+           for i in range(0, len(images), step)]
     return torch.cat(out) if out else torch.zeros(0)
 
 

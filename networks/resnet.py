@@ -155,15 +155,23 @@ class NPRResNet(nn.Module):
         # (tests/test_train_parity.py).
         return npr_residual(x) * 2.0 / 3.0
 
-    def forward(self, x):
+    def features(self, x):
+        """The pooled features (N, 512) of a normalised batch: everything before the classifier."""
         x = self.conv1(self.artifact(x))
         x = self.maxpool(self.relu(self.bn1(x)))
         x = self.layer2(self.layer1(x))
-        x = self.fc1(torch.flatten(self.avgpool(x), 1))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def head(self, features):
+        """One logit per row of pooled ``features``."""
+        x = self.fc1(features)
         if self.operator == "dwt":
             # softmax(z)[:, fake] == sigmoid(z_fake - z_real): one logit, as NPR's.
             return x[:, 1:] - x[:, :1]
         return x
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 def resnet50(pretrained=False, num_classes=1, operator="npr", **kwargs):

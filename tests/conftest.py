@@ -9,6 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; python gpu_check.py runs them)")
+
+
 def write_leaf(leaf, n_real=4, n_fake=4, size=(32, 32), seed=0):
     """A 0_real / 1_fake leaf of random PNGs; fakes carry a 2x2 nearest-neighbour pattern."""
     rng = np.random.default_rng(seed)

@@ -57,8 +57,7 @@ def served(tmp_path_factory):
     images += [str(tmp / "corrupt.png"), str(tmp / "tiny.png")]
     app = demo.build_app(demo.load_model(ckpt, "-1"), ckpt)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True,
-               theme=demo.THEME)
+    demo.serve(app, port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", ckpt, images, tmp
     app.close()
 
@@ -149,3 +148,25 @@ def test_in_a_real_browser(served):
         assert os.path.getsize(shot) > 10_000
     finally:
         driver.quit()
+
+
+def test_uploads_over_the_limit_are_refused(served):
+    import httpx
+    url = served[0]
+    big = b"\0" * (50 * 2**20 + 1)  # MAX_UPLOAD is 50 MB
+    r = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", big, "image/png")}, timeout=120)
+    assert r.status_code == 413, (r.status_code, r.text[:200])
+    ok = httpx.post(url + "gradio_api/upload", files={"files": ("small.png", b"\0" * 1000, "image/png")}, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_mini_checkpoint_is_flagged_and_old_figures_are_deleted(tmp_path):
+    assert "NPR-mini checkpoint" in demo.mini_note(demo.MINI_CHECKPOINT) and "NPR.pth" in demo.mini_note(
+        demo.MINI_CHECKPOINT)
+    assert demo.mini_note("NPR.pth") == ""
+    old, new = tmp_path / "old.png", tmp_path / "new.png"
+    old.write_bytes(b"x")
+    new.write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * demo.KEEP_SECONDS,) * 2)
+    demo.prune(str(tmp_path))
+    assert not old.exists() and new.exists()
