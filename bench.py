@@ -58,7 +58,7 @@ from report import format_table
 from util import AMP_DTYPE, UserError, keep_freed_memory, run_cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-GROUPS = ("model", "e2e", "loader", "malloc", "scripts", "scan", "photo", "scaling")
+GROUPS = ("model", "e2e", "loader", "malloc", "scripts", "scan", "photo", "scaling", "tiles")
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -414,6 +414,36 @@ def bench_photo(root, checkpoint, sizes):
     return rows
 
 
+def bench_tiles(model_path, scale=3):
+    """Tile verdict against whole-image verdict where both fit: scikit-image's photographs
+    enlarged ``scale`` times (nearest-neighbour, which leaves up-sampling traces, and bicubic)
+    above the pixel budget, scored whole (the model's own forward) and in tiles (``batch_probs``)."""
+    from skimage import data as skdata
+    from networks import load_detector
+    from networks.detector import PIXEL_BUDGET
+    model = prepare_model(load_detector(model_path, device="cpu"), torch.device("cpu"))
+    names = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+             "motorcycle_left")
+    rows = []
+    for name in names:
+        try:
+            img = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+        except Exception:  # a photograph this scikit-image does not ship (or cannot fetch offline)
+            continue
+        for how, method in (("nearest", Image.NEAREST), ("bicubic", Image.BICUBIC)):
+            big = img.resize((img.width * scale, img.height * scale), method)
+            if big.width * big.height <= PIXEL_BUDGET:
+                continue
+            x = torch.from_numpy(np.array(big)).permute(2, 0, 1)[None]
+            with torch.inference_mode():
+                whole = torch.sigmoid(model(normalize_batch(x).contiguous(memory_format=torch.channels_last))).item()
+            tiled = batch_probs(model, x).item()
+            rows.append({"image": f"{name} x{scale} {how}", "size": f"{big.width}x{big.height}", "whole": whole,
+                         "tiled": tiled, "abs_diff": abs(whole - tiled),
+                         "same_verdict": (whole > 0.5) == (tiled > 0.5)})
+    return rows
+
+
 def bench_scan(root, checkpoint, counts, size=16):
     """Peak RSS of predict.py scanning folders of ``counts`` small images: flat when rows stream."""
     rows = []
@@ -476,6 +506,7 @@ def get_args_parser():
     p.add_argument("--operators", default="npr,dwt",
                    help="artifact operators to measure: npr, dwt (SAFE's); the later ones only in the model-only "
                         "and evaluation rows")
+    p.add_argument("--model_path", default=None, help="checkpoint for the tiles group")
     p.add_argument("--only", default="",
                    help=f"comma-separated groups to run (default: all): {', '.join(GROUPS)}")
     p.add_argument("--quick", action="store_true", help="short smoke run: tiny folders, 1 s per measurement")
@@ -573,6 +604,14 @@ def main(argv=None):
                 print("[cpu] predict.py on one large photo ...", flush=True)
                 rows += bench_photo(os.path.join(tmp, "photo"), checkpoint,
                                     ((1000, 750), (4000, 3000)) if args.quick else ((4000, 3000), (8000, 6000)))
+            if not cuda and want("tiles"):
+                if not args.model_path:
+                    raise UserError("--only tiles needs --model_path: a trained checkpoint (e.g. python train.py's)")
+                tile_rows = bench_tiles(args.model_path)
+                print(format_table(tile_rows, [("image", "image"), ("size", "size"), ("whole", "P(fake) whole"),
+                                               ("tiled", "P(fake) tiled"), ("abs_diff", "|difference|")],
+                                   floatfmt="{:.4f}"))
+                info["tiles"] = tile_rows
             if want("scaling"):
                 n_scale = 16 if args.quick else 256
                 for mult in (1, 4):

@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -40,10 +41,21 @@ from .sources import SOURCES, source_by_name
 
 CHUNK = 1 << 20
 TIMEOUT = 60  # seconds without data before a transfer is given up (it resumes on the next run)
+# A transfer slower than STALL_BYTES per STALL_SECONDS (1 KiB/s over a minute) is given up too:
+# a server that drips a byte now and then never trips TIMEOUT. The next run resumes it.
+STALL_SECONDS, STALL_BYTES = 60.0, 60 * 1024
 
 
 class DownloadError(UserError):
     """A download, check or extraction that failed; the message names the source and what to do."""
+
+
+class ChecksumError(Exception):
+    """A file whose SHA-256 differs from the published one."""
+
+
+class UnsafeArchiveError(Exception):
+    """An archive with an entry that would be written outside the target folder, or a link out of it."""
 
 
 def failure(source, what, reason):
@@ -63,32 +75,111 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def fetch_url(url, dest, sha256=None, progress=True):
+def content_length(value):
+    """Content-Length as an int, None when absent; a malformed one is an error that says so."""
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise OSError(f"the server sent an invalid Content-Length ({value!r})")
+    return n
+
+
+def range_start_and_total(content_range):
+    """(first byte, total or None) of a 'bytes a-b/N' or 'bytes */N' Content-Range; None if unreadable."""
+    try:
+        unit, spec = content_range.split(" ", 1)
+        span, total = spec.split("/")
+        first = None if span == "*" else int(span.split("-")[0])
+        return first, None if total == "*" else int(total)
+    except (AttributeError, ValueError):
+        return None, None
+
+
+def fetch_url(url, dest, sha256=None, progress=True, validate=None):
     """Download ``url`` to ``dest``, resuming ``dest.part`` with a range request when the server
-    allows it (otherwise from the start). With ``sha256`` the file is checked and removed on a
-    mismatch. Raises urllib / OS errors and ``ValueError`` (checksum) for the caller to word."""
+    allows it (otherwise from the start). The file is renamed to ``dest`` only once it is
+    whole: its length matches Content-Length / Content-Range, its SHA-256 the published one
+    (``ChecksumError``; the file is removed) and ``validate(path)`` passes (it raises
+    ``ValueError``; the file is removed). A server that resumes at another byte than asked, or
+    refuses to resume a partial file that is in fact complete (HTTP 416), is handled; a stalled
+    transfer raises ``OSError`` and keeps the partial file for the next run."""
     part = dest + ".part"
     start = os.path.getsize(part) if os.path.exists(part) else 0
     request = urllib.request.Request(url, headers={"User-Agent": "npr-reproduction/1.0"})
     if start:
         request.add_header("Range", f"bytes={start}-")
-    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-        resumed = start and response.status == 206
-        total = response.headers.get("Content-Length")
-        total = int(total) + (start if resumed else 0) if total is not None else None
-        with open(part, "ab" if resumed else "wb") as f, \
-                tqdm(total=total, initial=start if resumed else 0, unit="B", unit_scale=True,
-                     desc=os.path.basename(dest), disable=None if progress else True) as bar:
-            for block in iter(lambda: response.read(CHUNK), b""):
-                f.write(block)
-                bar.update(len(block))
+    total = None
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT)
+    except urllib.error.HTTPError as e:
+        if e.code != 416 or not start:
+            raise
+        # Range not satisfiable: the partial file may already be whole (killed before the rename).
+        _, total = range_start_and_total(e.headers.get("Content-Range"))
+        if total != start:
+            os.remove(part)
+            raise OSError("the server refused to resume the partial file (HTTP 416); it was removed, run again "
+                          "to download from the start") from None
+        response = None
+    if response is not None:
+        with response:
+            resumed = bool(start) and response.status == 206
+            if resumed:
+                first, total = range_start_and_total(response.headers.get("Content-Range"))
+                if first != start:
+                    os.remove(part)
+                    raise OSError(f"the server resumed at byte {first} instead of {start}; the partial file was "
+                                  "removed, run again to download from the start")
+            length = content_length(response.headers.get("Content-Length"))
+            if total is None and length is not None:
+                total = length + (start if resumed else 0)
+            with open(part, "ab" if resumed else "wb") as f, \
+                    tqdm(total=total, initial=start if resumed else 0, unit="B", unit_scale=True,
+                         desc=os.path.basename(dest), disable=None if progress else True) as bar:
+                window_start, window_bytes = time.monotonic(), 0
+                for block in iter(lambda: response.read1(CHUNK), b""):
+                    f.write(block)
+                    bar.update(len(block))
+                    window_bytes += len(block)
+                    if time.monotonic() - window_start >= STALL_SECONDS:
+                        if window_bytes < STALL_BYTES:
+                            raise OSError(f"the transfer stalled ({window_bytes} bytes in the last "
+                                          f"{STALL_SECONDS:.0f} s)")
+                        window_start, window_bytes = time.monotonic(), 0
     if total is not None and os.path.getsize(part) != total:
         raise OSError(f"the transfer ended after {os.path.getsize(part)} of {total} bytes; run again to resume")
     if sha256 and sha256_of(part) != sha256:
         os.remove(part)
-        raise ValueError(f"SHA-256 mismatch for {os.path.basename(dest)} (expected {sha256}); the file was removed")
+        raise ChecksumError(f"SHA-256 mismatch for {os.path.basename(dest)} (expected {sha256}); the file was removed")
+    if validate is not None:
+        try:
+            validate(part)
+        except ValueError:
+            os.remove(part)
+            raise
     os.replace(part, dest)
     return dest
+
+
+def check_weights_file(path):
+    """Raise ``ValueError`` unless ``path`` looks like a whole PyTorch checkpoint: a zip (what
+    ``torch.save`` writes) whose end record is there, or a legacy pickle. An HTML page (a quota
+    or login page saved under the checkpoint's name) or a cut-off file is refused."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            raise ValueError("a PyTorch checkpoint cut short (its zip directory is missing)")
+        return
+    if head[:1] == b"\x80":  # a legacy (pre-1.6) pickle checkpoint
+        return
+    shown = head[:32].decode("ascii", "replace").strip()
+    what = "a web page (a quota or sign-in page?)" if b"<" in head[:16] else "not a PyTorch checkpoint"
+    raise ValueError(f"the file is {what}, starting with {shown!r}")
 
 
 def gdown_fetch(kind, drive_id, dest):
@@ -114,18 +205,29 @@ def matching(folder, patterns):
                    if not p.endswith(".part")})
 
 
-def fetch(source, folder, progress=True):
+def check_placed(source, paths):
+    """Apply the published SHA-256 (where there is one) to archives already in place."""
+    published = dict(source.sha256)
+    for p in paths:
+        expected = published.get(os.path.basename(p))
+        if expected and sha256_of(p) != expected:
+            raise DownloadError(f"{source.name}: {p} does not match the published SHA-256 ({expected}); remove it "
+                                "(the next run downloads it anew) or put the right file there")
+    return paths
+
+
+def fetch(source, folder, progress=True, validate=None):
     """The archives of ``source`` in ``folder``: those already there (downloaded before, or put
-    there by hand), else fetched now."""
+    there by hand; checked against the published SHA-256), else fetched now."""
     incomplete = os.path.join(folder, ".incomplete")
     present = matching(folder, source.archives)
     if present and not os.path.exists(incomplete) and all(glob.glob(os.path.join(folder, a)) for a in source.archives
                                                            if "*" not in a):
-        return present
+        return check_placed(source, present)
     try:
         if source.kind == "url":
             dest = os.path.join(folder, source.archives[0])
-            return [fetch_url(source.location, dest, dict(source.sha256).get(source.archives[0]), progress)]
+            return [fetch_url(source.location, dest, dict(source.sha256).get(source.archives[0]), progress, validate)]
         if source.kind in ("gdrive_file", "gdrive_folder"):
             open(incomplete, "w").close()  # a folder download is whole only when gdown returns
             target = os.path.join(folder, source.archives[0]) if source.kind == "gdrive_file" else folder
@@ -136,8 +238,10 @@ def fetch(source, folder, progress=True):
         raise failure(source, f"the download of {source.url}", f"HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise failure(source, f"the download of {source.url}", str(e.reason)) from None
-    except ValueError as e:
+    except ChecksumError as e:
         raise failure(source, "the checksum", str(e)) from None
+    except ValueError as e:  # validate() refused the file
+        raise failure(source, f"the download of {source.url}", f"{e}; the file was removed") from None
     except (OSError, RuntimeError, http.client.HTTPException) as e:
         reason = str(e) or type(e).__name__
         if os.path.exists(os.path.join(folder, source.archives[0] + ".part")):
@@ -214,25 +318,41 @@ def join_split_zip(parts, out):
     return out
 
 
+def check_space(dest, needed, what):
+    """Raise ``OSError`` (no space) when ``dest``'s disk has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(dest).free
+    if needed > free:
+        raise OSError(28, f"{what} needs {needed / 1e9:.2f} GB free in {dest}, only {free / 1e9:.2f} GB are; free "
+                          "space or use another --root, then run again")
+
+
 def extract(path, dest):
-    """Extract a tar(.gz) or zip archive into ``dest`` (no path may leave it)."""
+    """Extract a tar(.gz) or zip archive into ``dest``: no path may leave it (``UnsafeArchiveError``),
+    and the free space is checked against the sizes the archive declares (the zip's directory up
+    front, each tar member before it is written)."""
     kind = archive_kind(path)
     if kind in ("tar.gz", "tar"):
+        root = os.path.realpath(dest)
         with tarfile.open(path, "r:gz" if kind == "tar.gz" else "r:") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="data")  # refuses absolute paths, '..', links out of dest
-            else:  # Python before 3.11.4 / 3.10.12 / 3.9.17
-                root = os.path.realpath(dest)
-                for m in tar.getmembers():
-                    if not os.path.realpath(os.path.join(dest, m.name)).startswith(root + os.sep) or m.issym() or m.islnk():
-                        raise ValueError(f"the entry '{m.name}' would be written outside {dest}")
-                tar.extractall(dest)
+            for m in tar:
+                check_space(dest, m.size, f"extracting {m.name} ({m.size} bytes)")
+                if hasattr(tarfile, "data_filter"):
+                    try:  # refuses absolute paths, '..', links out of dest, devices
+                        tar.extract(m, dest, filter="data")
+                    except tarfile.FilterError as e:
+                        raise UnsafeArchiveError(str(e)) from None
+                else:  # Python before 3.11.4 / 3.10.12 / 3.9.17
+                    if not os.path.realpath(os.path.join(dest, m.name)).startswith(root + os.sep) or m.issym() \
+                            or m.islnk() or m.isdev():
+                        raise UnsafeArchiveError(f"the entry '{m.name}' would be written outside {dest}")
+                    tar.extract(m, dest)
     elif kind == "zip":
         with zipfile.ZipFile(path) as z:
             root = os.path.realpath(dest)
             for name in z.namelist():
                 if not os.path.realpath(os.path.join(dest, name)).startswith(root + os.sep):
-                    raise ValueError(f"the entry '{name}' would be written outside {dest}")
+                    raise UnsafeArchiveError(f"the entry '{name}' would be written outside {dest}")
+            check_space(dest, sum(i.file_size for i in z.infolist()), f"extracting {os.path.basename(path)}")
             z.extractall(dest)
     else:
         raise ValueError("neither a tar.gz nor a zip archive")
@@ -242,7 +362,9 @@ def flatten_single_folder(folder):
     """When ``folder`` holds only one folder (an archive's top folder), move its content up."""
     entries = [e for e in os.listdir(folder) if not e.startswith(".")]
     if len(entries) == 1 and os.path.isdir(os.path.join(folder, entries[0])):
-        inner = os.path.join(folder, entries[0])
+        # Renamed first: the top folder may hold a folder of its own name (Suite/Suite/...).
+        inner = os.path.join(folder, ".flatten-" + entries[0])
+        os.rename(os.path.join(folder, entries[0]), inner)
         for e in os.listdir(inner):
             shutil.move(os.path.join(inner, e), os.path.join(folder, e))
         os.rmdir(inner)
@@ -261,13 +383,22 @@ def install(source, archives, root, folder):
     for a in list(joined) + [a for a in archives if a not in in_parts]:
         try:
             extract(a, staging)
-        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as e:
+        except UnsafeArchiveError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise failure(source, f"extracting {os.path.basename(a)}",
+                          f"unsafe archive: {e}; nothing was installed, the archive is kept at {a} for inspection")
+        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+            # Only an archive that cannot be read is deleted: a full disk or a permission error is not its fault.
             for bad in [a] + joined.get(a, []):
                 os.remove(bad)
             shutil.rmtree(staging, ignore_errors=True)
             raise failure(source, f"extracting {os.path.basename(a)}",
                           f"{type(e).__name__}: {e}; the archive is corrupt and was removed, run again to download "
                           "it anew") from None
+        except OSError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise failure(source, f"extracting {os.path.basename(a)}",
+                          f"{e.strerror or e}; the archive is kept, nothing was installed") from None
     for j in joined:
         os.remove(j)
     flatten_single_folder(staging)
@@ -292,10 +423,14 @@ def download(source, root, keep_archives=False, weights_path="NPR.pth", progress
         path = weights_path if source.name == "weights" else \
             os.path.join(os.path.dirname(os.path.abspath(weights_path)), source.archives[0])
         if os.path.isfile(path):
-            return path
+            try:
+                check_weights_file(path)
+                return path
+            except ValueError as e:
+                raise DownloadError(f"{source.name}: {path} is there but {e}; remove it and run again") from None
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        return fetch(replace(source, archives=(os.path.basename(path),)), folder, progress)[0]
+        return fetch(replace(source, archives=(os.path.basename(path),)), folder, progress, check_weights_file)[0]
     folder = os.path.join(root, ".downloads", source.name)
     marker, target = folder + ".done", os.path.join(root, source.target)
     if os.path.isfile(marker) and os.path.isdir(target):
