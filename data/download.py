@@ -13,6 +13,12 @@ checked (size and SHA-256 where published, and that they open), extracted (tar.g
 split zip) into the folder ``test.py`` discovers, then deleted unless ``--keep_archives``.
 An archive you downloaded by hand and put in ``<root>/.downloads/<name>/`` is used as it is.
 
+A file is renamed into place only once it is whole and checked; only an archive that cannot be
+read is ever deleted (docs/troubleshooting.md lists what each failure says). The transfers are
+written on urllib rather than a fetching library: pooch, the usual choice for checksummed
+downloads, starts an interrupted transfer again from byte zero, and resuming is what matters for
+archives of 19-72 GB.
+
 A failed or refused download ends with one line naming the source and the manual link.
 Google Drive needs the ``gdown`` package (``pip install gdown``); nothing here runs on import.
 """
