@@ -140,3 +140,31 @@ def test_a_photo_above_the_budget_gets_a_verdict_through_predict_py(tmp_path, si
     assert "1 images scored" in r.stdout
     fig = os.listdir(tmp_path / "fig")
     assert len(fig) == 1
+
+
+def test_the_verifier_hashes_in_chunks(tmp_path, monkeypatch):
+    """A large non-image is hashed 1 MiB at a time, not read whole into memory."""
+    import hashlib
+    import data.verify as verify_module
+    data = os.urandom(1 << 20) * 3 + b"tail"
+    (tmp_path / "big.png").write_bytes(data)
+    sizes = []
+
+    class Spy:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            sizes.append(n)
+            return self.f.read(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(verify_module, "open", lambda p, mode="r": Spy(open(p, mode)), raising=False)
+    info = verify_module.inspect_file(str(tmp_path / "big.png"))
+    assert info["sha256"] == hashlib.sha256(data).hexdigest() and info["status"] == "unreadable"
+    assert sizes and all(0 < n <= 1 << 20 for n in sizes)
