@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from util import UserError
+from .discovery import file_kind
 
 log = logging.getLogger("npr")
 
@@ -47,6 +48,9 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
 
 
 def _decode(path):
+    kind = file_kind(path) if isinstance(path, (str, bytes, os.PathLike)) else "file"
+    if kind not in ("file", "a broken link"):  # a FIFO would block, /dev/zero would never end
+        raise ImageDecodeError(f"not a regular file ({kind}): never opened")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here instead
         img = Image.open(path)

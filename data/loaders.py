@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .discovery import file_kind
 from .images import ImageRule
 
 
@@ -136,6 +137,8 @@ def image_size(path):
     be opened."""
     if isinstance(path, Image.Image):
         return path.size
+    if isinstance(path, (str, bytes, os.PathLike)) and file_kind(path) != "file":  # a FIFO would block here
+        return None
     try:
         with Image.open(path) as img:
             return img.size

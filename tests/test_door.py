@@ -168,3 +168,12 @@ def test_the_verifier_hashes_in_chunks(tmp_path, monkeypatch):
     info = verify_module.inspect_file(str(tmp_path / "big.png"))
     assert info["sha256"] == hashlib.sha256(data).hexdigest() and info["status"] == "unreadable"
     assert sizes and all(0 < n <= 1 << 20 for n in sizes)
+
+
+def test_predict_proba_given_a_fifo_by_path_does_not_hang(tmp_path):
+    from networks import predict_proba
+    os.mkfifo(tmp_path / "pipe.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "ok.png")
+    with pytest.warns(UserWarning, match="not a regular file"):
+        probs = predict_proba(resnet50().eval(), [str(tmp_path / "pipe.png"), str(tmp_path / "ok.png")])
+    assert torch.isnan(probs[0]) and not torch.isnan(probs[1])
