@@ -108,7 +108,7 @@ def figure_pixels(pixels, name):
 
 def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figures_dir=None, first_number=0):
     """Yield one row per image file, in order, as batches finish (predict.py and demo.py): path,
-    P(fake), verdict at ``threshold`` ('unreadable' / 'too small' for a skipped file), truncated,
+    P(fake), verdict at ``threshold`` ('unreadable' / 'too small' / 'too large' for a skipped file), truncated,
     the size the model saw and, with ``figures_dir``, the figure of the model's artifact
     operator (the NPR residual, or SAFE's wavelet sub-band) written there, numbered from
     ``first_number``. Scores come from ``score_images`` with ``cfg``'s batching and rule."""

@@ -18,7 +18,7 @@ import sys
 
 from tqdm import tqdm
 
-from data.discovery import IMG_EXTENSIONS, FolderScan, file_kind, scan_images
+from data.discovery import IMG_EXTENSIONS, FolderScan, scan_images, unopenable
 from data.images import ImageRule
 from data.loaders import default_workers
 from data.transforms import EvalTransform
@@ -48,10 +48,12 @@ def expand_inputs(inputs):
         if not matches:
             raise UserError(f"'{item}' is not a file, a folder or a glob pattern that matches anything")
         for m in matches:
-            kind = file_kind(m)
-            if kind in ("file", "a broken link") and (explicit or m.lower().endswith(IMG_EXTENSIONS)):
+            if os.path.isdir(m) or not (explicit or m.lower().endswith(IMG_EXTENSIONS)):
+                continue
+            kind = unopenable(m)
+            if kind is None:
                 paths.append(m)
-            elif kind != "a folder" and (explicit or m.lower().endswith(IMG_EXTENSIONS)):
+            else:
                 skipped.not_regular.append((m, kind))
     line = skipped.skipped_line("the inputs")
     if line:
@@ -76,7 +78,8 @@ def merge_if_last(args, settings, paths, info, n):
     """When every one of the n shards is complete, write the merged ``--output`` files (once)."""
     parts = [PredictionFiles(f"{args.output}.shard{k}of{n}", settings, shard_paths(paths, k, n), paths, (k, n))
              for k in range(1, n + 1)]
-    if not all((p.meta() or {}).get("complete") and p.meta()["settings"] == p.settings for p in parts):
+    metas = [p.meta() or {} for p in parts]
+    if not all(m.get("complete") and m.get("settings") == p.settings for m, p in zip(metas, parts)):
         return None
     merged = PredictionFiles(args.output, settings, paths)
     try:  # the shard that finishes last merges; if two finish together, one does
@@ -123,8 +126,7 @@ def main(argv=None):
     settings = {"model_path": args.model_path, "ema": args.ema_weights, "threshold": threshold,
                 "resize": args.resize, "loadSize": args.loadSize if args.resize else None,
                 "skip_truncated": args.skip_truncated}
-    info = {"model_path": args.model_path, "ema": args.ema_weights, "threshold": threshold,
-            "threshold_source": source, "resize": args.resize}
+    info = {**{k: settings[k] for k in ("model_path", "ema", "threshold", "resize")}, "threshold_source": source}
     out = f"{args.output}.shard{shard[0]}of{shard[1]}" if shard else args.output
     files = PredictionFiles(out, settings, mine, paths if shard else None, shard)
     done = files.open(args.overwrite)

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from metrics import SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
-from util import log
+from util import log, sha256_of, write_json_atomically
 
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.
@@ -102,14 +102,6 @@ def groups(rows):
 
 
 # ----------------------------------------------------------------------------- files
-
-def sha256_of(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, figures=(), summary=(),
                   thresholds=None):
@@ -319,13 +311,6 @@ def inputs_fingerprint(paths):
     for p in paths:
         h.update(p.encode("utf-8", "surrogateescape") + b"\0")
     return h.hexdigest()[:16]
-
-
-def write_json_atomically(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 class PredictionFiles:

@@ -1,5 +1,7 @@
 """Small helpers shared by the scripts: user-facing errors, devices, seeding, logging."""
 import ctypes
+import hashlib
+import json
 import logging
 import os
 import random
@@ -42,6 +44,23 @@ def keep_freed_memory():
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def sha256_of(path, chunk=1 << 20):
+    """SHA-256 (hex) of a file, read ``chunk`` bytes at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomically(obj, path):
+    """``json.dump`` to a temporary file beside ``path``, then rename: a reader never sees half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
 
 
 def run_cli(main, argv=None):

@@ -87,6 +87,16 @@ def file_kind(path):
     return "not a regular file"
 
 
+def unopenable(path):
+    """None when ``path`` may be opened as an image: a regular file, a link to one, a broken link
+    (opening it fails at once: an unreadable image), or no path at all (a PIL image, a file
+    object); else what it is (``file_kind``), which must never be opened."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return None
+    kind = file_kind(path)
+    return None if kind in ("file", "a broken link") else kind
+
+
 def scan_images(folder):
     """A ``FolderScan`` of the image files below ``folder`` (recursively, sorted for a reproducible
     order): entries with an image name that are not regular files (FIFOs, devices, sockets, links
@@ -100,8 +110,8 @@ def scan_images(folder):
         for f in sorted(filenames):
             if f.lower().endswith(IMG_EXTENSIONS):
                 path = os.path.join(dirpath, f)
-                kind = file_kind(path)
-                if kind in ("file", "a broken link"):  # a broken link fails to open: an unreadable image
+                kind = unopenable(path)
+                if kind is None:
                     scan.images.append(path)
                 else:
                     scan.not_regular.append((path, kind))

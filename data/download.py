@@ -24,7 +24,6 @@ Google Drive needs the ``gdown`` package (``pip install gdown``); nothing here r
 """
 import argparse
 import glob
-import hashlib
 import http.client
 import json
 import os
@@ -42,7 +41,7 @@ from dataclasses import replace
 
 from tqdm import tqdm
 
-from util import UserError, run_cli
+from util import UserError, run_cli, sha256_of
 from .sources import SOURCES, source_by_name
 
 CHUNK = 1 << 20
@@ -72,14 +71,6 @@ def failure(source, what, reason):
 
 
 # ----------------------------------------------------------------------------- transfers
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def content_length(value):
     """Content-Length as an int, None when absent; a malformed one is an error that says so."""

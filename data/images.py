@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from util import UserError
-from .discovery import file_kind
+from .discovery import unopenable
 
 log = logging.getLogger("npr")
 
@@ -48,19 +48,21 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
 
 
 def _decode(path):
-    kind = file_kind(path) if isinstance(path, (str, bytes, os.PathLike)) else "file"
-    if kind not in ("file", "a broken link"):  # a FIFO would block, /dev/zero would never end
+    kind = unopenable(path)
+    if kind is not None:  # a FIFO would block, /dev/zero would never end
         raise ImageDecodeError(f"not a regular file ({kind}): never opened")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here instead
         img = Image.open(path)
+        keep = False  # whether the opened image itself is returned (then it must stay open)
         try:
             if img.width * img.height > MAX_DECODE_PIXELS:
                 raise ImageTooLargeError(f"too large: {img.width}x{img.height} pixels is above the decode limit of "
                                          f"{MAX_DECODE_PIXELS / 1e6:.1f} Mpx; downscale it first (this discards "
                                          "some of the traces NPR reads)")
             img.load()
-            if img.mode == "RGB" and not getattr(img, "is_animated", False):
+            keep = img.mode == "RGB" and not getattr(img, "is_animated", False)
+            if keep:
                 return img  # load() closed the file; convert("RGB") would only copy a photo's pixels
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 arr = np.asarray(img, dtype=np.float64)
@@ -72,7 +74,7 @@ def _decode(path):
                                        .astype(np.uint8), "L").convert("RGB")
             return img.convert("RGB")
         finally:
-            if img.mode != "RGB" or getattr(img, "is_animated", False):
+            if not keep:
                 img.close()
 
 

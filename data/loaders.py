@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .discovery import file_kind
+from .discovery import unopenable
 from .images import ImageRule
 
 
@@ -60,7 +60,7 @@ class Batch:
     indices: torch.Tensor  # long (N,): positions in the dataset
     skipped: list  # dataset indices that could not be used (unreadable or too small)
     truncated: list = ()  # dataset indices of truncated files that were scored
-    skipped_why: list = ()  # for each of ``skipped``: 'unreadable' or 'too small'
+    skipped_why: list = ()  # for each of ``skipped``: 'unreadable', 'too small' or 'too large'
 
     def pin_memory(self):
         self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
@@ -137,7 +137,7 @@ def image_size(path):
     be opened."""
     if isinstance(path, Image.Image):
         return path.size
-    if isinstance(path, (str, bytes, os.PathLike)) and file_kind(path) != "file":  # a FIFO would block here
+    if unopenable(path):  # a FIFO would block here; the loader reports it as unusable
         return None
     try:
         with Image.open(path) as img:
@@ -176,6 +176,8 @@ class SizeBuckets:
     def __init__(self, images, transform, batch_size, window=None):
         self.images, self.transform, self.batch_size = images, transform, batch_size
         self.window = window or max(1, len(images))
+        # a resize or crop gives every image the same size: batches in order, no header read
+        self.fixed = transform is not None and (transform.resize or transform.crop)
 
     def output_size(self, image):
         size = image_size(image)
@@ -185,20 +187,16 @@ class SizeBuckets:
 
     def __iter__(self):
         n, bs = len(self.images), self.batch_size
-        fixed = self.transform is not None and (self.transform.resize or self.transform.crop)
         for start in range(0, n, self.window):
             stop = min(n, start + self.window)
-            if fixed:
+            if self.fixed:
                 yield from (list(range(i, min(i + bs, stop))) for i in range(start, stop, bs))
                 continue
             sizes = [self.output_size(self.images[i]) for i in range(start, stop)]
             yield from ([start + i for i in batch] for batch in bucket_by_size(sizes, bs))
 
     def __len__(self):
-        if self.transform is not None and (self.transform.resize or self.transform.crop):
-            return sum(-(-min(self.window, len(self.images) - s) // self.batch_size)
-                       for s in range(0, len(self.images), self.window))
-        return len(list(iter(self)))
+        return sum(1 for _ in self)  # reads the headers when sizes vary; nothing on the scoring path asks
 
 
 def default_workers(requested, device=None):

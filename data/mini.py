@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from util import write_json_atomically
 from .benchmarks import MINI_GENERATORS, MINI_THIRD_PARTY
 
 log = logging.getLogger("npr")
@@ -248,10 +249,7 @@ def add_third_party(root, manifest, quiet=False):
 
 
 def write_manifest(root, manifest):
-    tmp = os.path.join(root, "manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(root, "manifest.json"))
+    write_json_atomically(manifest, os.path.join(root, "manifest.json"))
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ Per suite and generator it reports:
 * a one-line verdict per generator, and a JSON report.
 """
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from util import UserError, run_cli
+from util import UserError, run_cli, sha256_of
 from .benchmarks import find_suites, locate_generator
 from .discovery import LABEL_FOLDERS, FolderScan, discover_leaves, list_images, scan_images
 from .images import ImageDecodeError, load_rgb
@@ -183,13 +182,9 @@ def class_files(folder):
 
 
 def file_hash(path):
-    """SHA-256 of a file, read in 1 MiB chunks; None when it cannot be read."""
+    """SHA-256 of a file (``util.sha256_of``, 1 MiB at a time); None when it cannot be read."""
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_of(path)
     except OSError:
         return None
 

@@ -131,7 +131,7 @@ def batch_probs(model, images, channels_last=None, amp=False):
 class ImageScore:
     image: object              # the path or PIL image as given
     prob: float = None         # P(fake); None when the image was skipped
-    skipped: str = None        # why: 'unreadable' or 'too small'
+    skipped: str = None        # why: 'unreadable', 'too small' or 'too large'
     truncated: bool = False    # scored as far as the file decodes
     pixels: torch.Tensor = None  # the uint8 (3, H, W) input the model saw (with ``keep_pixels``)
     size: tuple = None         # (width, height) of that input

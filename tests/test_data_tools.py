@@ -1,5 +1,6 @@
 """The downloader against a local HTTP server (127.0.0.1) and a fake gdown, and the verifier
 on small suites built here: counts, broken and duplicate files, format bias."""
+import hashlib
 import io
 import json
 import os
@@ -120,7 +121,7 @@ def test_checksum_mismatch_refused(server, tmp_path):
     with pytest.raises(dl.DownloadError, match="SHA-256 mismatch"):
         dl.download(src, str(tmp_path / "d"), progress=False)
     assert not os.listdir(os.path.join(tmp_path, "d", ".downloads", "MySuite"))
-    good = source(base + "/a.tar.gz", sha256=(("mysuite.tar.gz", dl.hashlib.sha256(h.files["/a.tar.gz"]).hexdigest()),))
+    good = source(base + "/a.tar.gz", sha256=(("mysuite.tar.gz", hashlib.sha256(h.files["/a.tar.gz"]).hexdigest()),))
     assert os.path.isdir(dl.download(good, str(tmp_path / "d"), progress=False))
 
 
