@@ -51,7 +51,7 @@ from data.discovery import make_samples
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform, normalize_batch
 from engine import EvalConfig, GracefulStop, StepConfig, evaluate_folder, train_one_epoch
-from networks import OPERATORS, batch_probs, prepare_model, resnet50
+from networks import DEFAULT_OPERATOR, OPERATORS, batch_probs, prepare_model, resnet50
 from options import parse_train_args
 from options.base_options import OneLineErrorParser
 from report import format_table
@@ -503,9 +503,9 @@ def get_args_parser():
                    help="data-loading workers for the end-to-end runs (-1: what the scripts use by default "
                         "on that device)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
-    p.add_argument("--operators", default="npr,dwt",
-                   help="artifact operators to measure: npr, dwt (SAFE's); the later ones only in the model-only "
-                        "and evaluation rows")
+    p.add_argument("--operators", default=",".join(OPERATORS),
+                   help="artifact operators to measure (networks.OPERATORS); all but the default only in the "
+                        "model-only and evaluation rows")
     p.add_argument("--model_path", default=None, help="checkpoint for the tiles group")
     p.add_argument("--only", default="",
                    help=f"comma-separated groups to run (default: all): {', '.join(GROUPS)}")
@@ -545,10 +545,10 @@ def main(argv=None):
             info["workers"][name] = workers
             variants = ["plain", "default"] + (["amp"] if cuda else []) + (["compile"] if args.compile else [])
             # NPR's residual gets every variant; another operator those its cost ratios need.
-            model_variants = {op: variants if op == "npr" else [v for v in variants if v != "compile"]
+            model_variants = {op: variants if op == DEFAULT_OPERATOR else [v for v in variants if v != "compile"]
                               for op in operators}
-            eval_variants = {op: variants if op == "npr" else [v for v in variants if v not in ("plain", "compile")]
-                             for op in operators}
+            eval_variants = {op: variants if op == DEFAULT_OPERATOR else
+                             [v for v in variants if v not in ("plain", "compile")] for op in operators}
             n_eval = args.eval_images or (8 if args.quick else (64 if cuda else 4) * args.batch_size)
             n_train = args.train_images or (8 if args.quick else (64 if cuda else 2) * args.batch_size)
             if want("model"):
@@ -638,6 +638,11 @@ def find(rows, **kw):
     return None
 
 
+# (key, row, variant) of the operator cost ratios in the summary
+COST_PATHS = (("operator", "operator only", "default"), ("model", "model forward", "default"),
+              ("train_step", "model train step", "contiguous"), ("eval", "end-to-end eval", "default"))
+
+
 def summarize(rows):
     """Speed-ups and pipeline efficiencies, per device and size."""
     out = []
@@ -661,15 +666,13 @@ def summarize(rows):
             trc = find(rows, device=device, what="end-to-end train", variant="cache", size=size)
             if trc and step:
                 s["train_efficiency_cache"] = trc["images_per_s"] / step["images_per_s"]
-            # How much slower SAFE's operator makes each path (NPR's throughput / SAFE's).
-            for key, what, variant in (("dwt_cost_operator", "operator only", "default"),
-                                       ("dwt_cost_model", "model forward", "default"),
-                                       ("dwt_cost_train_step", "model train step", "contiguous"),
-                                       ("dwt_cost_eval", "end-to-end eval", "default")):
-                a, b = (find(rows, device=device, what=what, variant=variant, size=size, operator=op)
-                        for op in ("npr", "dwt"))
-                if a and b:
-                    s[key] = a["images_per_s"] / b["images_per_s"]
+            # How much slower each other operator makes each path (NPR's throughput / its own).
+            for op in OPERATORS:
+                for key, what, variant in COST_PATHS:
+                    a, b = (find(rows, device=device, what=what, variant=variant, size=size, operator=o)
+                            for o in (DEFAULT_OPERATOR, op))
+                    if op != DEFAULT_OPERATOR and a and b:
+                        s[f"{op}_cost_{key}"] = a["images_per_s"] / b["images_per_s"]
             # What util.keep_freed_memory buys (throughput with it / with glibc as is).
             for key, what, variant in (("malloc_gain_model", "model forward", "default"),
                                        ("malloc_gain_eval", "end-to-end eval", "default"),
@@ -714,8 +717,8 @@ def report(rows, summary, info):
     scols = [("device", "device"), ("size", "px"), ("model_speedup_default_vs_plain", "model default/plain"),
              ("eval_speedup_default_vs_plain", "eval default/plain"), ("eval_efficiency", "eval efficiency"),
              ("train_efficiency", "train efficiency"), ("train_efficiency_cache", "train efficiency (cache)"),
-             ("dwt_cost_operator", "dwt cost: operator"), ("dwt_cost_model", "model"),
-             ("dwt_cost_train_step", "train step"), ("dwt_cost_eval", "eval"),
+             *[(f"{op}_cost_{key}", f"{op} cost: {key}" if i == 0 else key.replace("_", " "))
+               for op in OPERATORS if op != DEFAULT_OPERATOR for i, (key, _, _) in enumerate(COST_PATHS)],
              ("malloc_gain_model", "malloc gain: model"), ("malloc_gain_eval", "eval"), ("malloc_gain_train", "train")]
     text.append(format_table(summary, scols, floatfmt="{:.2f}"))
     return "\n\n".join(text)

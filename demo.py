@@ -24,7 +24,7 @@ import gradio as gr  # noqa: E402  (the environment variable above must come fir
 from data.discovery import list_images  # noqa: E402
 from data.transforms import EvalTransform  # noqa: E402
 from engine import score_files  # noqa: E402
-from networks import OPERATOR_NAMES, load_detector, prepare_model  # noqa: E402
+from networks import get_operator, load_detector, prepare_model  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
 from options.base_options import OneLineErrorParser, size  # noqa: E402
 from util import UserError, run_cli, select_device, set_numerics  # noqa: E402
@@ -126,7 +126,7 @@ def build_app(model, model_path, load_size=256):
             with gr.Column():
                 status = gr.Markdown()
                 table = gr.Dataframe(headers=COLUMNS, label="Results", interactive=False)
-                gallery = gr.Gallery(label=OPERATOR_NAMES[model.operator], columns=1)
+                gallery = gr.Gallery(label=get_operator(model.operator).label, columns=1)
                 details = gr.JSON(visible=False)
         button.click(run, [files, choice, custom, resize], [table, gallery, status, details], api_name="analyse")
     return app

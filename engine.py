@@ -23,7 +23,7 @@ from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from metrics import METRIC_KEYS, compute_metrics, metrics_at, resolve_threshold
-from networks import OPERATOR_NAMES, batch_probs, score_images
+from networks import batch_probs, get_operator, score_images
 from networks.detector import PIXEL_BUDGET, TILE
 from report import residual_figure
 from util import AMP_DTYPE, UserError
@@ -128,7 +128,7 @@ def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figures_di
                 with torch.inference_mode():
                     residual = model.artifact(normalize_batch(pixels.unsqueeze(0).to(device))).float().cpu()
                 row["figure"] = residual_figure(pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, label,
-                                                out, OPERATOR_NAMES[model.operator])
+                                                out, get_operator(model.operator).label)
         yield row
 
 

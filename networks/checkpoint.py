@@ -18,6 +18,7 @@ import zipfile
 import torch
 
 from util import UserError
+from .operators import operator_for_head
 
 WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 KEY_PREFIXES = ("module.", "_orig_mod.")
@@ -103,12 +104,13 @@ def extract_state_dict(ckpt, ema=False):
 def checkpoint_operator(ckpt, state):
     """The artifact operator a checkpoint was trained with: stored by train.py as ``operator``;
     otherwise told by the head, since only SAFE's model has a two-class ``fc1`` (its release,
-    ``checkpoint/checkpoint-best.pth`` in Ouxiang-Li/SAFE) and ``NPR.pth`` has one logit."""
+    ``checkpoint/checkpoint-best.pth`` in Ouxiang-Li/SAFE) and ``NPR.pth`` has one logit
+    (``operators.operator_for_head``)."""
     stored = ckpt.get("operator") if isinstance(ckpt, dict) else None
     if stored is not None:
         return stored
     fc = state.get("fc1.weight")
-    return "dwt" if torch.is_tensor(fc) and fc.dim() == 2 and fc.shape[0] == 2 else "npr"
+    return operator_for_head(fc.shape[0] if torch.is_tensor(fc) and fc.dim() == 2 else 1)
 
 
 def load_state_dict_strict(model, state, source="checkpoint"):

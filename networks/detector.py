@@ -17,7 +17,8 @@ from util import AMP_DTYPE, select_device
 from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
                          load_state_dict_strict)
 from .fuse import fuse_for_inference
-from .resnet import OPERATORS, resnet50
+from .operators import OPERATORS
+from .resnet import resnet50
 
 
 def load_detector(path, device=None, ema=False):

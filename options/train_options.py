@@ -1,13 +1,12 @@
 """train.py's options: the reference's ``options/train_options.py`` names and defaults, the
 built-in benchmark's recipe and SAFE's recipe as presets, and the options beyond the paper
 (all off by default)."""
+from networks.operators import DEFAULT_OPERATOR, OPERATORS
 from util import UserError
 from .base_options import (MINI_ROOT, OneLineErrorParser, accept_reference_options, add_data_options,
                            add_device_options, check_sizes, comma_list, decay, interpolations, jpeg_methods,
                            jpeg_qualities, learning_rate, non_negative, non_negative_int, positive_int, probability,
                            ratio_range, rate, sigma_range)
-
-OPERATOR_CHOICES = ("npr", "dwt")  # networks.OPERATORS; options import nothing but argparse
 
 # The NPR-mini recipe, taken when --dataroot is not given (each value can still be overridden):
 # sized so that building, training and testing fit in a few minutes on a 2-core CPU.
@@ -39,10 +38,10 @@ def train_parser():
     g.add_argument("--rebuild", action="store_true", help="rebuild the mini benchmark before training")
 
     g = p.add_argument_group("model and recipe")
-    g.add_argument("--operator", choices=OPERATOR_CHOICES, default="npr",
-                   help="artifact operator before the network: npr, the paper's residual; dwt, SAFE's wavelet HH "
-                        "sub-band (with SAFE's two-class head). Stored in the checkpoint, so the evaluation scripts "
-                        "need no flag")
+    g.add_argument("--operator", choices=list(OPERATORS), default=DEFAULT_OPERATOR,
+                   help="artifact operator before the network: "
+                        + "; ".join(f"{op.name}, {op.help}" for op in OPERATORS.values())
+                        + ". Stored in the checkpoint, so the evaluation scripts need no flag")
     g.add_argument("--recipe", choices=RECIPES, default="paper",
                    help="training preset: paper, the reference's defaults; safe, SAFE's recipe (AdamW, lr = blr * "
                         "batch_size / 256, warm-up + cosine, label smoothing, crops without resizing, its "

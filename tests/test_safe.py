@@ -238,9 +238,8 @@ def test_optimizer_steps_match_safes_loop():
 
 def test_safe_recipe_preset_and_flags_given_win():
     from networks import OPERATORS
-    from options import parse_train_args
-    from options.train_options import OPERATOR_CHOICES
-    assert OPERATOR_CHOICES == OPERATORS  # options/ imports nothing but argparse, so it keeps its own copy
+    from options import parse_train_args, train_parser
+    assert [a for a in train_parser()._actions if a.dest == "operator"][0].choices == list(OPERATORS)
     full = parse_train_args(["--dataroot", "x", "--recipe", "safe"])
     assert (full.optim, full.weight_decay, full.lr_schedule, full.warmup_epochs, full.min_lr, full.niter,
             full.label_smoothing, full.batch_size, full.cropSize, full.no_resize, full.rotate, full.color_jitter,
