@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
 from data.benchmarks import locate_generator
@@ -189,13 +188,6 @@ def evaluate_samples(model, samples, transform, cfg, rank=0, world=1):
     return dict(m, n_skipped=n_skipped, threshold=m["balanced_threshold"])
 
 
-def recompute_bn(model, samples, transform, cfg):
-    """Recompute the BatchNorm statistics of ``model`` (torch's ``update_bn``) on ``samples``:
-    for averaged weights, whose own statistics the average of the raw ones does not describe."""
-    loader = eval_loader(samples, transform, cfg)
-    update_bn((normalize_batch(b.images.to(cfg.device)) for b in loader if len(b.images)), model)
-
-
 # ----------------------------------------------------------------------------- training
 
 class StopRequested(Exception):
@@ -256,7 +248,7 @@ class StepConfig:
     loss_freq: int = 400         # log the loss every this many steps
     save_latest_freq: int = 2000  # call save_latest every this many steps
     latest_path: str = ""        # named in the error when the loss stops being finite
-    lr_at: object = None         # (epoch, step in epoch) -> lr, set before every step; None: the lr as it is
+    schedule: object = None      # recipe.LRSchedule: its lr_at(epoch, step) is set before every step; None: the lr as it is
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, progress, step_cfg, save_latest, stopper,
@@ -276,9 +268,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, progress, step_cf
                 raise UserError("every image of one batch was unreadable; under torchrun remove the files named "
                                 "in the warnings above (or find them with --strict_images) and resume")
             continue
-        if step_cfg.lr_at is not None:
+        if step_cfg.schedule is not None:
             for g in optimizer.param_groups:
-                g["lr"] = step_cfg.lr_at(epoch, progress["step_in_epoch"])
+                g["lr"] = step_cfg.schedule.lr_at(epoch, progress["step_in_epoch"])
         x = batch.images.to(device, non_blocking=True)
         if step_cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -300,7 +292,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, progress, step_cf
             loss.backward()
             optimizer.step()
         if ema is not None:
-            ema.update_parameters(unwrap(model))
+            ema.update(unwrap(model))
         progress["total_steps"] += 1
         progress["step_in_epoch"] += 1
         step = progress["total_steps"]

@@ -10,7 +10,6 @@ one checkpoint dict (see ``checkpoint_state``). ``torchrun --nproc_per_node=N tr
 with DistributedDataParallel; ``--batch_size`` is then the global batch, split over processes.
 """
 import datetime
-import math
 import os
 import random
 import signal
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
 from data.benchmarks import suite_by_name
@@ -32,13 +30,13 @@ from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make
 from data.mini import build_mini
 from data.transforms import EvalTransform, TrainTransform
 from engine import (EvalConfig, GracefulStop, StepConfig, StopRequested, evaluate_samples, evaluate_suite,
-                    ignore_signals_in_worker, recompute_bn, train_one_epoch, unwrap)
+                    ignore_signals_in_worker, train_one_epoch, unwrap)
 from networks import extract_state_dict, load_checkpoint, load_state_dict_strict, prepare_model, resnet50, save_checkpoint
+from networks.ema import EMA, THRESHOLD_KEY as EMA_THRESHOLD_KEY, empty_state as empty_ema_state
 from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
+from recipe import LRSchedule, build_loss, build_optimizer, cosine_lr, set_lr  # noqa: F401 (cosine_lr: notebooks)
 from report import suite_table
 from util import UserError, ensure_writable_dir, log, run_cli, seed_everything, select_device, set_numerics, setup_logging
-
-LR_DECAY = 0.9  # the reference's networks/trainer.py: lr *= 0.9 after every delr_freq epochs
 
 
 # ----------------------------------------------------------------------------- setup
@@ -103,10 +101,17 @@ def set_rng_state(state):
     random.setstate((3, tuple(state["python"]), None))
 
 
+def new_progress():
+    """Where training is: what resuming restores and the checkpoint stores beside the weights."""
+    return {"epoch": 0, "step_in_epoch": 0, "total_steps": 0, "best_ap": -1.0, "epochs_no_improve": 0,
+            "threshold": None, EMA_THRESHOLD_KEY: None}
+
+
 def checkpoint_state(model, optimizer, args, progress, scaler=None, ema=None):
     """The one dict that resuming, evaluation and notebooks read. ``threshold`` is the decision
-    threshold with the best balanced accuracy on the last validation (``threshold_ema`` for the
-    moving-average weights ``model_ema``); the scripts show ACC at it beside ACC at 0.5."""
+    threshold with the best balanced accuracy on the last validation (``networks.ema`` keys the
+    moving-average weights and their threshold); the scripts show ACC at it beside ACC at 0.5.
+    ``lr`` is the lr of the next step."""
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
     return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -115,63 +120,8 @@ def checkpoint_state(model, optimizer, args, progress, scaler=None, ema=None):
             "best_ap": progress["best_ap"], "epochs_no_improve": progress["epochs_no_improve"],
             "opt": options, "rng": rng_state(), "arch": "npr_resnet50", "operator": unwrap(model).operator,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "threshold": progress.get("threshold"), "threshold_ema": progress.get("threshold_ema"),
-            "model_ema": ema.module.state_dict() if ema is not None else None,
-            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0}
-
-
-class SmoothedBCEWithLogits(nn.Module):
-    """Binary cross-entropy towards ``1 - s/2`` (fake) and ``s/2`` (real). On the log-odds of a
-    two-class head this is SAFE's loss, timm's ``LabelSmoothingCrossEntropy(s)``."""
-
-    def __init__(self, smoothing):
-        super().__init__()
-        self.smoothing = smoothing
-
-    def forward(self, logits, labels):
-        target = labels * (1.0 - self.smoothing) + self.smoothing / 2
-        return nn.functional.binary_cross_entropy_with_logits(logits, target)
-
-
-def build_loss(label_smoothing=0.0):
-    """The reference's loss: binary cross-entropy on the logit (label 1 = fake); with
-    ``label_smoothing``, SAFE's smoothed targets."""
-    return SmoothedBCEWithLogits(label_smoothing) if label_smoothing else nn.BCEWithLogitsLoss()
-
-
-def parameter_groups(model, weight_decay):
-    """The parameters, split as SAFE's ``get_parameter_groups`` does when ``weight_decay`` is on:
-    decay on the weights of convolutions and linear layers, none on biases and BatchNorm."""
-    if not weight_decay:
-        return model.parameters()
-    return [{"params": [p for p in model.parameters() if p.dim() > 1], "weight_decay": weight_decay},
-            {"params": [p for p in model.parameters() if p.dim() <= 1], "weight_decay": 0.0}]
-
-
-def build_optimizer(model, args):
-    """Adam (betas (beta1, 0.999)) or SGD without momentum, as the reference; AdamW (eps 1e-8)
-    as SAFE. ``--weight_decay`` (0 in the reference) goes through ``parameter_groups``."""
-    params = parameter_groups(model, args.weight_decay)
-    if args.optim == "adamw":
-        return torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, 0.999), eps=1e-8, weight_decay=0.0)
-    if args.optim == "adam":
-        return torch.optim.Adam(params, lr=args.lr, betas=(args.beta1, 0.999))
-    return torch.optim.SGD(params, lr=args.lr, momentum=0.0)
-
-
-def cosine_lr(epoch_progress, lr, min_lr, warmup_epochs, epochs):
-    """SAFE's per-step schedule (its ``utils.adjust_learning_rate``) at ``epoch_progress``
-    epochs (fractional): linear warm-up from 0, then a half cosine from ``lr`` to ``min_lr``."""
-    if epoch_progress < warmup_epochs:
-        return lr * epoch_progress / warmup_epochs
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch_progress - warmup_epochs)
-                                                          / (epochs - warmup_epochs)))
-
-
-def build_ema(model, decay):
-    """torch's ``AveragedModel`` with an exponential moving average of the parameters and of the
-    BatchNorm buffers (``use_buffers``), updated after every optimiser step."""
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            "threshold": progress.get("threshold"), EMA_THRESHOLD_KEY: progress.get(EMA_THRESHOLD_KEY),
+            **(ema.state() if ema is not None else empty_ema_state())}
 
 
 def resume(args, model, optimizer, progress, scaler, ema):
@@ -191,9 +141,8 @@ def resume(args, model, optimizer, progress, scaler, ema):
     set_rng_state(ckpt["rng"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    if ema is not None and ckpt.get("model_ema"):
-        ema.module.load_state_dict(ckpt["model_ema"])
-        ema.n_averaged.fill_(ckpt["ema_n_averaged"])
+    if ema is not None:
+        ema.load(ckpt)
     log.info("Resuming from %s: epoch %d, step %d of the epoch, %d steps in all, lr %.3g",
              path, progress["epoch"], progress["step_in_epoch"], progress["total_steps"],
              optimizer.param_groups[0]["lr"])
@@ -214,18 +163,15 @@ def test_after_training(model, args, cfg):
     return rows
 
 
-# ----------------------------------------------------------------------------- main
-
-def main(argv=None):
-    args = parse_train_args(argv)
-    rank, world, device = init_distributed(args.gpu_ids, args.batch_size)
+def start_run(args, argv, rank, world, device):
+    """Checkpoint folder, logging, numerics, NPR-mini (built on first use), the seed; returns the
+    (training, validation) samples."""
     exp_dir = os.path.join(args.checkpoints_dir, args.name)
     if rank == 0:
         ensure_writable_dir(exp_dir, "checkpoint folder")
     setup_logging(os.path.join(exp_dir, "log.log") if rank == 0 else None, rank)
     log.info("%s", " ".join(["train.py"] + list(argv if argv is not None else sys.argv[1:])))
     set_numerics(tf32=args.tf32, exact=args.exact, deterministic=args.deterministic or args.exact)
-
     if args.mini:
         log.info("No --dataroot given: using the built-in NPR-mini benchmark (%s). Mini recipe: %s",
                  MINI_ROOT, ", ".join(f"{k}={getattr(args, k)}" for k in MINI_RECIPE))
@@ -246,57 +192,110 @@ def main(argv=None):
     log.info("Operator %s, recipe %s: %s, lr %.3g, %s schedule, %d epochs, batch %d, label smoothing %g",
              args.operator, args.recipe, args.optim, args.lr, args.lr_schedule, args.niter, args.batch_size,
              args.label_smoothing)
+    return train_samples, val_samples
+
+
+def make_loader(args, samples, rule, rank, world, device):
+    """The training loader (``--batch_size`` split over the processes) and its sampler."""
+    cache_workers = default_workers(args.num_threads, torch.device("cpu"))  # building the cache is CPU work
+    dataset = train_dataset(samples, make_train_transform(args), rule, args.cache_dir, cache_workers, rank, world)
+    sampler = EpochSampler(dataset.labels, seed=args.seed, shuffle=not args.serial_batches,
+                           class_balance=args.class_bal, rank=rank, world_size=world)
+    loader = make_train_loader(dataset, args.batch_size // world, sampler, default_workers(args.num_threads, device),
+                               device)
+    loader.worker_init_fn = ignore_signals_in_worker
+    return loader, sampler
+
+
+def make_val_transform(args):
+    """Validation (and the moving average's BatchNorm recompute): resize to loadSize (also with
+    --no_resize, as the reference's val), centre crop; --val_crop_only: the centre crop alone (SAFE's)."""
+    return EvalTransform(args.loadSize, args.cropSize, resize=not args.val_crop_only, crop=True,
+                         interp=args.rz_interp[0])
+
+
+def validate(model, ema, args, epoch, samples, cfg, progress, rank, world):
+    """Validation metrics of ``model`` and, with ``--ema``, of the average (its BatchNorm statistics
+    recomputed first with ``--ema_bn_images``); the thresholds go into ``progress``."""
+    transform = make_val_transform(args)
+
+    def evaluate(net):
+        eval_model = prepare_model(net, cfg.device, cfg.channels_last, fold_bn=not args.no_fold_bn)
+        return evaluate_samples(eval_model, samples["val"], transform, cfg, rank, world)
+
+    val = evaluate(model)
+    progress["threshold"] = val["threshold"]
+    if ema is not None:
+        if args.ema_bn_images:  # a fixed, seeded subset of the training images
+            subset = random.Random(args.seed).sample(samples["train"], min(args.ema_bn_images, len(samples["train"])))
+            ema.recompute_bn(subset, transform, cfg.device, cfg.batch_size, cfg.num_workers, cfg.images)
+        val_ema = evaluate(ema.module)
+        progress[EMA_THRESHOLD_KEY] = val_ema["threshold"]
+        log.info("(Val EMA @ epoch %d) acc: %.4f; ap: %.4f", epoch, val_ema["acc"], val_ema["ap"])
+    model.train()
+    return val
+
+
+def end_epoch(epoch, val, train_skipped, epoch_start, progress, args, writer, save):
+    """Log the epoch, keep the checkpoints (latest, best, every --save_epoch_freq); True to stop early."""
+    log.info("(Val @ epoch %d) acc: %.4f; ap: %.4f; %d images; %.1fs", epoch, val["acc"], val["ap"],
+             val["n_real"] + val["n_fake"], time.time() - epoch_start)
+    if train_skipped or val["n_skipped"]:
+        log.info("Images skipped in epoch %d (named in the warnings above): %d in training (this process), "
+                 "%d in validation", epoch, train_skipped, val["n_skipped"])
+    if writer is not None:
+        writer.add_scalar("val/acc", val["acc"], progress["total_steps"])
+        writer.add_scalar("val/ap", val["ap"], progress["total_steps"])
+    improved = val["ap"] > progress["best_ap"] + 1e-3
+    progress["best_ap"] = max(progress["best_ap"], val["ap"])
+    progress["epochs_no_improve"] = 0 if improved else progress["epochs_no_improve"] + 1
+    progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
+    save("latest")
+    if improved:
+        save("best")
+    if epoch % args.save_epoch_freq == 0:
+        save(str(epoch))
+    if args.earlystop_epoch and progress["epochs_no_improve"] >= args.earlystop_epoch:
+        log.info("Early stopping: val AP did not improve for %d epochs", args.earlystop_epoch)
+        return True
+    return False
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = parse_train_args(argv)
+    rank, world, device = init_distributed(args.gpu_ids, args.batch_size)
+    train_samples, val_samples = start_run(args, argv, rank, world, device)
 
     model = resnet50(operator=args.operator).to(device)
     if args.train_channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
-    progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0, "best_ap": -1.0, "epochs_no_improve": 0,
-                "threshold": None, "threshold_ema": None}
-    ema = build_ema(model, args.ema) if args.ema else None
+    progress = new_progress()
+    ema = EMA(model, args.ema) if args.ema else None
     if args.continue_train:
         resume(args, model, optimizer, progress, scaler, ema)
-
     train_model = torch.compile(model) if args.compile else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     rule = ImageRule(strict=args.strict_images, skip_truncated=args.skip_truncated)
-    workers = default_workers(args.num_threads, device)
-    per_rank_batch = args.batch_size // world
-    cache_workers = default_workers(args.num_threads, torch.device("cpu"))  # building the cache is CPU work
-    dataset = train_dataset(train_samples, make_train_transform(args), rule, args.cache_dir, cache_workers, rank, world)
-    sampler = EpochSampler(dataset.labels, seed=args.seed, shuffle=not args.serial_batches,
-                           class_balance=args.class_bal, rank=rank, world_size=world)
-    loader = make_train_loader(dataset, per_rank_batch, sampler, workers, device)
-    loader.worker_init_fn = ignore_signals_in_worker
+    loader, sampler = make_loader(args, train_samples, rule, rank, world, device)
     loss_fn = build_loss(args.label_smoothing)
-    lr_at = None
-    if args.lr_schedule == "cosine":
-        steps_per_epoch = len(loader)  # before any resume shortens the sampler
-
-        def lr_at(epoch, step_in_epoch):
-            return cosine_lr(epoch + step_in_epoch / steps_per_epoch, args.lr, args.min_lr, args.warmup_epochs,
-                             args.niter)
+    schedule = LRSchedule.from_args(args, len(loader))  # len before any resume shortens the sampler
     step_cfg = StepConfig(channels_last=args.train_channels_last, amp=args.amp, loss_freq=args.loss_freq,
                           save_latest_freq=args.save_latest_freq, latest_path=checkpoint_path(args, "latest"),
-                          lr_at=lr_at)
-    # Validation: resize to loadSize (also with --no_resize, as the reference's val), centre crop;
-    # --val_crop_only: the centre crop alone (SAFE's).
-    eval_cfg = EvalConfig(device, args.batch_size, workers, args.amp, not args.no_channels_last, rule)
-    val_transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.val_crop_only, crop=True,
-                                  interp=args.rz_interp[0])
-    writer = SummaryWriter(os.path.join(exp_dir, "tensorboard")) if rank == 0 else None
+                          schedule=schedule)
+    eval_cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
+                          not args.no_channels_last, rule)
+    writer = SummaryWriter(os.path.join(args.checkpoints_dir, args.name, "tensorboard")) if rank == 0 else None
 
     def save(which):
         if rank == 0:
             save_checkpoint(checkpoint_state(model, optimizer, args, progress, scaler, ema), checkpoint_path(args, which))
-
-    def evaluate(net):
-        eval_model = prepare_model(net, device, eval_cfg.channels_last, fold_bn=not args.no_fold_bn)
-        return evaluate_samples(eval_model, val_samples, val_transform, eval_cfg, rank, world)
 
     stopper = GracefulStop()
     stopper.install()
@@ -304,48 +303,17 @@ def main(argv=None):
     try:
         for epoch in range(progress["epoch"], args.niter):
             progress["epoch"] = epoch
-            sampler.set_epoch(epoch, start=progress["step_in_epoch"] * per_rank_batch)
+            sampler.set_epoch(epoch, start=progress["step_in_epoch"] * (args.batch_size // world))
             epoch_start = time.time()
             train_skipped = train_one_epoch(train_model, loader, optimizer, loss_fn, device, progress, step_cfg,
                                             lambda: save("latest"), stopper, writer, rank, world, scaler, ema)
-            if args.lr_schedule == "step" and epoch % args.delr_freq == 0 and epoch != 0:
-                for g in optimizer.param_groups:
-                    g["lr"] *= LR_DECAY
-                log.info("Changing lr at the end of epoch %d to %.3g", epoch, optimizer.param_groups[0]["lr"])
-            val = evaluate(model)
-            progress["threshold"] = val["threshold"]
-            if ema is not None:
-                if args.ema_bn_images:
-                    # A fixed, seeded subset; resized and centre-cropped as in validation (or only
-                    # cropped with --no_resize): the average of the raw model's statistics does not
-                    # describe the averaged weights while those still move fast.
-                    subset = random.Random(args.seed).sample(train_samples, min(args.ema_bn_images, len(train_samples)))
-                    bn_transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=True,
-                                                 interp=args.rz_interp[0])
-                    recompute_bn(ema.module, subset, bn_transform, eval_cfg)
-                val_ema = evaluate(ema.module)
-                progress["threshold_ema"] = val_ema["threshold"]
-                log.info("(Val EMA @ epoch %d) acc: %.4f; ap: %.4f", epoch, val_ema["acc"], val_ema["ap"])
-            model.train()
-            log.info("(Val @ epoch %d) acc: %.4f; ap: %.4f; %d images; %.1fs", epoch, val["acc"], val["ap"],
-                     val["n_real"] + val["n_fake"], time.time() - epoch_start)
-            if train_skipped or val["n_skipped"]:
-                log.info("Images skipped in epoch %d (named in the warnings above): %d in training (this process), "
-                         "%d in validation", epoch, train_skipped, val["n_skipped"])
-            if writer is not None:
-                writer.add_scalar("val/acc", val["acc"], progress["total_steps"])
-                writer.add_scalar("val/ap", val["ap"], progress["total_steps"])
-            improved = val["ap"] > progress["best_ap"] + 1e-3
-            progress["best_ap"] = max(progress["best_ap"], val["ap"])
-            progress["epochs_no_improve"] = 0 if improved else progress["epochs_no_improve"] + 1
-            progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
-            save("latest")
-            if improved:
-                save("best")
-            if epoch % args.save_epoch_freq == 0:
-                save(str(epoch))
-            if args.earlystop_epoch and progress["epochs_no_improve"] >= args.earlystop_epoch:
-                log.info("Early stopping: val AP did not improve for %d epochs", args.earlystop_epoch)
+            lr = schedule.lr_at(epoch + 1)  # the next epoch's: the reference decays the lr here
+            if schedule.kind == "step" and lr != schedule.lr_at(epoch):
+                log.info("Changing lr at the end of epoch %d to %.3g", epoch, lr)
+            set_lr(optimizer, lr)
+            val = validate(model, ema, args, epoch, {"train": train_samples, "val": val_samples}, eval_cfg,
+                           progress, rank, world)
+            if end_epoch(epoch, val, train_skipped, epoch_start, progress, args, writer, save):
                 break
     except StopRequested as stop:
         log.info("Interrupted by %s after step %d; the latest checkpoint is %s. Resume with:\n  python train.py %s "

@@ -18,6 +18,7 @@ import zipfile
 import torch
 
 from util import UserError
+from .ema import WEIGHTS_KEY as EMA_WEIGHTS_KEY
 from .operators import operator_for_head
 
 WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
@@ -77,15 +78,15 @@ def load_checkpoint(path, map_location="cpu"):
 def extract_state_dict(ckpt, ema=False):
     """The model's state dict from any supported checkpoint layout, prefixes removed.
 
-    ``ema=True`` takes the moving-average weights that ``train.py --ema`` stores as ``model_ema``.
+    ``ema=True`` takes the moving-average weights that ``train.py --ema`` stores (``networks.ema``).
     """
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"expected a dict of tensors, got {type(ckpt).__name__}")
     if ema:
-        if not isinstance(ckpt.get("model_ema"), dict):
-            raise CheckpointError("the checkpoint holds no moving-average weights ('model_ema'): train with --ema, "
-                                  "or evaluate without --ema")
-        ckpt = ckpt["model_ema"]
+        if not isinstance(ckpt.get(EMA_WEIGHTS_KEY), dict):
+            raise CheckpointError(f"the checkpoint holds no moving-average weights ('{EMA_WEIGHTS_KEY}'): train with "
+                                  "--ema, or evaluate without --ema_weights")
+        ckpt = ckpt[EMA_WEIGHTS_KEY]
     for key in WRAPPER_KEYS:
         if isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]

@@ -16,6 +16,7 @@ from data.transforms import normalize_batch
 from util import AMP_DTYPE, select_device
 from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
                          load_state_dict_strict)
+from .ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
 from .fuse import fuse_for_inference
 from .operators import OPERATORS
 from .resnet import resnet50
@@ -39,7 +40,7 @@ def load_detector(path, device=None, ema=False):
                               f"version does not know ({', '.join(OPERATORS)})")
     model = resnet50(operator=operator)
     load_state_dict_strict(model, state, source=f"checkpoint '{path}'")
-    model.threshold = ckpt.get("threshold_ema" if ema else "threshold") if isinstance(ckpt, dict) else None
+    model.threshold = ckpt.get(EMA_THRESHOLD_KEY if ema else "threshold") if isinstance(ckpt, dict) else None
     return model.to(device).eval()
 
 

@@ -189,6 +189,11 @@ def test_cosine_schedule_matches_safe(t):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     expected = safe_adjust_learning_rate(opt, t, 5e-3, 1e-6, 1, 20)
     assert train.cosine_lr(t, 5e-3, 1e-6, 1, 20) == pytest.approx(expected, rel=1e-12, abs=0)
+    # the one schedule of train.py at the same point: epoch int(t), step of 1000 per epoch
+    from recipe import LRSchedule
+    epoch, step = divmod(round(t * 1000), 1000)
+    schedule = LRSchedule("cosine", 5e-3, 20, steps_per_epoch=1000, warmup_epochs=1, min_lr=1e-6)
+    assert schedule.lr_at(epoch, step) == pytest.approx(expected, rel=1e-12, abs=0)
 
 
 def test_smoothed_loss_is_safes_two_class_label_smoothing():
@@ -206,7 +211,7 @@ def test_smoothed_loss_is_safes_two_class_label_smoothing():
 
 def test_optimizer_steps_match_safes_loop():
     """SAFE's loop (AdamW groups, per-step warm-up + cosine over 3 epochs of 2 steps) against
-    ours (train.build_optimizer and cosine_lr): from the same weights and the same gradients,
+    ours (recipe.build_optimizer and LRSchedule.lr_at): from the same weights and the same gradients,
     every update is the same. (Whole trajectories cannot be compared beyond a step: the two
     wavelet packages differ by float rounding, and BatchNorm and Adam amplify that.)"""
     x = pixels(8, 32, 32)
@@ -217,12 +222,13 @@ def test_optimizer_steps_match_safes_loop():
     steps_per_epoch, epochs, lr = 2, 3, 5e-3
     opt_ref = torch.optim.AdamW(safe_parameter_groups(ref, 0.01), lr=lr, eps=1e-8)
     opt_ours = train.build_optimizer(ours, argparse.Namespace(optim="adamw", lr=lr, beta1=0.9, weight_decay=0.01))
+    from recipe import LRSchedule, set_lr
+    schedule = LRSchedule("cosine", lr, epochs, steps_per_epoch, warmup_epochs=1, min_lr=1e-6)
     start = [p.detach().clone() for p in ours.parameters()]
     for step in range(steps_per_epoch * epochs):
         epoch, i = divmod(step, steps_per_epoch)
         safe_adjust_learning_rate(opt_ref, i / steps_per_epoch + epoch, lr, 1e-6, 1, epochs)
-        for g in opt_ours.param_groups:
-            g["lr"] = train.cosine_lr(epoch + i / steps_per_epoch, lr, 1e-6, 1, epochs)
+        set_lr(opt_ours, schedule.lr_at(epoch, i))
         opt_ref.zero_grad()
         safe_label_smoothing_ce(ref(x.float() / 255), y).backward()
         for p, q in zip(ref.parameters(), ours.parameters()):
@@ -268,9 +274,12 @@ def test_train_dwt_safe_recipe_then_every_script_without_a_flag(tiny_dataset, tm
     path = os.path.join(ck, "safe", "model_epoch_last.pth")
     state = torch.load(path, weights_only=True)
     assert state["operator"] == "dwt" and state["model"]["fc1.weight"].shape == (2, 512)
-    # 24 training images / batch 4 = 6 steps per epoch; the lr of the last step is the cosine's
+    # 24 training images / batch 4 = 6 steps per epoch; a checkpoint keeps the lr of the next step:
+    # the end of the warm-up after epoch 0, the cosine's end after the last
     base = 0.01 * 4 / 256
-    assert state["lr"] == pytest.approx(train.cosine_lr(1 + 5 / 6, base, 1e-6, 1, 2), rel=1e-9)
+    first = torch.load(os.path.join(ck, "safe", "model_epoch_0.pth"), weights_only=True)
+    assert first["lr"] == pytest.approx(train.cosine_lr(1.0, base, 1e-6, 1, 2), rel=1e-12) == pytest.approx(base)
+    assert state["lr"] == pytest.approx(train.cosine_lr(2.0, base, 1e-6, 1, 2), rel=1e-12) == pytest.approx(1e-6)
 
     suites = tmp_path / "suites"
     os.makedirs(suites)
