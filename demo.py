@@ -24,6 +24,7 @@ import gradio as gr  # noqa: E402  (the environment variable above must come fir
 from data.discovery import list_images  # noqa: E402
 from data.transforms import EvalTransform  # noqa: E402
 from engine import score_files  # noqa: E402
+from metrics import decide_threshold  # noqa: E402
 from networks import get_operator, load_detector, prepare_model  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
 from options.base_options import OneLineErrorParser, size  # noqa: E402
@@ -52,15 +53,8 @@ def example_images():
     return out
 
 
-def decide_threshold(model, choice, custom):
-    """(threshold, where it comes from) for the page's choice: the checkpoint's stored one, the
-    paper's 0.5, or the slider."""
-    if choice == "stored" and model.threshold is not None:
-        return float(model.threshold), "stored by train.py (best balanced accuracy on its validation split)"
-    if choice == "custom":
-        return float(custom), "set on the page"
-    note = "" if choice == "0.5" else " (the checkpoint stores no threshold)"
-    return 0.5, "the paper's rule" + note
+# The page's threshold choices, as metrics.decide_threshold takes them ("custom": the slider).
+PAGE_CHOICES = {"stored": "auto", "0.5": "paper"}
 
 
 def mini_note(model_path):
@@ -92,7 +86,8 @@ def build_app(model, model_path, load_size=256):
         paths = [f if isinstance(f, str) else f.name for f in (files or [])]
         if not paths:
             return [], [], "Upload one or several images first.", []
-        threshold, source = decide_threshold(model, choice, custom)
+        threshold, source, _ = decide_threshold(PAGE_CHOICES.get(choice, float(custom)), model.threshold,
+                                                given_by="the page's slider")
         transform = EvalTransform(load_size, load_size, resize=resize, crop=False)
         rows = list(score_files(model, paths, transform, threshold, figures_dir=figures_dir))
         table = [[os.path.basename(r["path"]), None if r["prob_fake"] is None else round(r["prob_fake"], 4),

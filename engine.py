@@ -21,7 +21,7 @@ from data.discovery import list_images, make_samples
 from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
-from metrics import METRIC_KEYS, compute_metrics, metrics_at, resolve_threshold
+from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
 from networks import batch_probs, get_operator, score_images
 from networks.detector import PIXEL_BUDGET, TILE
 from report import residual_figure
@@ -83,15 +83,14 @@ def evaluate_folder(model, root, transform, cfg, classes=None, progress=None):
     return metrics
 
 
-def eval_threshold(model, transform, cfg, threshold=None, calibrate_real=None, target_fpr=0.05, use_stored=True):
-    """``metrics.resolve_threshold`` for ``model`` (its stored ``model.threshold``, unless not
-    ``use_stored``), with the calibration folder's images scored through the evaluation loader
-    and ``transform``."""
+def eval_threshold(model, transform, cfg, choice="auto", calibrate_real=None, target_fpr=0.05):
+    """``metrics.decide_threshold`` for ``model`` (a ``load_detector`` model, whose
+    ``model.threshold`` is the checkpoint's), with the calibration folder's images scored
+    through the evaluation loader and ``transform``."""
     def score_reals(folder):
         samples = [(p, 0) for p in list_images(folder)]
         return predict_samples(model, samples, transform, cfg)[1] if samples else np.zeros(0)
-    stored = model.threshold if use_stored else None
-    return resolve_threshold(stored, threshold, calibrate_real, target_fpr, score_reals)
+    return decide_threshold(choice, getattr(model, "threshold", None), calibrate_real, target_fpr, score_reals)
 
 
 def figure_pixels(pixels, name):

@@ -5,6 +5,7 @@ otherwise; AP is scikit-learn's ``average_precision_score``. Tables are in perce
 """
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
@@ -64,27 +65,52 @@ def threshold_at_fpr(real_probs, target_fpr):
     return float(probs[min(int(np.floor(target_fpr * len(probs))), len(probs) - 1)])
 
 
-def resolve_threshold(stored, threshold=None, calibrate_real=None, target_fpr=0.05, score_reals=None):
-    """(threshold or None, where it comes from) for the ACC@t columns / the verdicts:
-    ``calibrate_real`` (a folder of real images, scored by ``score_reals(folder)`` -> probabilities,
-    NaN for images that cannot be used) > ``threshold`` (a probability) > the checkpoint's
-    ``stored`` one (``threshold='stored'`` insists on it; by default it is used when present)."""
+PAPER_THRESHOLD = 0.5
+PAPER_SOURCE = "the paper's rule"
+# What --threshold (and the demo's choice) accepts besides a probability.
+THRESHOLD_CHOICES = {
+    "auto": "the checkpoint's stored threshold when it has one, else the paper's 0.5",
+    "stored": "the threshold train.py chose on its validation split (best balanced accuracy); an error without one",
+    "paper": "0.5, the paper's rule",
+}
+
+
+class Threshold(NamedTuple):
+    """A decision threshold (fake when ``prob > value``), where it comes from, and whether it is
+    the paper's 0.5 by default (which the tables' ACC column already shows)."""
+    value: float
+    source: str
+    papers: bool = False
+
+
+def decide_threshold(choice="auto", stored=None, calibrate_real=None, target_fpr=0.05, score_reals=None,
+                     given_by="--threshold"):
+    """The one decision threshold of every script and the demo: a ``Threshold``.
+
+    ``calibrate_real`` (a folder of real images, scored by ``score_reals(folder)`` ->
+    probabilities, NaN for images that cannot be used) wins; else ``choice``: a probability or
+    one of ``THRESHOLD_CHOICES`` against the checkpoint's ``stored`` threshold (or None);
+    ``given_by`` names where a probability came from.
+    """
     if calibrate_real is not None:
         if not os.path.isdir(calibrate_real):
             raise UserError(f"--calibrate_real '{calibrate_real}' is not a folder")
         probs = np.asarray(score_reals(calibrate_real), dtype=np.float64)
         probs = probs[~np.isnan(probs)]
         t = threshold_at_fpr(probs, target_fpr)
-        return t, (f"calibrated on {len(probs)} real images in {calibrate_real} for a false-positive rate of "
-                   f"{target_fpr:g}")
-    if isinstance(threshold, float):
-        return threshold, "given with --threshold"
-    if threshold == "stored" and stored is None:
+        return Threshold(t, f"calibrated on {len(probs)} real images in {calibrate_real} for a false-positive "
+                            f"rate of {target_fpr:g}")
+    if isinstance(choice, (float, int)) and not isinstance(choice, bool):
+        return Threshold(float(choice), f"given with {given_by}")
+    if choice not in THRESHOLD_CHOICES:
+        raise UserError(f"threshold '{choice}': a probability or one of {', '.join(THRESHOLD_CHOICES)}")
+    if choice == "stored" and stored is None:
         raise UserError("--threshold stored: the checkpoint holds no threshold (train.py stores one in its "
                         "checkpoints); give a number or --calibrate_real")
-    if stored is not None:
-        return float(stored), "stored by train.py: best balanced accuracy on its validation split"
-    return None, "none"
+    if choice != "paper" and stored is not None:
+        return Threshold(float(stored), "stored by train.py: best balanced accuracy on its validation split")
+    return Threshold(PAPER_THRESHOLD, PAPER_SOURCE + (" (the checkpoint stores no threshold)"
+                                                      if choice == "auto" and stored is None else ""), papers=True)
 
 
 def metrics_at(m, threshold):

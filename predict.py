@@ -118,10 +118,7 @@ def main(argv=None):
     transform = EvalTransform(args.loadSize, args.loadSize, resize=args.resize, crop=False)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device),
                      images=ImageRule(args.strict_images, args.skip_truncated))
-    # predict.py uses a stored threshold only when asked (--threshold stored); else the paper's 0.5
-    threshold, source = eval_threshold(model, transform, cfg, args.threshold, args.calibrate_real, args.target_fpr,
-                                       use_stored=args.threshold == "stored")
-    threshold, source = (0.5, "the paper's rule") if threshold is None else (threshold, source)
+    threshold, source, _ = eval_threshold(model, transform, cfg, args.threshold, args.calibrate_real, args.target_fpr)
     log.info("Verdict: fake when P(fake) > %.4f (%s)", threshold, source)
     settings = {"model_path": args.model_path, "ema": args.ema_weights, "threshold": threshold,
                 "resize": args.resize, "loadSize": args.loadSize if args.resize else None,

@@ -38,9 +38,10 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
                           channels_last=cfg.channels_last, fold_bn=not args.no_fold_bn, compile_model=args.compile)
     # Calibration images go through the evaluation transform of the flags (no suite's own).
     calibration = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
-    threshold, source = eval_threshold(model, calibration, cfg, args.threshold, args.calibrate_real, args.target_fpr)
+    decided = eval_threshold(model, calibration, cfg, args.threshold, args.calibrate_real, args.target_fpr)
+    threshold = None if decided.papers else decided.value  # the paper's 0.5 is the ACC column already
     log.info("Checkpoint %s%s on %s%s", model_path, " (moving-average weights)" if args.ema_weights else "",
-             cfg.device, f"; threshold for ACC@t: {threshold:.4f} ({source})" if threshold is not None else "")
+             cfg.device, f"; threshold for ACC@t: {threshold:.4f} ({decided.source})" if threshold is not None else "")
     out = []
     for perturb in settings:
         for suite, path in suites:
@@ -62,7 +63,7 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
     for r in out:
         r["model_path"] = model_path
         r["threshold"] = threshold
-    return out, (threshold, source)
+    return out, (threshold, decided.source if threshold is not None else "none")
 
 
 def main(argv=None):

@@ -26,7 +26,8 @@ def main(argv=None):
     model = prepare_model(load_detector(args.model_path, device=device, ema=args.ema_weights), device,
                           cfg.channels_last, fold_bn=not args.no_fold_bn, compile_model=args.compile)
     transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
-    threshold, source = eval_threshold(model, transform, cfg, args.threshold, args.calibrate_real, args.target_fpr)
+    threshold, source, papers = eval_threshold(model, transform, cfg, args.threshold, args.calibrate_real,
+                                               args.target_fpr)
     start = time.time()
     m = evaluate_folder(model, args.dataroot, transform, cfg, classes=args.classes)
     print(f"{args.dataroot}: {m['n_scored']} images scored ({m['n_truncated']} of them truncated), "
@@ -34,7 +35,7 @@ def main(argv=None):
     for k in ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc"):
         print(f"{k:>9}: {'nan' if math.isnan(m[k]) else f'{100 * m[k]:.2f}'}")
     print(f"best_threshold: {m['best_threshold']:.4f}  n_real: {m['n_real']}  n_fake: {m['n_fake']}")
-    if threshold is not None:
+    if not papers:  # the paper's 0.5 is the acc line already
         mt = metrics_at(m, threshold)
         print(f"threshold {threshold:.4f} ({source}): acc {mt['acc_t']:.2f}  r_acc {mt['r_acc_t']:.2f}  "
               f"f_acc {mt['f_acc_t']:.2f}")

@@ -8,6 +8,7 @@ only checks that involve two options run after parsing.
 import argparse
 import sys
 
+from metrics import THRESHOLD_CHOICES
 from util import UserError
 
 MINI_ROOT = "datasets/npr-mini"
@@ -120,9 +121,10 @@ def _jpeg_qualities(text):
 
 
 def _threshold(text):
-    if text == "stored":
+    if text in THRESHOLD_CHOICES:
         return text
-    return _in_range(float, 0, 1, "a probability in (0, 1), or 'stored'", lo_open=True, hi_open=True)(text)
+    return _in_range(float, 0, 1, f"a probability in (0, 1), or one of {', '.join(THRESHOLD_CHOICES)}",
+                     lo_open=True, hi_open=True)(text)
 
 
 def _shard(text):
@@ -211,16 +213,15 @@ def add_device_options(p, training=False):
     return g
 
 
-def add_threshold_options(p):
-    """The decision threshold of test.py / validate.py / predict.py, and which weights to use."""
+def add_threshold_options(p, use, default):
+    """The decision threshold (``use``: what it decides) and which weights to use."""
     g = p.add_argument_group("decision threshold (tables always keep ACC at 0.5, the paper's metric)")
     g.add_argument("--ema_weights", action="store_true",
                    help="use the checkpoint's moving-average weights (train.py --ema) and their threshold")
     choice = g.add_mutually_exclusive_group()
-    choice.add_argument("--threshold", type=threshold, default=None,
-                        help="threshold for the extra 'ACC@t' columns (predict.py: for the verdicts): a probability, "
-                             "or 'stored' for the one train.py chose on its validation split; default: the stored "
-                             "one when the checkpoint has it (predict.py: 0.5)")
+    choice.add_argument("--threshold", type=threshold, default=default,
+                        help=f"threshold for {use}: a probability, or "
+                             + "; ".join(f"{k}: {v}" for k, v in THRESHOLD_CHOICES.items()))
     choice.add_argument("--calibrate_real", default=None,
                         help="choose the threshold on this folder of real images instead: the lowest one that calls "
                              "at most --target_fpr of them fake")

@@ -40,7 +40,7 @@ def test_parser():
     g.add_argument("--check_data", action="store_true",
                    help="first check the suites (python -m data.verify): counts against the published ones, broken "
                         "and duplicate files, format bias between real and fake; writes data_check.json")
-    add_threshold_options(p)
+    add_threshold_options(p, "the extra ACC@t columns", "auto")
     add_device_options(p)
     return accept_reference_options(p)
 
@@ -76,7 +76,7 @@ def validate_parser():
                        "folders).")
     g.add_argument("--classes", type=comma_list, default="", help="comma-separated category folders to use (empty: all)")
     p.add_argument_group("evaluation").add_argument("--model_path", default=None, help="the checkpoint")
-    add_threshold_options(p)
+    add_threshold_options(p, "the extra line of ACC at it", "auto")
     add_device_options(p)
     return accept_reference_options(p)
 
@@ -113,7 +113,7 @@ def predict_parser():
     p.add_argument("--list", action="store_true",
                    help="print every row (by default only when there are at most 50)")
     add_image_options(p)
-    add_threshold_options(p)
+    add_threshold_options(p, "the verdicts", "paper")
     return p
 
 

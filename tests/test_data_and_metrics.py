@@ -119,3 +119,23 @@ def test_epoch_sampler_seeded_resumable_and_balanced():
     shards = [list(EpochSampler(labels, seed=1, rank=r, world_size=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 20
     assert sorted(i for sh in shards for i, _ in sh) == list(range(40))
+
+
+def test_decide_threshold_is_one_rule_for_every_choice(tmp_path):
+    from metrics import PAPER_THRESHOLD, decide_threshold
+    from util import UserError
+    assert decide_threshold("auto", 0.3) == (0.3, "stored by train.py: best balanced accuracy on its validation split",
+                                             False)
+    auto = decide_threshold("auto", None)
+    assert auto.value == PAPER_THRESHOLD and auto.papers and "stores no threshold" in auto.source
+    assert decide_threshold("paper", 0.3).value == PAPER_THRESHOLD and decide_threshold("paper", 0.3).papers
+    assert decide_threshold("stored", 0.3).value == 0.3
+    with pytest.raises(UserError, match="holds no threshold"):
+        decide_threshold("stored", None)
+    given = decide_threshold(0.7, 0.3, given_by="the page's slider")
+    assert given == (0.7, "given with the page's slider", False)
+    with pytest.raises(UserError, match="a probability or one of auto, stored, paper"):
+        decide_threshold("sometimes", 0.3)
+    # calibration wins: at most 25% of these four reals are called fake
+    calibrated = decide_threshold("paper", 0.3, str(tmp_path), 0.25, lambda folder: [0.1, 0.2, float("nan"), 0.9, 0.4])
+    assert calibrated.value == 0.4 and calibrated.source.startswith("calibrated on 4 real images")
