@@ -63,7 +63,7 @@ def mini_note(model_path):
         return ""
     return ("\n\n**This is the NPR-mini checkpoint** (`python train.py` without data): trained on 48-pixel "
             "patches of a few photographs and four small auto-encoders, for a demonstration. On your own photos "
-            "its verdict says little. For real use, `python -m data.download weights` and "
+            "its verdict says little. For real use, `python -m tools.download weights` and "
             "`python demo.py --model_path NPR.pth` (the authors' ProGAN-trained detector).")
 
 

@@ -19,10 +19,10 @@ import sys
 from data.benchmarks import SUITES, find_suites
 from data.images import ImageRule
 from data.loaders import default_workers
-from data.mini import build_mini
+from tools.mini import build_mini
 from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
-from data.verify import format_report, verify as verify_suites
+from tools.verify import format_report, verify as verify_suites
 from engine import EvalConfig, eval_threshold, evaluate_suite, suite_transform
 from metrics import mean_row, summarize_checkpoints
 from networks import load_detector, prepare_model
@@ -83,7 +83,7 @@ def main(argv=None):
                         f"{', '.join(s.dirs[0] for s in SUITES[:3])}, or generator folders with 0_real/1_fake")
     if args.check_data:
         report = verify_suites(args.dataroot, [s.name for s, _ in suites], default_workers(args.num_threads, None))
-        log.info("Data check (python -m data.verify):\n%s", format_report(report))
+        log.info("Data check (python -m tools.verify):\n%s", format_report(report))
         with open(os.path.join(args.results_dir, "data_check.json"), "w") as f:
             json.dump(report, f, indent=1)
     device = select_device(args.gpu_ids)

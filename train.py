@@ -27,7 +27,7 @@ from data.cache import cached_train_dataset
 from data.discovery import make_samples
 from data.images import ImageRule
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
-from data.mini import build_mini
+from tools.mini import build_mini
 from data.transforms import EvalTransform, TrainTransform
 from engine import (EvalConfig, GracefulStop, StepConfig, StopRequested, evaluate_samples, evaluate_suite,
                     ignore_signals_in_worker, train_one_epoch, unwrap)

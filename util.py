@@ -75,6 +75,16 @@ def run_cli(main, argv=None):
     sys.exit(code or 0)
 
 
+def moved_module(name, new_module):
+    """For a module that moved: run as a script, say the new command in one line (exit code 2);
+    imported, raise ImportError naming the new module."""
+    if name == "__main__":
+        print(f"error: this command moved: run  python -m {new_module} {' '.join(sys.argv[1:])}".rstrip(),
+              file=sys.stderr)
+        sys.exit(2)
+    raise ImportError(f"{name} moved to {new_module}")
+
+
 def one_line(err):
     """The user-facing line of an error; a DataLoader worker re-raises it wrapped in a traceback."""
     text = str(err).strip()

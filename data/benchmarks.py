@@ -1,5 +1,7 @@
-"""The benchmark as data: suites (the paper's Tables 1-5 and the test sets the reference
-evaluates), their generator folders, how each is pre-processed, and the paper's numbers where known.
+"""The benchmark as data, in one place: suites (the paper's Tables 1-5 and the test sets the
+reference evaluates), their generator folders and aliases, how each is pre-processed, the
+paper's numbers and the published image counts where known, and where every suite and the
+weights are published (``SOURCES``, read by ``tools/download.py``).
 
 This is the one place to map folder names: add an alias to ``folders`` (matched
 case-insensitively) when your copy of a dataset spells a folder differently.
@@ -18,6 +20,7 @@ class Generator:
     paper_acc: float = None      # %, from the paper's tables
     paper_ap: float = None
     in_mean: bool = True         # False: shown, but left out of the suite's Mean row
+    published: object = None     # the published image count: (real, fake), or the total (an int); None: unknown
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,16 @@ class Suite:
     crop: bool                   # centre crop to cropSize (small images are tiled up first)
     note: str = ""
     custom: bool = field(default=False, compare=False)
+    counts_from: str = ""        # where the generators' published counts come from
 
 
-def G(name, *folders, acc=None, ap=None, in_mean=True):
-    return Generator(name, tuple(folders) or (name,), acc, ap, in_mean)
+def G(name, *folders, acc=None, ap=None, in_mean=True, published=None):
+    return Generator(name, tuple(folders) or (name,), acc, ap, in_mean, published)
 
 
-MINI_GENERATORS = ("nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle")  # built by data/mini.py
-MINI_THIRD_PARTY = ("cyclegan_vintage",)  # trained GANs shipped in pip packages (data/mini.py, THIRD_PARTY)
+MINI_GENERATORS = ("nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle")  # built by tools/mini.py
+MINI_THIRD_PARTY = ("cyclegan_vintage",)  # trained GANs shipped in pip packages (tools/mini.py, THIRD_PARTY)
+MINI_TEST_PER_GENERATOR = 200  # real test images per generator, and as many fakes (tools/mini.py)
 
 SUITES = (
     Suite("ForenSynths", ("ForenSynths", "CNN_synth_testset", "ForenSynths_train_val/test", "ForenSynths/test"), (
@@ -45,20 +50,24 @@ SUITES = (
         G("CycleGAN", "cyclegan", acc=95.0, ap=99.5), G("StarGAN", "stargan", acc=99.7, ap=100.0),
         G("GauGAN", "gaugan", acc=86.6, ap=88.8), G("Deepfake", "deepfake", acc=77.4, ap=86.2)),
         resize=True, crop=False, note="Table 1"),
-    Suite("GANGen-Detection", ("GANGen-Detection", "GANGen_Detection"), tuple(G(n, n) for n in (
+    Suite("GANGen-Detection", ("GANGen-Detection", "GANGen_Detection"), tuple(G(n, n, published=2000) for n in (
         "AttGAN", "BEGAN", "CramerGAN", "InfoMaxGAN", "MMDGAN", "RelGAN", "S3GAN", "SNGAN", "STGAN")),
-        resize=False, crop=False, note="Table 2 (paper numbers not available here)"),
+        resize=False, crop=False, note="Table 2 (paper numbers not available here)",
+        counts_from="chuangchuangtan/GANGen-Detection README: 'Each folder contains 2k real/fake images'"),
     Suite("DiffusionForensics", ("DiffusionForensics",), (
         G("ADM", "adm", acc=88.6, ap=98.9), G("DDPM", "ddpm", acc=99.8, ap=100.0),
         G("IDDPM", "iddpm", acc=91.8, ap=99.8), G("LDM", "ldm", acc=100.0, ap=100.0),
         G("PNDM", "pndm", acc=91.2, ap=100.0), G("SDv1", "sdv1_new", "sdv1", acc=97.4, ap=99.8),
         G("SDv2", "sdv2", acc=93.8, ap=100.0), G("VQ-Diffusion", "vqdiffusion", acc=100.0, ap=100.0)),
         resize=True, crop=False, note="Table 3 (paper numbers second-hand)"),
-    Suite("UniversalFakeDetect", ("UniversalFakeDetect", "UniversalFakeDetect_test"), (
-        G("DALLE", "dalle"), G("Glide_100_10", "glide_100_10"), G("Glide_100_27", "glide_100_27"),
-        G("Glide_50_27", "glide_50_27"), G("ADM", "guided", "adm"), G("LDM_100", "ldm_100"),
-        G("LDM_200", "ldm_200"), G("LDM_200_cfg", "ldm_200_cfg")),
-        resize=True, crop=False, note="Table 4 (paper numbers not available here)"),
+    Suite("UniversalFakeDetect", ("UniversalFakeDetect", "UniversalFakeDetect_test"), tuple(
+        G(name, *folders, published=(1000, 1000)) for name, *folders in (
+            ("DALLE", "dalle"), ("Glide_100_10", "glide_100_10"), ("Glide_100_27", "glide_100_27"),
+            ("Glide_50_27", "glide_50_27"), ("ADM", "guided", "adm"), ("LDM_100", "ldm_100"),
+            ("LDM_200", "ldm_200"), ("LDM_200_cfg", "ldm_200_cfg"))),
+        resize=True, crop=False, note="Table 4 (paper numbers not available here)",
+        counts_from="WisconsinAIVision/UniversalFakeDetect README: '1k images fake images and 1k real images for "
+                    "each domain'"),
     Suite("AIGCDetectBenchmark", ("AIGCDetectBenchmark", "AIGCDetect_testset", "AIGCDetectBenchmark/test"), (
         G("ProGAN", "progan", acc=99.9), G("StyleGAN", "stylegan", acc=96.1), G("BigGAN", "biggan", acc=87.3),
         G("CycleGAN", "cyclegan", acc=90.3), G("StarGAN", "stargan", acc=99.6), G("GauGAN", "gaugan", acc=85.4),
@@ -79,11 +88,100 @@ SUITES = (
         G("DALLE", "DALLE", "dalle"), G("DDPM", "ddpm"), G("Guided", "guided-diffusion"),
         G("Improved", "improved-diffusion"), G("Midjourney", "midjourney")),
         resize=True, crop=False, note="Table 5"),
-    Suite("NPR-mini", ("npr-mini/test",), tuple(G(n, n) for n in MINI_GENERATORS + MINI_THIRD_PARTY),
-          resize=False, crop=False, note="built-in mini benchmark; trained on nn_conv only; cyclegan_vintage is a "
-                                         "third-party CycleGAN (the vintagify package)"),
+    Suite("NPR-mini", ("npr-mini/test",), tuple(
+        G(n, n, published=(MINI_TEST_PER_GENERATOR, MINI_TEST_PER_GENERATOR)) for n in MINI_GENERATORS + MINI_THIRD_PARTY),
+        resize=False, crop=False, note="built-in mini benchmark; trained on nn_conv only; cyclegan_vintage is a "
+                                       "third-party CycleGAN (the vintagify package)",
+        counts_from=f"tools/mini.py: {MINI_TEST_PER_GENERATOR} real test images per generator and as many fakes"),
 )
 
+
+# ----------------------------------------------------------------------------- sources
+# Where the paper's data and weights are published. Each entry says how to fetch it (a direct
+# URL, a Google Drive file or folder through the ``gdown`` package, or by hand only), the
+# archives it yields, the folder ``test.py`` expects after extraction, the disk it needs, and the
+# manual link to use when a scripted download fails. Sizes and checksums are given where the
+# publisher states them (none of these publishers gives a checksum).
+
+@dataclass(frozen=True)
+class Source:
+    name: str              # what the user types: python -m tools.download <name>
+    kind: str              # "url", "gdrive_file", "gdrive_folder" or "manual"
+    location: str = ""     # the URL, or the Google Drive id
+    archives: tuple = ()   # expected archive names ("*.tar.gz": every file of a folder download)
+    target: str = ""       # folder under --root that test.py / train.py read after extraction
+    disk: str = ""         # the space it needs, as published or measured
+    manual: str = ""       # where a person downloads it by hand
+    sha256: tuple = ()     # (archive, sha256) pairs, where published
+    note: str = ""
+
+    @property
+    def url(self):
+        if self.kind == "gdrive_file":
+            return f"https://drive.google.com/uc?id={self.location}"
+        if self.kind == "gdrive_folder":
+            return f"https://drive.google.com/drive/folders/{self.location}"
+        return self.location
+
+
+SOURCES = (
+    Source("ForenSynths", "url",
+           "https://huggingface.co/datasets/sywang/CNNDetection/resolve/main/CNN_synth_testset.zip",
+           ("CNN_synth_testset.zip",), "CNN_synth_testset", "about 19 GB (UniversalFakeDetect README)",
+           "https://drive.google.com/file/d/1z_fD3UKgWQyOTZIBbYSaQ-hz4AzUrLC1/view (CNNDetection README)",
+           note="CNNDetection's test set (Wang et al., CVPR 2020): Table 1's eight generators and more"),
+    Source("ForenSynths-train", "gdrive_file", "1iVNBV0glknyTYGA9bCxT_d0CVTOgGcKh", ("trainset.zip",),
+           "ForenSynths_train_val/train", "about 72 GB (UniversalFakeDetect README)",
+           "https://drive.google.com/file/d/1iVNBV0glknyTYGA9bCxT_d0CVTOgGcKh/view (CNNDetection README; "
+           "alternatives there)",
+           note="ProGAN training set, 20 LSUN categories; the paper trains on car, cat, chair, horse"),
+    Source("ForenSynths-val", "gdrive_file", "1FU7xF8Wl_F8b0tgL0529qg2nZ_RpdVNL", ("valset.zip",),
+           "ForenSynths_train_val/val", "",
+           "https://drive.google.com/file/d/1FU7xF8Wl_F8b0tgL0529qg2nZ_RpdVNL/view (CNNDetection README)"),
+    Source("GANGen-Detection", "gdrive_folder", "11E0Knf9J1qlv2UuTnJSOFUjIIi90czSj", ("*.tar.gz",),
+           "GANGen-Detection", "",
+           "https://drive.google.com/drive/folders/11E0Knf9J1qlv2UuTnJSOFUjIIi90czSj "
+           "(chuangchuangtan/GANGen-Detection README)"),
+    Source("DiffusionForensics", "gdrive_folder", "1tKsOU-6FDdstrrKLPYuZ7RpQwtOSHxUD", ("*.tar.gz",),
+           "DiffusionForensics", "",
+           "https://drive.google.com/drive/folders/1tKsOU-6FDdstrrKLPYuZ7RpQwtOSHxUD (the DIRE release, "
+           "ZhendongWang6/DIRE)"),
+    Source("UniversalFakeDetect", "gdrive_file", "1nkCXClC7kFM01_fqmLrVNtnOYEFPtWO-", ("diffusion_datasets.zip",),
+           "UniversalFakeDetect", "",
+           "https://drive.google.com/file/d/1FXlGIRh_Ud3cScMgSVDbEWmPDmjcrm1t/view (UniversalFakeDetect README)",
+           note="1k real and 1k fake images per diffusion domain"),
+    Source("AIGCDetectBenchmark", "gdrive_folder", "1BUv1MT1cm90QN3WTMHLEr8PXBsKGxKC9", ("test.zip", "test.z*"),
+           "AIGCDetectBenchmark", "",
+           "https://drive.google.com/drive/folders/1p4ewuAo7d5LbNJ4cKyh10Xl9Fg2yoFOw or BaiduNetdisk "
+           "(Ekko-zn/AIGCDetectBenchmark README)",
+           note="a split zip (test.z01, test.z02, ..., test.zip), joined before extraction"),
+    Source("Diffusion1kStep", "gdrive_folder", "14f0vApTLiukiPvIHukHDzLujrvJpDpRq", ("*.tar.gz",),
+           "Diffusion1kStep", "",
+           "https://drive.google.com/drive/folders/14f0vApTLiukiPvIHukHDzLujrvJpDpRq (the NPR authors' release)"),
+    Source("GenImage", "manual", "", (), "GenImage", "",
+           "https://github.com/GenImage-Dataset/GenImage (Google Drive and BaiduNetdisk links there)",
+           note="no scripted source: download the generators' val folders by hand and arrange them as "
+                "GenImage/<generator>/{0_real,1_fake} (GenImage's nature / ai)"),
+    Source("weights", "url", "https://github.com/chuangchuangtan/NPR-DeepfakeDetection/raw/main/NPR.pth",
+           ("NPR.pth",), "", "about 5.8 MB (1,437,761 float32 parameters)",
+           "https://github.com/chuangchuangtan/NPR-DeepfakeDetection (NPR.pth in the repository)",
+           note="the authors' ProGAN 4-class detector; written to --weights_path"),
+    Source("safe-weights", "url", "https://github.com/Ouxiang-Li/SAFE/raw/main/checkpoint/checkpoint-best.pth",
+           ("SAFE-checkpoint-best.pth",), "", "",
+           "https://github.com/Ouxiang-Li/SAFE (checkpoint/checkpoint-best.pth in the repository)",
+           note="SAFE's ProGAN 4-class detector (Li et al., KDD 2025), a training checkpoint of its code; "
+                "written beside --weights_path; test.py reads it as it is (the dwt operator)"),
+)
+
+
+def source_by_name(name):
+    for s in SOURCES:
+        if s.name.lower() == name.lower():
+            return s
+    return None
+
+
+# ----------------------------------------------------------------------------- finding suites on disk
 
 def suite_by_name(name):
     for s in SUITES:

@@ -38,7 +38,7 @@ def test_parser():
     g.add_argument("--results_dir", default="./results", help="where CSV / JSON / Markdown results go")
     g.add_argument("--plots", action="store_true", help="write ROC / PR, ACC / AP bar and sweep figures (PNG)")
     g.add_argument("--check_data", action="store_true",
-                   help="first check the suites (python -m data.verify): counts against the published ones, broken "
+                   help="first check the suites (python -m tools.verify): counts against the published ones, broken "
                         "and duplicate files, format bias between real and fake; writes data_check.json")
     add_threshold_options(p, "the extra ACC@t columns", "auto")
     add_device_options(p)

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, write_leaf
-from data import download as dl
-from data.sources import SOURCES, Source
-from data.verify import format_report, jpeg_quality, verify
+from tools import download as dl
+from data.benchmarks import SOURCES, Source
+from tools.verify import format_report, jpeg_quality, verify
 
 
 # ----------------------------------------------------------------------------- a local server
@@ -247,12 +247,12 @@ def test_split_zip_is_joined_and_extracted(tmp_path, monkeypatch, with_zip_tool)
 
 
 def test_cli_lists_sources_and_refuses_unknown_names(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "data.download", "--list"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "tools.download", "--list"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "GANGen-Detection" in r.stdout and "weights" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "data.download", "--root", str(tmp_path), "NoSuchSuite"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "tools.download", "--root", str(tmp_path), "NoSuchSuite"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown source" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run([sys.executable, "-m", "data.download", "--root", str(tmp_path), "GenImage"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "tools.download", "--root", str(tmp_path), "GenImage"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "github.com/GenImage-Dataset" in r.stderr and "Traceback" not in r.stderr
 
@@ -318,8 +318,8 @@ def test_verifier_flags_counts_format_bias_duplicates_and_broken_files(suites):
 
 def test_verify_cli_prints_the_table_and_writes_json(suites, tmp_path):
     out = str(tmp_path / "report.json")
-    r = subprocess.run([sys.executable, "-m", "data.verify", "--dataroot", str(suites), "--suites", "GANGen-Detection",
-                        "--json", out, "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "tools.verify", "--dataroot", str(suites), "--suites", "GANGen-Detection",
+                        "--json", out, "--num_threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "AttGAN" in r.stdout and "format bias" in r.stdout and "published" in r.stdout
     data = json.load(open(out))
@@ -338,3 +338,20 @@ def test_test_py_checks_the_data_first(suites, tmp_path):
     assert "Data check" in r.stdout and "format bias" in r.stdout and "AttGAN" in r.stdout
     assert json.load(open(os.path.join(res, "data_check.json")))["suites"][0]["suite"] == "GANGen-Detection"
 
+
+
+@pytest.mark.parametrize("old,new", [("data.download", "tools.download"), ("data.verify", "tools.verify"),
+                                     ("data.mini", "tools.mini")])
+def test_old_module_paths_say_the_new_command(old, new):
+    r = subprocess.run([sys.executable, "-m", old, "--list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: this command moved: run  python -m {new} --list"
+    r = subprocess.run([sys.executable, "-c", f"import {old}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and f"ImportError: {old} moved to {new}" in r.stderr
+
+
+def test_tools_share_the_one_line_errors():
+    for tool, given in (("tools.download", ["--root", "."]), ("tools.verify", ["--dataroot", "."]),
+                        ("tools.mini", ["--root", "."])):
+        r = subprocess.run([sys.executable, "-m", tool, *given, "--no_such_flag"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr == "error: unrecognized arguments: --no_such_flag (see --help)\n", tool

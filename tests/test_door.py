@@ -11,7 +11,7 @@ from PIL import Image
 
 from data.discovery import list_images, scan_images
 from data.images import ImageRule
-from data.verify import verify
+from tools.verify import verify
 from networks import batch_probs, prepare_model, resnet50
 from networks.detector import PIXEL_BUDGET, TILE, tiles
 
@@ -145,7 +145,7 @@ def test_a_photo_above_the_budget_gets_a_verdict_through_predict_py(tmp_path, si
 def test_the_verifier_hashes_in_chunks(tmp_path, monkeypatch):
     """A large non-image is hashed 1 MiB at a time, not read whole into memory."""
     import hashlib
-    import data.verify as verify_module
+    import tools.verify as verify_module
     data = os.urandom(1 << 20) * 3 + b"tail"
     (tmp_path / "big.png").write_bytes(data)
     sizes = []

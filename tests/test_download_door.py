@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from data import download as dl
+from tools import download as dl
 from test_data_tools import source, suite_tar
 
 

@@ -1,7 +1,7 @@
 import hashlib
 import os
 
-from data.mini import build_mini
+from tools.mini import build_mini
 
 TINY = dict(size=32, train_per_class=3, val_per_class=2, test_per_generator=3, generator_steps=5, quiet=True)
 
