@@ -419,6 +419,7 @@ def bench_tiles(model_path, scale=3):
     enlarged ``scale`` times (nearest-neighbour, which leaves up-sampling traces, and bicubic)
     above the pixel budget, scored whole (the model's own forward) and in tiles (``batch_probs``)."""
     from skimage import data as skdata
+
     from networks import load_detector
     from networks.detector import PIXEL_BUDGET
     model = prepare_model(load_detector(model_path, device="cpu"), torch.device("cpu"))

@@ -19,15 +19,16 @@ import sys
 from data.benchmarks import SUITES, find_suites
 from data.images import ImageRule
 from data.loaders import default_workers
-from tools.mini import build_mini
 from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
-from tools.verify import format_report, verify as verify_suites
 from engine import EvalConfig, eval_threshold, evaluate_suite, suite_transform
 from metrics import mean_row, summarize_checkpoints
 from networks import load_detector, prepare_model
 from options import MINI_ROOT, parse_test_args, print_options
 from report import groups, make_figures, suite_table, summary_table, write_results
+from tools.mini import build_mini
+from tools.verify import format_report
+from tools.verify import verify as verify_suites
 from util import UserError, ensure_writable_dir, log, run_cli, select_device, set_numerics, setup_logging
 
 

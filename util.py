@@ -165,5 +165,5 @@ def ensure_writable_dir(path, what):
             f.write(b"ok")
         os.remove(probe)
     except OSError as e:
-        raise UserError(f"{what} '{path}' is not writable ({e.strerror or e}); choose another folder")
+        raise UserError(f"{what} '{path}' is not writable ({e.strerror or e}); choose another folder") from None
     return path

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from util import UserError
+
 from .discovery import find_child, is_leaf
 
 

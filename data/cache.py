@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from util import UserError
+
 from .images import ImageDecodeError, ImageRule, load_rgb
 from .transforms import resize_square
 
@@ -105,7 +106,7 @@ class TrainCache:
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as e:
-            raise UserError(f"--cache_dir '{self.dir}': cannot create it ({e.strerror or e})")
+            raise UserError(f"--cache_dir '{self.dir}': cannot create it ({e.strerror or e})") from None
         state = self.state()
         todo = np.flatnonzero(state == TODO).tolist()
         if not todo and os.path.isfile(self.images_path):
@@ -119,7 +120,7 @@ class TrainCache:
                 f.truncate(self.nbytes)  # sparse until written
             with open(os.path.join(self.dir, "meta.json"), "w") as f:
                 json.dump({"n": len(self.samples), "load_size": self.load_size, "interp": self.interp,
-                           "paths": [p for p, _ in self.samples], "labels": [l for _, l in self.samples]}, f)
+                           "paths": [p for p, _ in self.samples], "labels": [label for _, label in self.samples]}, f)
         log.info("Caching %d of %d training images (%dx%d, %.2f GiB) in %s", len(todo), len(self.samples),
                  self.load_size, self.load_size, self.nbytes / 2**30, self.dir)
         images = np.memmap(self.images_path, dtype=np.uint8, mode="r+", shape=self.shape)

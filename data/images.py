@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from util import UserError
+
 from .discovery import unopenable
 
 log = logging.getLogger("npr")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from util import UserError
+
 from .augment import gaussian_blur, jpeg_compress
 
 KINDS = ("jpeg", "blur", "resize")
@@ -70,7 +71,7 @@ def parse_perturbations(text):
             try:
                 vals = [float(v) for v in values.split(",") if v.strip()]
             except ValueError:
-                raise UserError(f"--perturb '{text}': '{values}' is not a number list")
+                raise UserError(f"--perturb '{text}': '{values}' is not a number list") from None
             for v in vals:
                 _check(kind.strip().lower(), v, text)
             parsed.append((kind.strip().lower(), vals))

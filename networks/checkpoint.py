@@ -18,6 +18,7 @@ import zipfile
 import torch
 
 from util import UserError
+
 from .ema import WEIGHTS_KEY as EMA_WEIGHTS_KEY
 from .operators import operator_for_head
 

@@ -14,8 +14,14 @@ from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import normalize_batch
 from util import AMP_DTYPE, select_device
-from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
-                         load_state_dict_strict)
+
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_operator,
+    extract_state_dict,
+    load_checkpoint,
+    load_state_dict_strict,
+)
 from .ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
 from .fuse import fuse_for_inference
 from .operators import OPERATORS
@@ -91,8 +97,8 @@ def _forward(model, x, device, channels_last, amp, features=False):
 def tiles(height, width, tile=TILE):
     """(top, left, height, width) of the tiles covering an image: origins on a ``tile`` grid, the
     last row and column as large as what is left."""
-    return [(t, l, min(tile, height - t), min(tile, width - l))
-            for t in range(0, height, tile) for l in range(0, width, tile)]
+    return [(top, left, min(tile, height - top), min(tile, width - left))
+            for top in range(0, height, tile) for left in range(0, width, tile)]
 
 
 def tiled_logit(model, image, device, channels_last, amp):
@@ -100,9 +106,9 @@ def tiled_logit(model, image, device, channels_last, amp):
     size of its feature map (ceil(side / 8) per side), averaged, then the classifier; without
     tile borders this is the whole image's average pooling."""
     total, weight = 0.0, 0
-    for t, l, h, w in tiles(*image.shape[-2:]):
+    for top, left, h, w in tiles(*image.shape[-2:]):
         n = -(-h // 8) * -(-w // 8)
-        total = total + n * _forward(model, image[None, :, t:t + h, l:l + w], device, channels_last, amp, True)
+        total = total + n * _forward(model, image[None, :, top:top + h, left:left + w], device, channels_last, amp, True)
         weight += n
     with torch.autocast(device.type, enabled=False):
         return model.head(total / weight).float()

@@ -12,8 +12,8 @@ loads and evaluates it with no other file touched.
   padding, resized bilinearly back to the input size. SAFE reads pixels in [0, 1] and has a
   two-class head.
 """
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import ptwt
 import torch

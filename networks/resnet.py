@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from data.transforms import MEAN, STD
+
 from .operators import DEFAULT_OPERATOR, get_operator
 
 __all__ = ["Bottleneck", "NPRResNet", "resnet50"]

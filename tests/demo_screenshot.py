@@ -10,10 +10,11 @@ import time
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
 
+from test_demo import browser  # noqa: E402
+
 import demo  # noqa: E402
 from data.discovery import list_images  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
-from test_demo import browser  # noqa: E402
 
 
 def main(out):

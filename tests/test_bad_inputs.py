@@ -4,12 +4,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from data.discovery import make_samples
 from data.images import ImageDecodeError, ImageRule, UnusableImageError, load_rgb
 from data.loaders import BinaryImageDataset, make_eval_loader
-from data.discovery import make_samples
 from data.transforms import EvalTransform
 
 
@@ -130,6 +131,7 @@ def test_loading_path_never_raises(tmp_path, payload):
 def test_strict_images_one_line_error_from_worker(tmp_path):
     import subprocess
     import sys
+
     from conftest import write_leaf
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     write_leaf(str(tmp_path / "suite" / "gen"), 3, 3)

@@ -20,9 +20,9 @@ from torchvision.transforms import functional as TF
 
 import train
 from data.augment import patch_mask
+from metrics import compute_metrics, threshold_at_fpr
 from options import parse_train_args
 from util import UserError
-from metrics import compute_metrics, threshold_at_fpr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,8 +170,9 @@ def test_ema_bn_images_recomputes_the_averaged_models_batchnorm_statistics(tiny_
     """With a decay of ~0 the average is the last weights, so the recomputed statistics must be
     update_bn's on those weights over the same seeded subset of training images."""
     from torch.optim.swa_utils import update_bn
-    from data.loaders import make_eval_loader
+
     from data.discovery import make_samples
+    from data.loaders import make_eval_loader
     from data.transforms import EvalTransform, normalize_batch
     from networks import resnet50
 
@@ -270,7 +271,8 @@ def test_predict_verdicts_follow_the_threshold(trained, tmp_path):
     ckpt = torch.load(path, weights_only=True)
     for extra, expect in ((["--threshold", "0.000001"], lambda p: "fake"),
                           (["--threshold", "stored"], lambda p: "fake" if p > ckpt["threshold"] else "real"),
-                          (["--threshold", "stored", "--ema_weights"], lambda p: "fake" if p > ckpt["threshold_ema"] else "real"),
+                          (["--threshold", "stored", "--ema_weights"],
+                           lambda p: "fake" if p > ckpt["threshold_ema"] else "real"),
                           (["--calibrate_real", str(leaf / "0_real"), "--target_fpr", "0"], None)):
         r = run("predict.py", str(leaf), "--model_path", path, "--output", out, "--gpu_ids", "-1", *extra)
         assert r.returncode == 0, r.stderr

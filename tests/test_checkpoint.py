@@ -87,8 +87,8 @@ def test_corrupt_and_missing_files(tmp_path):
 
 
 def test_predict_proba_inputs(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     m = _trained_like_model()
     arr = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     p = str(tmp_path / "a.png")

@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import write_leaf
 from PIL import Image
 
-from conftest import write_leaf
 from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch

@@ -3,15 +3,15 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import write_leaf
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 import train
-from data.loaders import EpochSampler, bucket_by_size, make_eval_loader
 from data.discovery import DatasetLayoutError, discover_leaves, make_samples
+from data.loaders import EpochSampler, bucket_by_size, make_eval_loader
 from data.transforms import EvalTransform, normalize_batch, tile_to_min_size
-from options import parse_train_args
 from metrics import compute_metrics
-from conftest import write_leaf
+from options import parse_train_args
 
 
 def test_metrics_match_sklearn():
@@ -38,7 +38,7 @@ def test_discovery_nested_flat_and_classes(tmp_path):
     write_leaf(str(tmp_path / "flat"), 2, 3)
     assert discover_leaves(str(tmp_path / "flat")) == [("", str(tmp_path / "flat"))]
     s = make_samples(str(tmp_path / "flat"))
-    assert [l for _, l in s] == [0, 0, 1, 1, 1]
+    assert [label for _, label in s] == [0, 0, 1, 1, 1]
     for c in ("car", "cat", "horse"):
         write_leaf(str(tmp_path / "nested" / c), 1, 1)
     assert [c for c, _ in discover_leaves(str(tmp_path / "nested"))] == ["car", "cat", "horse"]

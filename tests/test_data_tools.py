@@ -17,13 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import ROOT, write_leaf
 from PIL import Image
 
-from conftest import ROOT, write_leaf
-from tools import download as dl
 from data.benchmarks import SOURCES, Source
+from tools import download as dl
 from tools.verify import format_report, jpeg_quality, verify
-
 
 # ----------------------------------------------------------------------------- a local server
 
@@ -129,6 +128,7 @@ def test_weights_files_land_at_and_beside_weights_path(server, tmp_path):
     """NPR.pth goes to --weights_path, SAFE's checkpoint beside it under its own name, and the
     evaluation scripts read it as it is."""
     import torch
+
     from networks import load_detector, resnet50
     base, h = server
     buf = io.BytesIO()
@@ -328,6 +328,7 @@ def test_verify_cli_prints_the_table_and_writes_json(suites, tmp_path):
 
 def test_test_py_checks_the_data_first(suites, tmp_path):
     import torch
+
     from networks import resnet50
     torch.save(resnet50().state_dict(), str(tmp_path / "m.pth"))
     res = str(tmp_path / "res")

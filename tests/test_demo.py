@@ -16,9 +16,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 REQUIRED = os.environ.get("NPR_REQUIRE_DEMO") == "1"
 if REQUIRED:

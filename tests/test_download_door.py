@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from test_data_tools import source, suite_tar
 
 from tools import download as dl
-from test_data_tools import source, suite_tar
 
 
 class Odd(BaseHTTPRequestHandler):
@@ -23,7 +23,6 @@ class Odd(BaseHTTPRequestHandler):
     def do_GET(self):
         data, how = self.files.get(self.path), self.how.get(self.path)
         rng = self.headers.get("Range")
-        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
         if how == "416" and rng:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{len(data)}")

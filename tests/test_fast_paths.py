@@ -1,7 +1,6 @@
 """The fast paths change speed, not results: fused / channels-last evaluation, the decoded-image
 cache, and DistributedDataParallel training (gloo, 2 processes on the CPU)."""
 import os
-import random
 import subprocess
 import sys
 
@@ -9,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from conftest import ROOT, write_leaf
 from PIL import Image
 
 import train
-from conftest import ROOT, write_leaf
-from data.cache import TrainCache, UNREADABLE, cached_train_dataset
-from data.loaders import BinaryImageDataset
+from data.cache import UNREADABLE, TrainCache, cached_train_dataset
 from data.discovery import make_samples
+from data.loaders import BinaryImageDataset
 from data.transforms import EvalTransform
 from engine import EvalConfig, evaluate_folder
 from networks import prepare_model, resnet50
@@ -148,7 +147,8 @@ def test_cache_build_resumes_and_skips_unreadable(tiny_dataset, tmp_path, monkey
 def test_cache_refuses_several_interpolations(tiny_dataset, tmp_path):
     samples = make_samples(str(tiny_dataset / "train"))
     with pytest.raises(UserError, match="single --rz_interp"):
-        cached_train_dataset(str(tmp_path / "c"), samples, train.make_train_transform(train_opt("--rz_interp", "bilinear,bicubic")))
+        transform = train.make_train_transform(train_opt("--rz_interp", "bilinear,bicubic"))
+        cached_train_dataset(str(tmp_path / "c"), samples, transform)
 
 
 def test_training_from_the_cache_gives_the_same_weights(tiny_dataset, tmp_path):

@@ -10,9 +10,9 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import ROOT, write_leaf
 from hostile import write_hostile_corpus
+
 from networks import load_detector, predict_proba, resnet50
 
 N_REAL = 3

@@ -19,8 +19,8 @@ def digest(root):
 
 def test_builder_layout_determinism_and_fakes(tmp_path):
     a = build_mini(str(tmp_path / "a"), seed=1, **TINY)
-    b = build_mini(str(tmp_path / "b"), seed=1, **TINY)
-    c = build_mini(str(tmp_path / "c"), seed=2, **TINY)
+    build_mini(str(tmp_path / "b"), seed=1, **TINY)
+    build_mini(str(tmp_path / "c"), seed=2, **TINY)
     root = tmp_path / "a"
     for cat in a["categories"]:
         for split, n in (("train", 3), ("val", 2)):
@@ -29,8 +29,8 @@ def test_builder_layout_determinism_and_fakes(tmp_path):
     assert sorted(os.listdir(root / "test")) == sorted(a["generators"])
     assert len(a["generators"]) == 5 and a["train_generator"] == "nn_conv"
     assert a["third_party"]["cyclegan_vintage"]["package"] == "vintagify" and a["third_party"]["cyclegan_vintage"]["version"]
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     leaf = root / "test" / "pixel_shuffle"
     for f in os.listdir(leaf / "0_real"):
         real = np.asarray(Image.open(leaf / "0_real" / f))
@@ -44,8 +44,8 @@ def test_builder_layout_determinism_and_fakes(tmp_path):
 
 
 def test_third_party_gan_split_has_the_counts_and_the_content_of_its_real_images(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     m = build_mini(str(tmp_path / "m"), seed=1, **dict(TINY, test_per_generator=6))
     leaf = tmp_path / "m" / "test" / "cyclegan_vintage"
     names = sorted(os.listdir(leaf / "0_real"))

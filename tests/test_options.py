@@ -3,11 +3,10 @@ run, one type per flag; and the README stays a front door whose links resolve.""
 import os
 import re
 import subprocess
-import sys
 
 import pytest
-
 from conftest import ROOT
+
 import options
 from options import parse_train_args, predict_parser, train_parser, validate_parser
 from options.base_options import REFERENCE_OPTIONS

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, write_leaf
 from PIL import Image
 
 import train
-from conftest import ROOT, write_leaf
 from data.augment import gaussian_blur, reference_blur
 from metrics import mean_row, summarize_checkpoints
 from options import parse_train_args

@@ -54,6 +54,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_pat
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     import pytest
+
     from util import UserError
     common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--name", "nan",
               "--batch_size", "4", "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0"]
@@ -90,6 +91,7 @@ def test_sigint_saves_latest_and_says_how_to_resume(tiny_dataset, tmp_path):
 
 def test_unwritable_output_folder_reported_before_training(tiny_dataset, tmp_path):
     import pytest
+
     from util import UserError
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")

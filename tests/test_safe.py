@@ -19,12 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as T
+from test_train_parity import RefResNet
 
 import hubconf
 import train
 from data.transforms import normalize_batch
 from networks import load_detector, predict_proba, resnet50, wavelet_hh
-from test_train_parity import RefResNet
 
 # pytorch_wavelets 1.3.0 imports pkg_resources for its dual-tree tables, which setuptools >= 82
 # no longer ships; its DWT does not use them.
@@ -34,7 +34,6 @@ if "pkg_resources" not in sys.modules:
     except ImportError:
         sys.modules["pkg_resources"] = types.SimpleNamespace(resource_stream=None)
 from pytorch_wavelets import DWTForward  # noqa: E402
-
 
 # ----------------------------------------------------------------------------- SAFE, transcribed
 

@@ -190,7 +190,8 @@ def write_images(root):
                 for i in range(n if split == "train" else 2):
                     h, w = int(rng.integers(33, 45)), int(rng.integers(33, 45))
                     if label == "1_fake":
-                        arr = rng.integers(0, 256, (h // 2 + 1, w // 2 + 1, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)[:h, :w]
+                        small = rng.integers(0, 256, (h // 2 + 1, w // 2 + 1, 3), dtype=np.uint8)
+                        arr = small.repeat(2, 0).repeat(2, 1)[:h, :w]
                     else:
                         arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
                     Image.fromarray(arr).save(os.path.join(folder, f"{i:02d}.png"))

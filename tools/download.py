@@ -40,9 +40,9 @@ from dataclasses import replace
 
 from tqdm import tqdm
 
+from data.benchmarks import SOURCES, source_by_name
 from options.base_options import OneLineErrorParser
 from util import UserError, run_cli, sha256_of
-from data.benchmarks import SOURCES, source_by_name
 
 CHUNK = 1 << 20
 TIMEOUT = 60  # seconds without data before a transfer is given up (it resumes on the next run)
@@ -383,7 +383,8 @@ def install(source, archives, root, folder):
         except UnsafeArchiveError as e:
             shutil.rmtree(staging, ignore_errors=True)
             raise failure(source, f"extracting {os.path.basename(a)}",
-                          f"unsafe archive: {e}; nothing was installed, the archive is kept at {a} for inspection")
+                          f"unsafe archive: {e}; nothing was installed, the archive is kept at {a} for inspection"
+                          ) from None
         except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
             # Only an archive that cannot be read is deleted: a full disk or a permission error is not its fault.
             for bad in [a] + joined.get(a, []):

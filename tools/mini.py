@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from data.benchmarks import MINI_GENERATORS, MINI_TEST_PER_GENERATOR, MINI_THIRD_PARTY
 from options.base_options import MINI_ROOT, OneLineErrorParser
 from util import run_cli, setup_logging, write_json_atomically
-from data.benchmarks import MINI_GENERATORS, MINI_TEST_PER_GENERATOR, MINI_THIRD_PARTY
 
 log = logging.getLogger("npr")
 

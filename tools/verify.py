@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from options.base_options import OneLineErrorParser, non_negative_int
-from util import UserError, run_cli, sha256_of
 from data.benchmarks import find_suites, locate_generator
 from data.discovery import LABEL_FOLDERS, FolderScan, discover_leaves, list_images, scan_images
 from data.images import ImageDecodeError, load_rgb
+from options.base_options import OneLineErrorParser, non_negative_int
+from util import UserError, run_cli, sha256_of
 
 # The IJG (libjpeg) luminance quantisation table at quality 50, in natural order.
 IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -119,7 +119,7 @@ def format_bias(real, fake):
         a, b = getattr(real, attr), getattr(fake, attr)
         if not a or not b:
             continue
-        for cls, own, other in (("real", a, b), ("fake", b, a)):
+        for own, other in ((a, b), (b, a)):
             top = own.most_common(1)[0][0]
             if share(own, top) - share(other, top) > gap:
                 label = top if name == "format" else f"{top[0]}x{top[1]}"
@@ -286,6 +286,12 @@ def describe(summary):
     return f"{formats}; {size} ({summary['top_size_share']:.0%}){q}"
 
 
+def table_line(row, widths):
+    """One line of the report's table: counts right-aligned, the verdict last and unpadded."""
+    return "  ".join(c.rjust(w) if k in (1, 2) else c.ljust(w) for k, (c, w) in enumerate(zip(row[:6], widths))) \
+        + "  " + row[6]
+
+
 def format_report(report):
     """The per-generator table and the findings, as text."""
     lines = []
@@ -297,9 +303,8 @@ def format_report(report):
         header = ("generator", "real", "fake", "published", "real: formats; top size", "fake: formats; top size",
                   "verdict")
         widths = [max(len(r[k]) for r in rows + [header]) for k in range(6)]
-        fmt = lambda r: "  ".join(c.rjust(w) if k in (1, 2) else c.ljust(w)  # noqa: E731
-                                  for k, (c, w) in enumerate(zip(r[:6], widths))) + "  " + r[6]
-        lines += [fmt(header), "-" * len(fmt(header))] + [fmt(r) for r in rows]
+        table = [table_line(r, widths) for r in [header] + rows]
+        lines += [table[0], "-" * len(table[0])] + table[1:]
         if s["missing"]:
             lines.append(f"missing generators: {', '.join(s['missing'])}")
         if s["extra"]:
