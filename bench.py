@@ -52,7 +52,7 @@ from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make
 from data.transforms import EvalTransform, TrainTransform, normalize_batch
 from engine import EvalConfig, GracefulStop, StepConfig, evaluate_folder, train_one_epoch
 from networks import DEFAULT_OPERATOR, OPERATORS, batch_probs, prepare_model, resnet50
-from options import parse_train_args
+from options import train_parser
 from options.base_options import OneLineErrorParser
 from report import format_table
 from util import AMP_DTYPE, UserError, keep_freed_memory, run_cli
@@ -279,28 +279,21 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
     """One epoch through train.py's loader and ``train_one_epoch`` (after a warm-up epoch)."""
     rows = []
     for variant in variants:
-        argv = ["--dataroot", dataroot, "--loadSize", str(load_size), "--cropSize", str(crop_size),
-                "--batch_size", str(batch), "--num_threads", str(workers), "--loss_freq", "1000000",
-                "--save_latest_freq", "1000000"]
-        if variant == "channels_last":
-            argv.append("--train_channels_last")
-        if variant == "amp":
-            argv.append("--amp")
-        args = parse_train_args(argv)
+        channels_last = variant == "channels_last"
         samples = make_samples(os.path.join(dataroot, "train"))
         transform = TrainTransform(load_size, crop_size)
         if variant == "cache":
             dataset = cached_train_dataset(cache_root, samples, transform, num_workers=workers)
         else:
             dataset = BinaryImageDataset(samples, transform)
-        sampler = EpochSampler(dataset.labels, seed=args.seed)
+        sampler = EpochSampler(dataset.labels, seed=train_parser().get_default("seed"))
         loader = make_train_loader(dataset, batch, sampler, workers, device)
         model = make_model(device).train()
-        if args.train_channels_last:
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0}
-        step_cfg = StepConfig(args.train_channels_last, args.amp, args.loss_freq, args.save_latest_freq)
+        step_cfg = StepConfig(channels_last=channels_last, amp=variant == "amp", loss_freq=10**6, save_latest_freq=10**6)
         scaler = torch.amp.GradScaler("cuda") if variant == "amp" and device.type == "cuda" else None
 
         def epoch(e):

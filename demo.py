@@ -28,6 +28,7 @@ from metrics import decide_threshold  # noqa: E402
 from networks import get_operator, load_detector, prepare_model  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
 from options.base_options import OneLineErrorParser, size  # noqa: E402
+from report import ArtifactFigures  # noqa: E402
 from util import UserError, run_cli, select_device, set_numerics  # noqa: E402
 
 MAX_UPLOAD = "50mb"   # per file: a 48 Mpx JPEG is 10-25 MB; larger uploads are refused by the server
@@ -79,6 +80,7 @@ def build_app(model, model_path, load_size=256):
     """The page: upload (or pick examples), choose the threshold, read the table and figures."""
     figures_dir = tempfile.mkdtemp(prefix="npr-demo-")
     atexit.register(shutil.rmtree, figures_dir, ignore_errors=True)
+    figures = ArtifactFigures(model, figures_dir)
     stored = f"{model.threshold:.4f}" if model.threshold is not None else "none in this checkpoint"
 
     def run(files, choice, custom, resize):
@@ -89,7 +91,7 @@ def build_app(model, model_path, load_size=256):
         threshold, source, _ = decide_threshold(PAGE_CHOICES.get(choice, float(custom)), model.threshold,
                                                 given_by="the page's slider")
         transform = EvalTransform(load_size, load_size, resize=resize, crop=False)
-        rows = list(score_files(model, paths, transform, threshold, figures_dir=figures_dir))
+        rows = list(score_files(model, paths, transform, threshold, figure=figures))
         table = [[os.path.basename(r["path"]), None if r["prob_fake"] is None else round(r["prob_fake"], 4),
                   r["verdict"], r["size"] or "-", "yes" if resize else "no", NOTES.get(r["verdict"], "")]
                  for r in rows]

@@ -22,9 +22,7 @@ from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
-from networks import batch_probs, get_operator, score_images
-from networks.detector import PIXEL_BUDGET, TILE
-from report import residual_figure
+from networks import batch_probs, score_images
 from util import AMP_DTYPE, UserError
 
 log = logging.getLogger("npr")
@@ -93,40 +91,21 @@ def eval_threshold(model, transform, cfg, choice="auto", calibrate_real=None, ta
     return decide_threshold(choice, getattr(model, "threshold", None), calibrate_real, target_fpr, score_reals)
 
 
-def figure_pixels(pixels, name):
-    """(pixels, title) for an image's figure: above the pixel budget, its central TILE x TILE crop
-    (on NPR's 2x2 grid), so a phone photo's figure stays small."""
-    h, w = pixels.shape[-2:]
-    if h * w <= PIXEL_BUDGET:
-        return pixels, name
-    th, tw = min(h, TILE), min(w, TILE)
-    top, left = (h - th) // 4 * 2, (w - tw) // 4 * 2
-    return pixels[:, top:top + th, left:left + tw], f"{name} (central {tw}x{th} of {w}x{h})"
-
-
-def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figures_dir=None, first_number=0):
+def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figure=None, first_number=0):
     """Yield one row per image file, in order, as batches finish (predict.py and demo.py): path,
-    P(fake), verdict at ``threshold`` ('unreadable' / 'too small' / 'too large' for a skipped file), truncated,
-    the size the model saw and, with ``figures_dir``, the figure of the model's artifact
-    operator (the NPR residual, or SAFE's wavelet sub-band) written there, numbered from
-    ``first_number``. Scores come from ``score_images`` with ``cfg``'s batching and rule."""
-    device = next(model.parameters()).device
+    P(fake), verdict at ``threshold`` ('unreadable' / 'too small' / 'too large' for a skipped
+    file), truncated, the size the model saw and, with ``figure`` (``report.ArtifactFigures``),
+    the path of the figure it wrote for the image, numbered from ``first_number``. Scores come
+    from ``score_images`` with ``cfg``'s batching and rule."""
     scores = score_images(model, paths, transform, cfg.images, cfg.batch_size, cfg.num_workers,
-                          keep_pixels=figures_dir is not None, channels_last=cfg.channels_last, amp=cfg.amp)
+                          keep_pixels=figure is not None, channels_last=cfg.channels_last, amp=cfg.amp)
     for i, s in enumerate(scores, first_number):
         row = {"path": s.image, "prob_fake": s.prob, "verdict": s.skipped or ("fake" if s.prob > threshold else "real"),
                "truncated": s.truncated, "size": None, "figure": None}
         if s.prob is not None:
             row["size"] = f"{s.size[0]}x{s.size[1]}"
-            if figures_dir is not None:
-                # numbered, since files in different folders often share a name
-                name = os.path.basename(s.image)
-                out = os.path.join(figures_dir, f"{i:04d}_{os.path.splitext(name)[0]}_{model.operator}.png")
-                pixels, label = figure_pixels(s.pixels, name)
-                with torch.inference_mode():
-                    residual = model.artifact(normalize_batch(pixels.unsqueeze(0).to(device))).float().cpu()
-                row["figure"] = residual_figure(pixels.permute(1, 2, 0).numpy(), residual, s.prob, threshold, label,
-                                                out, get_operator(model.operator).label)
+            if figure is not None:
+                row["figure"] = figure(i, s, threshold)
         yield row
 
 
@@ -159,6 +138,7 @@ def evaluate_suite(model, suite, suite_dir, cfg, load_size=256, crop_size=224, n
         m = evaluate_folder(model, path, transform, cfg, progress=bar)
         bar.close()
         row = {"suite": suite.name, "generator": gen.name, "folder": path, "in_mean": gen.in_mean,
+               "preprocessing": transform.describe(),
                "perturbation": perturb.name if perturb is not None else "none",
                "steps": perturb.steps if perturb is not None else ()}
         row.update({k: 100.0 * m[k] for k in METRIC_KEYS})

@@ -5,6 +5,7 @@ otherwise; AP is scikit-learn's ``average_precision_score``. Tables are in perce
 """
 import math
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -12,8 +13,29 @@ from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_sco
 
 from util import UserError
 
-METRIC_KEYS = ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc")
-THRESHOLD_KEYS = ("acc_t", "r_acc_t", "f_acc_t")  # ACC / real ACC / fake ACC at the chosen threshold
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric column: its key in result rows (percent), its header, its cell format, whether
+    the text and Markdown tables show it (every metric goes to the CSV / JSON files), and
+    whether it is measured at the chosen decision threshold (shown only when there is one)."""
+    key: str
+    header: str
+    fmt: str = "{:.1f}"
+    in_tables: bool = True
+    at_threshold: bool = False
+
+
+# The one table of metric columns, in the order every table and file shows them.
+METRICS = (
+    Metric("acc", "ACC"), Metric("ap", "AP"), Metric("r_acc", "real ACC"), Metric("f_acc", "fake ACC"),
+    Metric("auc", "AUC", in_tables=False), Metric("best_acc", "best ACC", in_tables=False),
+    # ACC / real ACC / fake ACC at the chosen threshold
+    Metric("acc_t", "ACC@t", at_threshold=True), Metric("r_acc_t", "real@t", at_threshold=True),
+    Metric("f_acc_t", "fake@t", at_threshold=True),
+)
+METRIC_KEYS = tuple(m.key for m in METRICS if not m.at_threshold)
+THRESHOLD_KEYS = tuple(m.key for m in METRICS if m.at_threshold)
 SUMMARY_METRICS = METRIC_KEYS + THRESHOLD_KEYS
 
 
@@ -117,7 +139,7 @@ def metrics_at(m, threshold):
     """ACC / real ACC / fake ACC (%) at ``threshold`` of a result holding ``y_true`` / ``y_prob``,
     keyed as THRESHOLD_KEYS."""
     mt = compute_metrics(m["y_true"], m["y_prob"], threshold)
-    return {"acc_t": 100.0 * mt["acc"], "r_acc_t": 100.0 * mt["r_acc"], "f_acc_t": 100.0 * mt["f_acc"]}
+    return {key: 100.0 * mt[key[:-2]] for key in THRESHOLD_KEYS}
 
 
 def mean_row(rows, suite_name):

@@ -25,7 +25,7 @@ from data.transforms import EvalTransform
 from engine import EvalConfig, eval_threshold, score_files
 from networks import load_detector, prepare_model
 from options import parse_predict_args
-from report import PredictionFiles, merge_prediction_files, printable
+from report import ArtifactFigures, PredictionFiles, merge_prediction_files, printable
 from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
 
 LIST_AT_MOST = 50  # rows printed to the terminal without --list
@@ -129,12 +129,11 @@ def main(argv=None):
     done = files.open(args.overwrite)
     if done:
         log.info("Resuming %s: %d of %d images already scored", files.jsonl, done, len(mine))
-    if args.visualize:
-        os.makedirs(args.visualize, exist_ok=True)
+    figure = ArtifactFigures(model, args.visualize) if args.visualize else None
     first = ((shard[0] - 1) * len(paths) // shard[1] if shard else 0) + done  # figure numbers: input positions
     bar = tqdm(total=len(mine), initial=done, desc="scoring", unit="img", disable=None)
     try:
-        for row in score_files(model, mine[done:], transform, threshold, cfg, args.visualize, first):
+        for row in score_files(model, mine[done:], transform, threshold, cfg, figure, first):
             files.write([row])
             bar.update(1)
     finally:

@@ -14,39 +14,45 @@ import shutil
 import time
 
 import numpy as np
+import torch
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from metrics import SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
+from data.perturb import KINDS as PERTURBATION_KINDS
+from data.transforms import normalize_batch
+from metrics import METRIC_KEYS, METRICS, SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
+from networks import get_operator
+from networks.detector import PIXEL_BUDGET, TILE
 from util import log, sha256_of, write_json_atomically
 
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.
-RESULT_FIELDS = ["suite", "generator", "acc", "ap", "r_acc", "f_acc", "auc", "best_acc", "best_threshold",
-                 "n_real", "n_fake", "n_images", "n_scored", "n_skipped", "paper_acc", "paper_ap", "perturbation",
-                 "seconds", "folder", "n_truncated", "model_path", "threshold", "acc_t", "r_acc_t", "f_acc_t"]
+RESULT_FIELDS = ["suite", "generator", *METRIC_KEYS, "best_threshold", "n_real", "n_fake", "n_images", "n_scored",
+                 "n_skipped", "paper_acc", "paper_ap", "perturbation", "seconds", "folder", "n_truncated", "model_path",
+                 "threshold", *THRESHOLD_KEYS]
 SUMMARY_FIELDS = (["suite", "generator", "perturbation", "n_checkpoints"] +
                   [f"{k}_{stat}" for k in SUMMARY_METRICS for stat in ("mean", "sd")] + ["paper_acc", "paper_ap"])
-TABLE_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
-                 ("f_acc", "fake ACC"), ("acc_t", "ACC@t"), ("r_acc_t", "real@t"), ("f_acc_t", "fake@t"),
-                 ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
-                 ("n_scored", "scored"), ("n_skipped", "skipped"), ("n_truncated", "truncated")]
-SUMMARY_COLUMNS = [("generator", "generator"), ("acc", "ACC"), ("ap", "AP"), ("r_acc", "real ACC"),
-                   ("f_acc", "fake ACC"), ("acc_t", "ACC@t"), ("r_acc_t", "real@t"), ("f_acc_t", "fake@t"),
-                   ("paper_acc", "paper ACC"), ("paper_ap", "paper AP"), ("n_checkpoints", "checkpoints")]
+# Every table's metric columns come from metrics.METRICS; the others are the tables' own.
+METRIC_COLUMNS = [(m.key, m.header) for m in METRICS if m.in_tables]
+CELL_FORMATS = {m.key: m.fmt for m in METRICS}
+TABLE_COLUMNS = ([("generator", "generator")] + METRIC_COLUMNS + [("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
+                 ("n_scored", "scored"), ("n_skipped", "skipped"), ("n_truncated", "truncated")])
+SUMMARY_COLUMNS = ([("generator", "generator")] + METRIC_COLUMNS + [("paper_acc", "paper ACC"), ("paper_ap", "paper AP"),
+                   ("n_checkpoints", "checkpoints")])
 
 
 # ----------------------------------------------------------------------------- tables
 
 def format_table(rows, columns, floatfmt="{:.1f}"):
-    """Plain-text table of ``rows`` (list of dicts) for the given ``columns`` (key, header)."""
-    def cell(v):
+    """Plain-text table of ``rows`` (list of dicts) for the given ``columns`` (key, header);
+    floats in a metric's format (``metrics.METRICS``), others in ``floatfmt``."""
+    def cell(v, key):
         if v is None:
             return "-"
         if isinstance(v, float):
-            return "nan" if v != v else floatfmt.format(v)
+            return "nan" if v != v else CELL_FORMATS.get(key, floatfmt).format(v)
         return str(v)
 
-    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    body = [[cell(r.get(k), k) for k, _ in columns] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, (_, h) in enumerate(columns)]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h), w) in enumerate(zip(columns, widths)))
     out = [line, "-" * len(line)]
@@ -88,9 +94,9 @@ def summary_table(rows):
 def markdown_table(rows, columns, cell):
     out = "| " + " | ".join(h for _, h in columns) + " |\n|" + "---|" * len(columns) + "\n"
     for r in rows:
-        cells = [cell(r, k) for k, _ in columns]
-        out += "| " + " | ".join("-" if c is None else f"{c:.1f}" if isinstance(c, float) else str(c)
-                                 for c in cells) + " |\n"
+        cells = [(cell(r, k), k) for k, _ in columns]
+        out += "| " + " | ".join("-" if c is None else CELL_FORMATS.get(k, "{:.1f}").format(c) if isinstance(c, float)
+                                 else str(c) for c, k in cells) + " |\n"
     return out
 
 
@@ -243,11 +249,10 @@ def plot_sweeps(rows, suite, path):
         for gen in dict.fromkeys(r["generator"] for _, r in items):
             pts = sorted((v, r["ap"]) for v, r in items if r["generator"] == gen)
             if gen in clean:  # the clean point: quality 100, sigma 0, scale 1
-                pts = sorted(pts + [({"jpeg": 100.0, "blur": 0.0, "resize": 1.0}[kind], clean[gen])])
+                pts = sorted(pts + [(PERTURBATION_KINDS[kind].clean, clean[gen])])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=gen)
-        ax.set(xlabel={"jpeg": "JPEG quality", "blur": "blur sigma", "resize": "resize scale"}[kind],
-               ylabel="AP (%)", title=f"{suite}: AP vs {kind}", ylim=(40, 101))
-        if kind in ("jpeg", "resize"):
+        ax.set(xlabel=PERTURBATION_KINDS[kind].label, ylabel="AP (%)", title=f"{suite}: AP vs {kind}", ylim=(40, 101))
+        if PERTURBATION_KINDS[kind].milder_above:
             ax.invert_xaxis()  # stronger perturbation to the right
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -293,6 +298,39 @@ def residual_figure(img, residual, prob, threshold, name, out, label="NPR residu
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+class ArtifactFigures:
+    """The figure of each scored image (``engine.score_files``): the image and what ``model``'s
+    artifact operator makes of it (the NPR residual, or SAFE's wavelet sub-band), written to
+    ``folder`` as ``<number>_<name>_<operator>.png`` (numbered: files in different folders often
+    share a name)."""
+
+    def __init__(self, model, folder):
+        self.model, self.folder = model, folder
+        self.label = get_operator(model.operator).label
+        os.makedirs(folder, exist_ok=True)
+
+    def __call__(self, number, score, threshold):
+        name = os.path.basename(score.image)
+        out = os.path.join(self.folder, f"{number:04d}_{os.path.splitext(name)[0]}_{self.model.operator}.png")
+        pixels, title = figure_pixels(score.pixels, name)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            residual = self.model.artifact(normalize_batch(pixels.unsqueeze(0).to(device))).float().cpu()
+        return residual_figure(pixels.permute(1, 2, 0).numpy(), residual, score.prob, threshold, title, out,
+                               self.label)
+
+
+def figure_pixels(pixels, name):
+    """(pixels, title) for an image's figure: above the pixel budget, its central TILE x TILE crop
+    (on NPR's 2x2 grid), so a phone photo's figure stays small."""
+    h, w = pixels.shape[-2:]
+    if h * w <= PIXEL_BUDGET:
+        return pixels, name
+    th, tw = min(h, TILE), min(w, TILE)
+    top, left = (h - th) // 4 * 2, (w - tw) // 4 * 2
+    return pixels[:, top:top + th, left:left + tw], f"{name} (central {tw}x{th} of {w}x{h})"
 
 
 # ----------------------------------------------------------------------------- predictions (predict.py)

@@ -21,7 +21,7 @@ from data.images import ImageRule
 from data.loaders import default_workers
 from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
-from engine import EvalConfig, eval_threshold, evaluate_suite, suite_transform
+from engine import EvalConfig, eval_threshold, evaluate_suite
 from metrics import mean_row, summarize_checkpoints
 from networks import load_detector, prepare_model
 from options import MINI_ROOT, parse_test_args, print_options
@@ -53,13 +53,8 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
                 log.info("%s: generators not found under %s (skipped): %s", suite.name, path, ", ".join(absent))
             if not rows:
                 continue
-            t = suite_transform(suite, args.loadSize, args.cropSize, args.no_resize, args.no_crop, args.center_crop)
-            pre = (f"resize {t.load_size}" if t.resize else "no resize") + \
-                (f", centre crop {t.crop_size}" if t.crop else ", no crop")
-            if perturb is not None:
-                pre = f"perturbation {perturb.name}; " + pre
-            log.info("\n%s (%s; %s)%s\n%s", suite.name, path, pre, f" - {suite.note}" if suite.note else "",
-                     suite_table(rows, suite.name))
+            log.info("\n%s (%s; %s)%s\n%s", suite.name, path, rows[0]["preprocessing"],
+                     f" - {suite.note}" if suite.note else "", suite_table(rows, suite.name))
             out += rows + [mean_row(rows, suite.name)]
     for r in out:
         r["model_path"] = model_path

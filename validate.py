@@ -10,7 +10,7 @@ from data.images import ImageRule
 from data.loaders import default_workers
 from data.transforms import EvalTransform
 from engine import EvalConfig, eval_threshold, evaluate_folder
-from metrics import metrics_at
+from metrics import METRIC_KEYS, metrics_at
 from networks import load_detector, prepare_model
 from options import parse_validate_args
 from util import run_cli, select_device, set_numerics, setup_logging
@@ -32,7 +32,7 @@ def main(argv=None):
     m = evaluate_folder(model, args.dataroot, transform, cfg, classes=args.classes)
     print(f"{args.dataroot}: {m['n_scored']} images scored ({m['n_truncated']} of them truncated), "
           f"{m['n_skipped']} skipped, {time.time() - start:.1f}s")
-    for k in ("acc", "ap", "r_acc", "f_acc", "auc", "best_acc"):
+    for k in METRIC_KEYS:
         print(f"{k:>9}: {'nan' if math.isnan(m[k]) else f'{100 * m[k]:.2f}'}")
     print(f"best_threshold: {m['best_threshold']:.4f}  n_real: {m['n_real']}  n_fake: {m['n_fake']}")
     if not papers:  # the paper's 0.5 is the acc line already

@@ -12,6 +12,7 @@ into one setting per value:
 
 The perturbation hits every test image of both classes, before the evaluation transform.
 """
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
@@ -20,7 +21,34 @@ from util import UserError
 
 from .augment import gaussian_blur, jpeg_compress
 
-KINDS = ("jpeg", "blur", "resize")
+
+@dataclass(frozen=True)
+class Kind:
+    """A perturbation kind: how it changes an image, which values it takes, and how a sweep
+    over it is drawn (its clean value, the axis label, whether larger values are milder)."""
+    name: str
+    apply: Callable  # (PIL image, value) -> PIL image
+    valid: Callable  # value -> bool
+    rule: str        # what ``valid`` asks, for the error
+    clean: float     # the value that leaves an image as it is: the sweep's clean point
+    label: str       # the sweep plot's axis
+    milder_above: bool  # larger values are milder (the plot's axis is inverted: stronger to the right)
+
+
+def down_up(img, scale):
+    """Down-scale by ``scale`` (bilinear), then back up to the original size."""
+    w, h = img.size
+    small = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    return small.resize((w, h), Image.BILINEAR)
+
+
+KINDS = {k.name: k for k in (
+    Kind("jpeg", lambda img, v: jpeg_compress(img, int(v), "pil"), lambda v: 1 <= v <= 100 and v == int(v),
+         "JPEG quality must be an integer in 1..100", 100.0, "JPEG quality", True),
+    Kind("blur", lambda img, v: gaussian_blur(img, v) if v > 0 else img, lambda v: v >= 0,
+         "blur sigma must be >= 0", 0.0, "blur sigma", False),
+    Kind("resize", down_up, lambda v: 0 < v <= 1, "resize scale must lie in (0, 1]", 1.0, "resize scale", True),
+)}
 
 
 @dataclass(frozen=True)
@@ -33,26 +61,15 @@ class Perturbation:
 
     def __call__(self, img):
         for kind, value in self.steps:
-            if kind == "jpeg":
-                img = jpeg_compress(img, int(value), "pil")
-            elif kind == "blur":
-                img = gaussian_blur(img, value) if value > 0 else img
-            elif kind == "resize":
-                w, h = img.size
-                small = img.resize((max(1, round(w * value)), max(1, round(h * value))), Image.BILINEAR)
-                img = small.resize((w, h), Image.BILINEAR)
+            img = KINDS[kind].apply(img, value)
         return img
 
 
 def _check(kind, value, text):
     if kind not in KINDS:
         raise UserError(f"--perturb '{text}': unknown kind '{kind}'; use {', '.join(KINDS)} (e.g. jpeg:75)")
-    if kind == "jpeg" and not (1 <= value <= 100 and value == int(value)):
-        raise UserError(f"--perturb '{text}': JPEG quality must be an integer in 1..100")
-    if kind == "blur" and value < 0:
-        raise UserError(f"--perturb '{text}': blur sigma must be >= 0")
-    if kind == "resize" and not 0 < value <= 1:
-        raise UserError(f"--perturb '{text}': resize scale must lie in (0, 1]")
+    if not KINDS[kind].valid(value):
+        raise UserError(f"--perturb '{text}': {KINDS[kind].rule}")
 
 
 def parse_perturbations(text):

@@ -124,6 +124,13 @@ class EvalTransform:
     interp: str = "bilinear"
     perturb: object = None
 
+    def describe(self):
+        """What the transform does, in the words of test.py's table titles."""
+        steps = [f"perturbation {self.perturb.name}"] if getattr(self.perturb, "name", "none") != "none" else []
+        steps.append((f"resize {self.load_size}" if self.resize else "no resize")
+                     + (f", centre crop {self.crop_size}" if self.crop else ", no crop"))
+        return "; ".join(steps)
+
     def output_size(self, width, height):
         """(width, height) this transform produces for an input of that size."""
         if self.crop:

@@ -24,10 +24,10 @@ from .train_options import MINI_RECIPE
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
 
 
-def eval_parser(description):
+def eval_parser(description, dataroot_help=None):
     """(parser, its data group) with what test.py and validate.py share."""
     p = OneLineErrorParser(description)
-    g = add_data_options(p)
+    g = add_data_options(p, *(() if dataroot_help is None else (dataroot_help,)))
     g.add_argument("--no_resize", action="store_true", help="do not resize (test.py: overrides every suite)")
     g.add_argument("--no_crop", action="store_true", help="do not crop (test.py: overrides every suite)")
     return p, g
@@ -86,7 +86,7 @@ def parse_test_args(argv=None):
 
 def validate_parser():
     p, g = eval_parser("Validate one checkpoint on one dataset folder (0_real / 1_fake, optionally in category "
-                       "folders).")
+                       "folders).", dataroot_help="the folder to validate (required)")
     g.add_argument("--classes", type=comma_list, default="", help="comma-separated category folders to use (empty: all)")
     p.add_argument_group("evaluation").add_argument("--model_path", default=None, help="the checkpoint")
     add_threshold_options(p, "the extra line of ACC at it", "auto")

@@ -98,10 +98,11 @@ def test_predict_py_and_the_demo_on_gpu(images, tmp_path):
     pytest.importorskip("gradio")
     import demo
     from engine import score_files
+    from report import ArtifactFigures
     model = demo.load_model(ckpt, "0")
     assert next(model.parameters()).is_cuda
     rows = list(score_files(model, paths, EvalTransform(256, 256, resize=False, crop=False), 0.5,
-                            figures_dir=str(tmp_path / "fig")))
+                            figure=ArtifactFigures(model, str(tmp_path / "fig"))))
     cpu = probs(prepare_model(load_detector(ckpt, device=CPU), CPU), paths)
     assert np.abs(np.array([r["prob_fake"] for r in rows]) - cpu).max() < 1e-4
     assert all(os.path.isfile(r["figure"]) for r in rows)
