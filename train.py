@@ -28,42 +28,18 @@ from data.discovery import make_samples
 from data.images import ImageRule
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform
-from engine import (
-    EvalConfig,
-    GracefulStop,
-    StepConfig,
-    StopRequested,
-    evaluate_samples,
-    evaluate_suite,
-    ignore_signals_in_worker,
-    train_one_epoch,
-    unwrap,
-)
-from networks import (
-    extract_state_dict,
-    load_checkpoint,
-    load_state_dict_strict,
-    prepare_model,
-    resnet50,
-    save_checkpoint,
-)
-from networks.ema import EMA
-from networks.ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
-from networks.ema import empty_state as empty_ema_state
+from engine import (EvalConfig, GracefulStop, StepConfig, StopRequested, evaluate_samples, evaluate_suite,
+                    ignore_signals_in_worker, train_one_epoch, unwrap)
+from networks import (extract_state_dict, load_checkpoint, load_state_dict_strict, prepare_model, resnet50,
+                      save_checkpoint)
+from networks.ema import EMA, THRESHOLD_KEY as EMA_THRESHOLD_KEY, empty_state as empty_ema_state
 from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
 from recipe import LRSchedule, build_loss, build_optimizer, cosine_lr, set_lr  # noqa: F401 (cosine_lr: notebooks)
 from report import suite_table
 from tools.mini import build_mini
-from util import (
-    UserError,
-    ensure_writable_dir,
-    log,
-    run_cli,
-    seed_everything,
-    select_device,
-    set_numerics,
-    setup_logging,
-)
+from util import (UserError, ensure_writable_dir, log, run_cli, seed_everything, select_device, set_numerics,
+                  setup_logging)
+
 
 # ----------------------------------------------------------------------------- setup
 

@@ -15,13 +15,8 @@ from data.loaders import make_eval_loader
 from data.transforms import normalize_batch
 from util import AMP_DTYPE, select_device
 
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_operator,
-    extract_state_dict,
-    load_checkpoint,
-    load_state_dict_strict,
-)
+from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
+                         load_state_dict_strict)
 from .ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
 from .fuse import fuse_for_inference
 from .operators import OPERATORS

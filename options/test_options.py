@@ -4,21 +4,9 @@ import os
 
 from util import UserError
 
-from .base_options import (
-    MINI_ROOT,
-    OneLineErrorParser,
-    accept_reference_options,
-    add_data_options,
-    add_device_options,
-    add_image_options,
-    add_threshold_options,
-    check_sizes,
-    comma_list,
-    non_negative_int,
-    positive_int,
-    shard,
-    size,
-)
+from .base_options import (MINI_ROOT, OneLineErrorParser, accept_reference_options, add_data_options,
+                           add_device_options, add_image_options, add_threshold_options, check_sizes, comma_list,
+                           non_negative_int, positive_int, shard, size)
 from .train_options import MINI_RECIPE
 
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"

@@ -4,27 +4,10 @@ built-in benchmark's recipe and SAFE's recipe as presets, and the options beyond
 from networks.operators import DEFAULT_OPERATOR, OPERATORS
 from util import UserError
 
-from .base_options import (
-    MINI_ROOT,
-    OneLineErrorParser,
-    accept_reference_options,
-    add_data_options,
-    add_device_options,
-    check_sizes,
-    comma_list,
-    decay,
-    interpolations,
-    jpeg_methods,
-    jpeg_qualities,
-    learning_rate,
-    non_negative,
-    non_negative_int,
-    positive_int,
-    probability,
-    rate,
-    ratio_range,
-    sigma_range,
-)
+from .base_options import (MINI_ROOT, OneLineErrorParser, accept_reference_options, add_data_options,
+                           add_device_options, check_sizes, comma_list, decay, interpolations, jpeg_methods,
+                           jpeg_qualities, learning_rate, non_negative, non_negative_int, positive_int, probability,
+                           rate, ratio_range, sigma_range)
 
 # The NPR-mini recipe, taken when --dataroot is not given (each value can still be overridden):
 # sized so that building, training and testing fit in a few minutes on a 2-core CPU.

@@ -10,16 +10,8 @@ import predict
 import test as test_script
 import train
 import validate
-from networks import (
-    OPERATORS,
-    Operator,
-    get_operator,
-    load_detector,
-    operator_for_head,
-    predict_proba,
-    register_operator,
-    resnet50,
-)
+from networks import (OPERATORS, Operator, get_operator, load_detector, operator_for_head, predict_proba,
+                      register_operator, resnet50)
 
 
 def horizontal_difference(x):
