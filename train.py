@@ -34,7 +34,7 @@ from networks import (extract_state_dict, load_checkpoint, load_state_dict_stric
                       save_checkpoint)
 from networks.ema import EMA, THRESHOLD_KEY as EMA_THRESHOLD_KEY, empty_state as empty_ema_state
 from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
-from recipe import LRSchedule, build_loss, build_optimizer, cosine_lr, set_lr  # noqa: F401 (cosine_lr: notebooks)
+from recipe import LRSchedule, build_loss, build_optimizer, set_lr
 from report import suite_table
 from tools.mini import build_mini
 from util import (UserError, ensure_writable_dir, log, run_cli, seed_everything, select_device, set_numerics,

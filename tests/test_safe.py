@@ -22,7 +22,7 @@ import torchvision.transforms as T
 from test_train_parity import RefResNet
 
 import hubconf
-import train
+import recipe
 from data.transforms import normalize_batch
 from networks import load_detector, predict_proba, resnet50, wavelet_hh
 
@@ -171,15 +171,15 @@ def test_operator_is_stored_and_an_unknown_one_is_refused(tmp_path):
 def test_optimizer_groups_match_safe():
     model = resnet50(operator="dwt")
     args = argparse.Namespace(optim="adamw", lr=1e-3, beta1=0.9, weight_decay=0.01)
-    ours = train.build_optimizer(model, args)
+    ours = recipe.build_optimizer(model, args)
     theirs = safe_parameter_groups(model, 0.01)
     key = sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in theirs)
     assert sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in ours.param_groups) == key
     assert isinstance(ours, torch.optim.AdamW) and ours.defaults["eps"] == 1e-8
     for optim in ("adam", "sgd"):  # --weight_decay means the same with every optimiser
-        other = train.build_optimizer(model, argparse.Namespace(optim=optim, lr=1e-3, beta1=0.9, weight_decay=0.01))
+        other = recipe.build_optimizer(model, argparse.Namespace(optim=optim, lr=1e-3, beta1=0.9, weight_decay=0.01))
         assert sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in other.param_groups) == key
-    plain = train.build_optimizer(model, argparse.Namespace(optim="adamw", lr=1e-3, beta1=0.9, weight_decay=0.0))
+    plain = recipe.build_optimizer(model, argparse.Namespace(optim="adamw", lr=1e-3, beta1=0.9, weight_decay=0.0))
     assert [g["weight_decay"] for g in plain.param_groups] == [0.0]  # not AdamW's own default of 0.01
 
 
@@ -187,7 +187,7 @@ def test_optimizer_groups_match_safe():
 def test_cosine_schedule_matches_safe(t):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     expected = safe_adjust_learning_rate(opt, t, 5e-3, 1e-6, 1, 20)
-    assert train.cosine_lr(t, 5e-3, 1e-6, 1, 20) == pytest.approx(expected, rel=1e-12, abs=0)
+    assert recipe.cosine_lr(t, 5e-3, 1e-6, 1, 20) == pytest.approx(expected, rel=1e-12, abs=0)
     # the one schedule of train.py at the same point: epoch int(t), step of 1000 per epoch
     from recipe import LRSchedule
     epoch, step = divmod(round(t * 1000), 1000)
@@ -200,12 +200,12 @@ def test_smoothed_loss_is_safes_two_class_label_smoothing():
     z = (torch.randn(16, 2, generator=g) * 3).requires_grad_()
     y = torch.randint(0, 2, (16,), generator=g)
     d = (z[:, 1] - z[:, 0]).detach().requires_grad_()
-    ours, theirs = train.build_loss(0.1)(d, y.float()), safe_label_smoothing_ce(z, y, 0.1)
+    ours, theirs = recipe.build_loss(0.1)(d, y.float()), safe_label_smoothing_ce(z, y, 0.1)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
     ours.backward(), theirs.backward()
     torch.testing.assert_close(d.grad, z.grad[:, 1], rtol=1e-5, atol=1e-7)  # and -z.grad[:, 0]: the head's two rows
     torch.testing.assert_close(d.grad, -z.grad[:, 0], rtol=1e-5, atol=1e-7)
-    assert isinstance(train.build_loss(0.0), nn.BCEWithLogitsLoss)  # the reference's loss, untouched
+    assert isinstance(recipe.build_loss(0.0), nn.BCEWithLogitsLoss)  # the reference's loss, untouched
 
 
 def test_optimizer_steps_match_safes_loop():
@@ -220,7 +220,7 @@ def test_optimizer_steps_match_safes_loop():
     ours.load_state_dict(ref.state_dict())
     steps_per_epoch, epochs, lr = 2, 3, 5e-3
     opt_ref = torch.optim.AdamW(safe_parameter_groups(ref, 0.01), lr=lr, eps=1e-8)
-    opt_ours = train.build_optimizer(ours, argparse.Namespace(optim="adamw", lr=lr, beta1=0.9, weight_decay=0.01))
+    opt_ours = recipe.build_optimizer(ours, argparse.Namespace(optim="adamw", lr=lr, beta1=0.9, weight_decay=0.01))
     from recipe import LRSchedule, set_lr
     schedule = LRSchedule("cosine", lr, epochs, steps_per_epoch, warmup_epochs=1, min_lr=1e-6)
     start = [p.detach().clone() for p in ours.parameters()]
@@ -277,8 +277,8 @@ def test_train_dwt_safe_recipe_then_every_script_without_a_flag(tiny_dataset, tm
     # the end of the warm-up after epoch 0, the cosine's end after the last
     base = 0.01 * 4 / 256
     first = torch.load(os.path.join(ck, "safe", "model_epoch_0.pth"), weights_only=True)
-    assert first["lr"] == pytest.approx(train.cosine_lr(1.0, base, 1e-6, 1, 2), rel=1e-12) == pytest.approx(base)
-    assert state["lr"] == pytest.approx(train.cosine_lr(2.0, base, 1e-6, 1, 2), rel=1e-12) == pytest.approx(1e-6)
+    assert first["lr"] == pytest.approx(recipe.cosine_lr(1.0, base, 1e-6, 1, 2), rel=1e-12) == pytest.approx(base)
+    assert state["lr"] == pytest.approx(recipe.cosine_lr(2.0, base, 1e-6, 1, 2), rel=1e-12) == pytest.approx(1e-6)
 
     suites = tmp_path / "suites"
     os.makedirs(suites)
