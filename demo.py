@@ -25,7 +25,7 @@ from data.discovery import list_images  # noqa: E402
 from data.transforms import EvalTransform  # noqa: E402
 from engine import score_files  # noqa: E402
 from metrics import decide_threshold  # noqa: E402
-from networks import get_operator, load_detector, prepare_model  # noqa: E402
+from networks import get_operator, load_for_evaluation  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
 from options.base_options import OneLineErrorParser, size  # noqa: E402
 from report import ArtifactFigures  # noqa: E402
@@ -76,19 +76,20 @@ def prune(folder, max_age=KEEP_SECONDS):
             os.remove(entry.path)
 
 
-def build_app(model, model_path, load_size=256):
-    """The page: upload (or pick examples), choose the threshold, read the table and figures."""
+def build_app(model, stored, model_path, load_size=256):
+    """The page for ``model`` and its checkpoint's ``stored`` threshold (``load_model``): upload
+    (or pick examples), choose the threshold, read the table and figures."""
     figures_dir = tempfile.mkdtemp(prefix="npr-demo-")
     atexit.register(shutil.rmtree, figures_dir, ignore_errors=True)
     figures = ArtifactFigures(model, figures_dir)
-    stored = f"{model.threshold:.4f}" if model.threshold is not None else "none in this checkpoint"
+    stored_text = f"{stored:.4f}" if stored is not None else "none in this checkpoint"
 
     def run(files, choice, custom, resize):
         prune(figures_dir)
         paths = [f if isinstance(f, str) else f.name for f in (files or [])]
         if not paths:
             return [], [], "Upload one or several images first.", []
-        threshold, source, _ = decide_threshold(PAGE_CHOICES.get(choice, float(custom)), model.threshold,
+        threshold, source, _ = decide_threshold(PAGE_CHOICES.get(choice, float(custom)), stored,
                                                 given_by="the page's slider")
         transform = EvalTransform(load_size, load_size, resize=resize, crop=False)
         rows = list(score_files(model, paths, transform, threshold, figure=figures))
@@ -104,7 +105,7 @@ def build_app(model, model_path, load_size=256):
 
     # delete_cache: gradio deletes uploaded files older than KEEP_SECONDS, checking as often.
     with gr.Blocks(title="NPR detector", delete_cache=(KEEP_SECONDS, KEEP_SECONDS)) as app:
-        gr.Markdown(f"# NPR: is this image generated?\nCheckpoint `{model_path}` (stored threshold: {stored}). "
+        gr.Markdown(f"# NPR: is this image generated?\nCheckpoint `{model_path}` (stored threshold: {stored_text}). "
                     "Pixels are kept as they are unless you tick *resize*: NPR reads traces between "
                     "neighbouring pixels, which resizing smooths away. Images above 1 Mpx are scored in "
                     f"512 px tiles; uploads are limited to {MAX_UPLOAD} per file." + mini_note(model_path))
@@ -146,19 +147,20 @@ def serve(app, port, **kwargs):
 
 
 def load_model(model_path, gpu_ids="0", ema=False):
+    """(the prepared model, its stored threshold or None); one line when there is no checkpoint."""
     if not os.path.isfile(model_path):
         hint = "run `python train.py` first, or pass --model_path" if model_path == MINI_CHECKPOINT else \
             "check --model_path"
         raise UserError(f"no checkpoint at {model_path}; {hint}")
     device = select_device(gpu_ids)
     set_numerics()
-    return prepare_model(load_detector(model_path, device=device, ema=ema), device)
+    return load_for_evaluation(model_path, device, ema)
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    model = load_model(args.model_path, args.gpu_ids, args.ema_weights)
-    app = build_app(model, args.model_path, args.loadSize)
+    model, stored = load_model(args.model_path, args.gpu_ids, args.ema_weights)
+    app = build_app(model, stored, args.model_path, args.loadSize)
     print(f"Serving on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
     serve(app, args.port)
     return 0

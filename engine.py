@@ -81,14 +81,14 @@ def evaluate_folder(model, root, transform, cfg, classes=None, progress=None):
     return metrics
 
 
-def eval_threshold(model, transform, cfg, choice="auto", calibrate_real=None, target_fpr=0.05):
-    """``metrics.decide_threshold`` for ``model`` (a ``load_detector`` model, whose
-    ``model.threshold`` is the checkpoint's), with the calibration folder's images scored
-    through the evaluation loader and ``transform``."""
+def eval_threshold(model, stored, transform, cfg, choice="auto", calibrate_real=None, target_fpr=0.05):
+    """``metrics.decide_threshold`` for ``model`` and the threshold its checkpoint ``stored``
+    (``load_for_evaluation``), with the calibration folder's images scored through the
+    evaluation loader and ``transform``."""
     def score_reals(folder):
         samples = [(p, 0) for p in list_images(folder)]
         return predict_samples(model, samples, transform, cfg)[1] if samples else np.zeros(0)
-    return decide_threshold(choice, getattr(model, "threshold", None), calibrate_real, target_fpr, score_reals)
+    return decide_threshold(choice, stored, calibrate_real, target_fpr, score_reals)
 
 
 def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figure=None, first_number=0):

@@ -23,7 +23,7 @@ from data.images import ImageRule
 from data.loaders import default_workers
 from data.transforms import EvalTransform
 from engine import EvalConfig, eval_threshold, score_files
-from networks import load_detector, prepare_model
+from networks import load_for_evaluation
 from options import parse_predict_args
 from report import ArtifactFigures, PredictionFiles, merge_prediction_files, printable
 from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
@@ -114,11 +114,12 @@ def main(argv=None):
         else args.gpu_ids
     device = select_device(gpu_ids)
     set_numerics()  # float32 on CUDA (no TF32), as the reference computed
-    model = prepare_model(load_detector(args.model_path, device=device, ema=args.ema_weights), device)
+    model, stored = load_for_evaluation(args.model_path, device, args.ema_weights)
     transform = EvalTransform(args.loadSize, args.loadSize, resize=args.resize, crop=False)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device),
                      images=ImageRule(args.strict_images, args.skip_truncated))
-    threshold, source, _ = eval_threshold(model, transform, cfg, args.threshold, args.calibrate_real, args.target_fpr)
+    threshold, source, _ = eval_threshold(model, stored, transform, cfg, args.threshold, args.calibrate_real,
+                                          args.target_fpr)
     log.info("Verdict: fake when P(fake) > %.4f (%s)", threshold, source)
     settings = {"model_path": args.model_path, "ema": args.ema_weights, "threshold": threshold,
                 "resize": args.resize, "loadSize": args.loadSize if args.resize else None,

@@ -23,7 +23,7 @@ from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
 from engine import EvalConfig, eval_threshold, evaluate_suite
 from metrics import mean_row, summarize_checkpoints
-from networks import load_detector, prepare_model
+from networks import load_for_evaluation
 from options import MINI_ROOT, parse_test_args, print_options
 from report import groups, make_figures, suite_table, summary_table, write_results
 from tools.mini import build_mini
@@ -35,11 +35,11 @@ from util import UserError, ensure_writable_dir, log, run_cli, select_device, se
 def evaluate_checkpoint(model_path, suites, settings, args, cfg):
     """(result rows with each suite's Mean row, (threshold, its source)) of one checkpoint over
     every suite and perturbation."""
-    model = prepare_model(load_detector(model_path, device=cfg.device, ema=args.ema_weights), cfg.device,
-                          channels_last=cfg.channels_last, fold_bn=not args.no_fold_bn, compile_model=args.compile)
+    model, stored = load_for_evaluation(model_path, cfg.device, args.ema_weights, channels_last=cfg.channels_last,
+                                        fold_bn=not args.no_fold_bn, compile_model=args.compile)
     # Calibration images go through the evaluation transform of the flags (no suite's own).
     calibration = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
-    decided = eval_threshold(model, calibration, cfg, args.threshold, args.calibrate_real, args.target_fpr)
+    decided = eval_threshold(model, stored, calibration, cfg, args.threshold, args.calibrate_real, args.target_fpr)
     threshold = None if decided.papers else decided.value  # the paper's 0.5 is the ACC column already
     log.info("Checkpoint %s%s on %s%s", model_path, " (moving-average weights)" if args.ema_weights else "",
              cfg.device, f"; threshold for ACC@t: {threshold:.4f} ({decided.source})" if threshold is not None else "")

@@ -11,7 +11,7 @@ from data.loaders import default_workers
 from data.transforms import EvalTransform
 from engine import EvalConfig, eval_threshold, evaluate_folder
 from metrics import METRIC_KEYS, metrics_at
-from networks import load_detector, prepare_model
+from networks import load_for_evaluation
 from options import parse_validate_args
 from util import run_cli, select_device, set_numerics, setup_logging
 
@@ -23,10 +23,10 @@ def main(argv=None):
     device = select_device(args.gpu_ids)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
                      not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))
-    model = prepare_model(load_detector(args.model_path, device=device, ema=args.ema_weights), device,
-                          cfg.channels_last, fold_bn=not args.no_fold_bn, compile_model=args.compile)
+    model, stored = load_for_evaluation(args.model_path, device, args.ema_weights, channels_last=cfg.channels_last,
+                                        fold_bn=not args.no_fold_bn, compile_model=args.compile)
     transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
-    threshold, source, papers = eval_threshold(model, transform, cfg, args.threshold, args.calibrate_real,
+    threshold, source, papers = eval_threshold(model, stored, transform, cfg, args.threshold, args.calibrate_real,
                                                args.target_fpr)
     start = time.time()
     m = evaluate_folder(model, args.dataroot, transform, cfg, classes=args.classes)

@@ -50,7 +50,6 @@ def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model
     the predictions (BatchNorm folded into the convolutions, channels-last); ``torch.compile``
     only when asked. Returns a new module when folding; ``model`` itself is not changed.
     """
-    threshold = getattr(model, "threshold", None)
     model = model.to(device).eval()
     if fold_bn:
         model = fuse_for_inference(model)
@@ -58,10 +57,16 @@ def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model
         model = copy.deepcopy(model)  # Module.to(memory_format) works in place; leave the caller's model as it is
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model.threshold = threshold
     if compile_model:
         model = torch.compile(model)
     return model
+
+
+def load_for_evaluation(path, device, ema=False, **prepare):
+    """What every script evaluates: (the checkpoint's model, prepared by ``prepare_model`` with
+    ``prepare``, and the decision threshold the checkpoint stores, or None)."""
+    detector = load_detector(path, device=device, ema=ema)
+    return prepare_model(detector, device, **prepare), detector.threshold
 
 
 # On the CPU, a forward over a whole batch of large images allocates activations of hundreds

@@ -24,7 +24,7 @@ def main(out):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = demo.build_app(demo.load_model(MINI_CHECKPOINT, "-1"), MINI_CHECKPOINT)
+    app = demo.build_app(*demo.load_model(MINI_CHECKPOINT, "-1"), MINI_CHECKPOINT)
     demo.serve(app, port, prevent_thread_lock=True, quiet=True)
     test = os.path.join(MINI_ROOT, "test")
     images = [list_images(os.path.join(test, "bilinear_conv", "0_real"))[1],

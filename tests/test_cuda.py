@@ -99,7 +99,7 @@ def test_predict_py_and_the_demo_on_gpu(images, tmp_path):
     import demo
     from engine import score_files
     from report import ArtifactFigures
-    model = demo.load_model(ckpt, "0")
+    model, _ = demo.load_model(ckpt, "0")
     assert next(model.parameters()).is_cuda
     rows = list(score_files(model, paths, EvalTransform(256, 256, resize=False, crop=False), 0.5,
                             figure=ArtifactFigures(model, str(tmp_path / "fig"))))

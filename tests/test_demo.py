@@ -54,7 +54,7 @@ def served(tmp_path_factory):
     (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp / "tiny.png")
     images += [str(tmp / "corrupt.png"), str(tmp / "tiny.png")]
-    app = demo.build_app(demo.load_model(ckpt, "-1"), ckpt)
+    app = demo.build_app(*demo.load_model(ckpt, "-1"), ckpt)
     port = free_port()
     demo.serve(app, port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", ckpt, images, tmp
