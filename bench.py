@@ -493,9 +493,9 @@ def get_args_parser():
                    help="images in the generated 256 px evaluation folder (0: 4 batches on CPU, 64 on CUDA)")
     p.add_argument("--train_images", type=int, default=0,
                    help="images in the generated 256 px training folder (0: 2 batches on CPU, 64 on CUDA)")
-    p.add_argument("--workers", type=int, default=-1,
-                   help="data-loading workers for the end-to-end runs (-1: what the scripts use by default "
-                        "on that device)")
+    p.add_argument("--num_threads", type=int, default=None,
+                   help="data-loading workers for the end-to-end runs (default: what the scripts use on that "
+                        "device)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     p.add_argument("--operators", default=",".join(OPERATORS),
                    help="artifact operators to measure (networks.OPERATORS); all but the default only in the "
@@ -535,7 +535,7 @@ def main(argv=None):
         for name in devices:
             device = torch.device(name)
             cuda = device.type == "cuda"
-            workers = default_workers(None, device) if args.workers < 0 else args.workers
+            workers = default_workers(args.num_threads, device)
             info["workers"][name] = workers
             variants = ["plain", "default"] + (["amp"] if cuda else []) + (["compile"] if args.compile else [])
             # NPR's residual gets every variant; another operator those its cost ratios need.
