@@ -23,6 +23,7 @@ from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
 from networks import batch_probs, score_images
+from recipe import set_lr
 from util import AMP_DTYPE, UserError
 
 log = logging.getLogger("npr")
@@ -248,8 +249,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, progress, step_cf
                                 "in the warnings above (or find them with --strict_images) and resume")
             continue
         if step_cfg.schedule is not None:
-            for g in optimizer.param_groups:
-                g["lr"] = step_cfg.schedule.lr_at(epoch, progress["step_in_epoch"])
+            set_lr(optimizer, step_cfg.schedule.lr_at(epoch, progress["step_in_epoch"]))
         x = batch.images.to(device, non_blocking=True)
         if step_cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -17,13 +17,14 @@ from util import UserError
 @dataclass(frozen=True)
 class Metric:
     """A metric column: its key in result rows (percent), its header, its cell format, whether
-    the text and Markdown tables show it (every metric goes to the CSV / JSON files), and
-    whether it is measured at the chosen decision threshold (shown only when there is one)."""
+    the text and Markdown tables show it (every metric goes to the CSV / JSON files), and, for
+    a metric taken at the chosen decision threshold (shown only when there is one), the key of
+    the metric it is at that threshold."""
     key: str
     header: str
     fmt: str = "{:.1f}"
     in_tables: bool = True
-    at_threshold: bool = False
+    at_threshold: str = None
 
 
 # The one table of metric columns, in the order every table and file shows them.
@@ -31,8 +32,8 @@ METRICS = (
     Metric("acc", "ACC"), Metric("ap", "AP"), Metric("r_acc", "real ACC"), Metric("f_acc", "fake ACC"),
     Metric("auc", "AUC", in_tables=False), Metric("best_acc", "best ACC", in_tables=False),
     # ACC / real ACC / fake ACC at the chosen threshold
-    Metric("acc_t", "ACC@t", at_threshold=True), Metric("r_acc_t", "real@t", at_threshold=True),
-    Metric("f_acc_t", "fake@t", at_threshold=True),
+    Metric("acc_t", "ACC@t", at_threshold="acc"), Metric("r_acc_t", "real@t", at_threshold="r_acc"),
+    Metric("f_acc_t", "fake@t", at_threshold="f_acc"),
 )
 METRIC_KEYS = tuple(m.key for m in METRICS if not m.at_threshold)
 THRESHOLD_KEYS = tuple(m.key for m in METRICS if m.at_threshold)
@@ -139,7 +140,7 @@ def metrics_at(m, threshold):
     """ACC / real ACC / fake ACC (%) at ``threshold`` of a result holding ``y_true`` / ``y_prob``,
     keyed as THRESHOLD_KEYS."""
     mt = compute_metrics(m["y_true"], m["y_prob"], threshold)
-    return {key: 100.0 * mt[key[:-2]] for key in THRESHOLD_KEYS}
+    return {m.key: 100.0 * mt[m.at_threshold] for m in METRICS if m.at_threshold}
 
 
 def mean_row(rows, suite_name):

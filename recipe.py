@@ -88,13 +88,14 @@ class LRSchedule:
             return cosine_lr(epoch + step / self.steps_per_epoch, self.lr, self.min_lr, self.warmup_epochs,
                              self.epochs)
         lr = self.lr
-        # one multiplication per decay, as the reference's optimiser state sees them: the same float
-        for e in range(1, epoch):
-            if e % self.delr_freq == 0:
-                lr *= LR_DECAY
+        # One multiplication per decay, as the reference's optimiser sees them (the same float):
+        # epochs 1 .. epoch - 1 that divide by delr_freq each ended with one.
+        for _ in range(max(epoch - 1, 0) // self.delr_freq):
+            lr *= LR_DECAY
         return lr
 
 
 def set_lr(optimizer, lr):
+    """Set every parameter group's lr."""
     for g in optimizer.param_groups:
         g["lr"] = lr

@@ -42,17 +42,19 @@ SUMMARY_COLUMNS = ([("generator", "generator")] + METRIC_COLUMNS + [("paper_acc"
 
 # ----------------------------------------------------------------------------- tables
 
-def format_table(rows, columns, floatfmt="{:.1f}"):
-    """Plain-text table of ``rows`` (list of dicts) for the given ``columns`` (key, header);
-    floats in a metric's format (``metrics.METRICS``), others in ``floatfmt``."""
-    def cell(v, key):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return "nan" if v != v else CELL_FORMATS.get(key, floatfmt).format(v)
-        return str(v)
+def cell_text(value, key, floatfmt="{:.1f}"):
+    """A table cell: '-' for None, a float in its metric's format (``metrics.METRICS``) or
+    ``floatfmt``, anything else as text."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return CELL_FORMATS.get(key, floatfmt).format(value)
+    return str(value)
 
-    body = [[cell(r.get(k), k) for k, _ in columns] for r in rows]
+
+def format_table(rows, columns, floatfmt="{:.1f}"):
+    """Plain-text table of ``rows`` (list of dicts) for the given ``columns`` (key, header)."""
+    body = [[cell_text(r.get(k), k, floatfmt) for k, _ in columns] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, (_, h) in enumerate(columns)]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h), w) in enumerate(zip(columns, widths)))
     out = [line, "-" * len(line)]
@@ -94,9 +96,7 @@ def summary_table(rows):
 def markdown_table(rows, columns, cell):
     out = "| " + " | ".join(h for _, h in columns) + " |\n|" + "---|" * len(columns) + "\n"
     for r in rows:
-        cells = [(cell(r, k), k) for k, _ in columns]
-        out += "| " + " | ".join("-" if c is None else CELL_FORMATS.get(k, "{:.1f}").format(c) if isinstance(c, float)
-                                 else str(c) for c, k in cells) + " |\n"
+        out += "| " + " | ".join(cell_text(cell(r, k), k) for k, _ in columns) + " |\n"
     return out
 
 

@@ -28,8 +28,8 @@ from data.discovery import make_samples
 from data.images import ImageRule
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform
-from engine import (EvalConfig, GracefulStop, StepConfig, StopRequested, evaluate_samples, evaluate_suite,
-                    ignore_signals_in_worker, train_one_epoch, unwrap)
+from engine import (EvalConfig, GracefulStop, StepConfig, StopRequested, eval_loader, evaluate_samples,
+                    evaluate_suite, ignore_signals_in_worker, train_one_epoch, unwrap)
 from networks import (extract_state_dict, load_checkpoint, load_state_dict_strict, prepare_model, resnet50,
                       save_checkpoint)
 from networks.ema import EMA, THRESHOLD_KEY as EMA_THRESHOLD_KEY, empty_state as empty_ema_state
@@ -230,7 +230,7 @@ def validate(model, ema, args, epoch, samples, cfg, progress, rank, world):
     if ema is not None:
         if args.ema_bn_images:  # a fixed, seeded subset of the training images
             subset = random.Random(args.seed).sample(samples["train"], min(args.ema_bn_images, len(samples["train"])))
-            ema.recompute_bn(subset, transform, cfg.device, cfg.batch_size, cfg.num_workers, cfg.images)
+            ema.recompute_bn(eval_loader(subset, transform, cfg), cfg.device)
         val_ema = evaluate(ema.module)
         progress[EMA_THRESHOLD_KEY] = val_ema["threshold"]
         log.info("(Val EMA @ epoch %d) acc: %.4f; ap: %.4f", epoch, val_ema["acc"], val_ema["ap"])

@@ -6,8 +6,6 @@ The average is torch's ``AveragedModel`` over the parameters and the BatchNorm b
 """
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from data.images import ImageRule
-from data.loaders import make_eval_loader
 from data.transforms import normalize_batch
 
 # The checkpoint keys: the averaged state dict, the number of updates, and the decision
@@ -29,11 +27,11 @@ class EMA:
         """One update towards ``model``'s current weights (after every optimiser step)."""
         self.averaged.update_parameters(model)
 
-    def recompute_bn(self, samples, transform, device, batch_size, num_workers=0, rule=ImageRule()):
-        """Recompute the averaged model's BatchNorm statistics (torch's ``update_bn``) on
-        ``samples`` through ``transform`` (train.py: the validation transform): the average of the
-        raw model's statistics does not describe the averaged weights while those still move fast."""
-        loader = make_eval_loader(samples, transform, batch_size, num_workers, device, rule)
+    def recompute_bn(self, loader, device):
+        """Recompute the averaged model's BatchNorm statistics (torch's ``update_bn``) on the uint8
+        batches of ``loader`` (train.py: an evaluation loader with the validation transform): the
+        average of the raw model's statistics does not describe the averaged weights while those
+        still move fast."""
         update_bn((normalize_batch(b.images.to(device)) for b in loader if len(b.images)), self.module)
 
     def state(self):

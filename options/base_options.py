@@ -162,13 +162,12 @@ shard = _type("shard", _shard)
 
 # ----------------------------------------------------------------------------- shared groups
 
-MINI_FALLBACK = f"when omitted, the built-in mini benchmark ({MINI_ROOT}) is built and used"
-
-
-def add_data_options(p, dataroot_help="dataset root; " + MINI_FALLBACK):
-    """Where the images are and how they reach the model (every script but predict.py)."""
+def add_data_options(p, dataroot_help=None):
+    """Where the images are and how they reach the model (every script but predict.py);
+    ``dataroot_help`` for a script without the NPR-mini fallback."""
     g = p.add_argument_group("data")
-    g.add_argument("--dataroot", default=None, help=dataroot_help)
+    g.add_argument("--dataroot", default=None, help=dataroot_help or
+                   f"dataset root; when omitted, the built-in mini benchmark ({MINI_ROOT}) is built and used")
     g.add_argument("--batch_size", type=positive_int, default=64, help="images per batch")
     g.add_argument("--loadSize", type=size, default=256, help="resize images to loadSize x loadSize")
     g.add_argument("--cropSize", type=size, default=224, help="crop images to cropSize x cropSize")

@@ -15,7 +15,7 @@ MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
 def eval_parser(description, dataroot_help=None):
     """(parser, its data group) with what test.py and validate.py share."""
     p = OneLineErrorParser(description)
-    g = add_data_options(p, *(() if dataroot_help is None else (dataroot_help,)))
+    g = add_data_options(p, dataroot_help)
     g.add_argument("--no_resize", action="store_true", help="do not resize (test.py: overrides every suite)")
     g.add_argument("--no_crop", action="store_true", help="do not crop (test.py: overrides every suite)")
     return p, g
