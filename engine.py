@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from data.benchmarks import locate_generator
 from data.discovery import list_images, make_samples
-from data.images import ImageRule
-from data.loaders import make_eval_loader
+from data.images import ImageRule, image_name
+from data.loaders import batches, make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
-from networks import batch_probs, score_images
+from networks import score_images
+from networks.detector import scored_batch
 from recipe import set_lr
 from util import AMP_DTYPE, UserError
 
@@ -45,14 +46,19 @@ class EvalConfig:
 @torch.inference_mode()
 def predict_loader(model, loader, cfg, progress=None):
     """Run ``model`` over ``loader``; returns (labels, probabilities, skipped indices, truncated
-    indices) in loader order."""
+    indices) in loader order. An image the model fails on is reported through ``cfg.images``
+    and counted as skipped."""
     labels, probs, skipped, truncated = [], [], [], []
-    for batch in loader:
-        skipped += list(batch.skipped)
-        truncated += list(batch.truncated)
-        if len(batch.labels):
-            probs.append(batch_probs(model, batch.images, cfg.channels_last, cfg.amp))
-            labels.append(batch.labels)
+    samples = loader.dataset.samples
+    for batch in batches(loader):
+        p = scored_batch(model, batch, cfg.images, lambda i: image_name(samples[i][0]), cfg.channels_last, cfg.amp)
+        failed = {int(batch.indices[j]) for j, v in enumerate(p) if v is None}
+        skipped += list(batch.skipped) + sorted(failed)
+        truncated += [i for i in batch.truncated if i not in failed]
+        keep = [j for j, v in enumerate(p) if v is not None]
+        if keep:
+            probs.append(torch.tensor([p[j] for j in keep], dtype=torch.float32))
+            labels.append(batch.labels[keep])
         if progress is not None:
             progress.update(len(batch.labels) + len(batch.skipped))
     if not probs:

@@ -9,8 +9,9 @@ the reference's resize to loadSize x loadSize first. Images go through the evalu
 of ``test.py`` (batches of equal sizes, worker processes) via ``engine.score_files``, the path
 of the notebook API's ``predict_proba`` and of ``demo.py``. Rows are appended to
 ``<output>.csv`` / ``<output>.jsonl`` as batches finish; running the same command again after a
-crash scores only what is missing (``report.PredictionFiles``). ``<output>.json`` gets every
-prediction when the run completes.
+crash scores only what is missing, whatever state the files were left in; a second run on the
+same ``--output`` is refused while the first holds its lock (``prediction_store``).
+``<output>.json`` gets every prediction when the run completes.
 """
 import glob
 import os
@@ -19,13 +20,14 @@ import sys
 from tqdm import tqdm
 
 from data.discovery import IMG_EXTENSIONS, FolderScan, scan_images, unopenable
-from data.images import ImageRule
+from data.images import SKIP_REASONS, ImageRule
 from data.loaders import default_workers
 from data.transforms import EvalTransform
 from engine import EvalConfig, eval_threshold, score_files
 from networks import load_for_evaluation
 from options import parse_predict_args
-from report import ArtifactFigures, PredictionFiles, merge_prediction_files, printable
+from prediction_store import PredictionFiles, claim_output, merge_shards, printable, shard_name, shard_paths
+from report import ArtifactFigures
 from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
 
 LIST_AT_MOST = 50  # rows printed to the terminal without --list
@@ -69,32 +71,10 @@ def shard_of(shard):
     return (int(os.environ.get("RANK", "0")) + 1, world) if world > 1 else None
 
 
-def shard_paths(paths, k, n):
-    """The k-th of n contiguous, deterministic parts of ``paths`` (k from 1)."""
-    return paths[(k - 1) * len(paths) // n: k * len(paths) // n]
-
-
-def merge_if_last(args, settings, paths, info, n):
-    """When every one of the n shards is complete, write the merged ``--output`` files (once)."""
-    parts = [PredictionFiles(f"{args.output}.shard{k}of{n}", settings, shard_paths(paths, k, n), paths, (k, n))
-             for k in range(1, n + 1)]
-    metas = [p.meta() or {} for p in parts]
-    if not all(m.get("complete") and m.get("settings") == p.settings for m, p in zip(metas, parts)):
-        return None
-    merged = PredictionFiles(args.output, settings, paths)
-    try:  # the shard that finishes last merges; if two finish together, one does
-        os.close(os.open(args.output + ".merging", os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return None
-    try:
-        merge_prediction_files(merged, parts, info)
-    finally:
-        os.remove(args.output + ".merging")
-    return merged
-
-
 def print_rows(files):
     rows = list(files.rows())
+    if not rows:
+        return
     width = max(len(printable(r["path"])) for r in rows)
     print(f"{'path'.ljust(width)}  P(fake)  verdict")
     for r in rows:
@@ -110,6 +90,12 @@ def main(argv=None):
         raise UserError("no images found in the given inputs")
     shard = shard_of(args.shard)
     mine = shard_paths(paths, *shard) if shard else paths
+    out = shard_name(args.output, *shard) if shard else args.output
+    with claim_output(out):  # before the model loads: a wrong --output or a second run is one line at once
+        return scan(args, paths, shard, mine, out)
+
+
+def scan(args, paths, shard, mine, out):
     gpu_ids = os.environ.get("LOCAL_RANK", args.gpu_ids) if shard and args.shard is None and args.gpu_ids != "-1" \
         else args.gpu_ids
     device = select_device(gpu_ids)
@@ -125,7 +111,6 @@ def main(argv=None):
                 "resize": args.resize, "loadSize": args.loadSize if args.resize else None,
                 "skip_truncated": args.skip_truncated}
     info = {**{k: settings[k] for k in ("model_path", "ema", "threshold", "resize")}, "threshold_source": source}
-    out = f"{args.output}.shard{shard[0]}of{shard[1]}" if shard else args.output
     files = PredictionFiles(out, settings, mine, paths if shard else None, shard)
     done = files.open(args.overwrite)
     if done:
@@ -144,15 +129,14 @@ def main(argv=None):
     if args.list or len(mine) <= LIST_AT_MOST:
         print_rows(files)
     c = files.counts
-    skipped = c.get("unreadable", 0) + c.get("too small", 0) + c.get("too large", 0)
+    skipped = sum(c.get(why, 0) for why in SKIP_REASONS)
     print(f"{len(mine) - skipped} images scored ({c.get('truncated', 0)} of them truncated), {skipped} skipped "
-          f"(unreadable, too small or too large): {c.get('fake', 0)} fake, {c.get('real', 0)} real at "
-          f"{threshold:.4f}")
+          f"({', '.join(f'{c[why]} {why}' for why in SKIP_REASONS if c.get(why)) or 'none'}): {c.get('fake', 0)} "
+          f"fake, {c.get('real', 0)} real at {threshold:.4f}")
     print(f"Wrote {out}.csv, {out}.jsonl and {out}.json" + (f"; figures in {args.visualize}" if args.visualize else ""))
     if shard:
-        merged = merge_if_last(args, settings, paths, info, shard[1])
-        print(f"Merged the {shard[1]} shards into {args.output}.csv / .jsonl / .json" if merged else
-              f"Shard {shard[0]} of {shard[1]} done; the last shard to finish merges them into {args.output}.*")
+        _, state = merge_shards(args.output, settings, paths, info, shard[1])
+        print(f"Shard {shard[0]} of {shard[1]} done; {state}")
     return 0
 
 

@@ -7,10 +7,8 @@ Markdown report ``results.md`` (``write_results``), ROC / PR / bar / sweep figur
 (``make_figures``, ``test.py --plots``) and the NPR residual figure (``predict.py --visualize``).
 """
 import csv
-import hashlib
 import json
 import os
-import shutil
 import time
 
 import numpy as np
@@ -22,7 +20,7 @@ from data.transforms import normalize_batch
 from metrics import METRIC_KEYS, METRICS, SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
 from networks import get_operator
 from networks.detector import PIXEL_BUDGET, TILE
-from util import log, sha256_of, write_json_atomically
+from util import sha256_of
 
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.
@@ -313,6 +311,7 @@ class ArtifactFigures:
 
     def __call__(self, number, score, threshold):
         name = os.path.basename(score.image)
+        os.makedirs(self.folder, exist_ok=True)  # a long-running demo outlives cleaners of /tmp
         out = os.path.join(self.folder, f"{number:04d}_{os.path.splitext(name)[0]}_{self.model.operator}.png")
         pixels, title = figure_pixels(score.pixels, name)
         device = next(self.model.parameters()).device
@@ -331,149 +330,3 @@ def figure_pixels(pixels, name):
     th, tw = min(h, TILE), min(w, TILE)
     top, left = (h - th) // 4 * 2, (w - tw) // 4 * 2
     return pixels[:, top:top + th, left:left + tw], f"{name} (central {tw}x{th} of {w}x{h})"
-
-
-# ----------------------------------------------------------------------------- predictions (predict.py)
-
-PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
-
-
-def printable(path):
-    """A file name as the terminal can show it: bytes that are not UTF-8 (kept by Python as
-    surrogates) become U+FFFD instead of raising."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def inputs_fingerprint(paths):
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.encode("utf-8", "surrogateescape") + b"\0")
-    return h.hexdigest()[:16]
-
-
-class PredictionFiles:
-    """predict.py's output, written as it goes, so that a scan that dies keeps what it scored.
-
-    * ``<out>.jsonl`` and ``<out>.csv``: one row per image, in input order, appended and
-      flushed as each batch finishes (file names that are not UTF-8 keep their bytes: JSON
-      escapes them, the CSV holds them as they are);
-    * ``<out>.json``: the run's settings while it runs (``"complete": false``); once complete,
-      also the counts and every prediction.
-
-    ``open`` resumes: when ``<out>.json`` holds the same settings and inputs, the rows already
-    in ``<out>.jsonl`` are kept (a row cut short by a kill is dropped, the CSV is rewritten from
-    the JSON lines) and only the remaining images are scored. Files of a run with other settings
-    are replaced (and the log says so), as are any with ``overwrite``.
-    """
-
-    def __init__(self, out, settings, paths, all_paths=None, shard=None):
-        self.out, self.paths = out, paths
-        everything = paths if all_paths is None else all_paths
-        self.settings = dict(settings, inputs=inputs_fingerprint(everything), n_inputs=len(everything),
-                             shard=None if shard is None else "{}/{}".format(*shard))
-        self.jsonl, self.csv, self.json = out + ".jsonl", out + ".csv", out + ".json"
-        self.counts = {}
-
-    def meta(self):
-        try:
-            with open(self.json) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
-
-    def open(self, overwrite=False):
-        """Prepare the files; returns how many images (a prefix of ``paths``) are already done."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.out)) or ".", exist_ok=True)
-        meta = None if overwrite else self.meta()
-        if meta is not None and meta.get("settings") != self.settings:
-            old = meta.get("settings") or {}
-            diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
-            log.info("%s holds predictions of another run (different %s): replacing them", self.json, ", ".join(diff))
-            meta = None
-        done = self.resume() if meta is not None else 0
-        if meta is None:
-            with open(self.jsonl, "w"):
-                pass
-            self.rewrite_csv()
-            write_json_atomically({"settings": self.settings, "complete": False}, self.json)
-        self.files = (open(self.jsonl, "a", encoding="utf-8"),
-                      open(self.csv, "a", newline="", encoding="utf-8", errors="surrogateescape"))
-        self.writer = csv.DictWriter(self.files[1], fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
-        return done
-
-    def rows(self):
-        """The rows written so far, read back one at a time."""
-        with open(self.jsonl, encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
-
-    def resume(self):
-        """Keep the valid prefix of ``<out>.jsonl`` (rows in input order, each line whole)."""
-        done, keep = 0, 0
-        with open(self.jsonl, "rb") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                    ok = line.endswith(b"\n") and done < len(self.paths) and row["path"] == self.paths[done]
-                except (ValueError, KeyError, TypeError):
-                    ok = False
-                if not ok:
-                    break
-                done, keep = done + 1, keep + len(line)
-        with open(self.jsonl, "r+b") as f:
-            f.truncate(keep)
-        self.rewrite_csv()
-        for row in self.rows():
-            self.count(row)
-        return done
-
-    def rewrite_csv(self):
-        with open(self.csv, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            w = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            if os.path.getsize(self.jsonl):
-                w.writerows(self.rows())
-
-    def count(self, row):
-        self.counts[row["verdict"]] = self.counts.get(row["verdict"], 0) + 1
-        self.counts["truncated"] = self.counts.get("truncated", 0) + bool(row["truncated"])
-
-    def write(self, rows):
-        """Append ``rows`` to both files and flush them."""
-        for row in rows:
-            row = {k: row[k] for k in PREDICTION_FIELDS}
-            self.files[0].write(json.dumps(row) + "\n")
-            self.writer.writerow(row)
-            self.count(row)
-        for f in self.files:
-            f.flush()
-
-    def close(self):
-        for f in getattr(self, "files", ()):
-            f.close()
-
-    def finish(self, info):
-        """Mark the run complete: ``<out>.json`` gets ``info``, the counts and every prediction
-        (streamed from ``<out>.jsonl``)."""
-        self.close()
-        head = {"settings": self.settings, **info, "complete": True, "counts": self.counts}
-        tmp = f"{self.json}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(head, indent=1)[:-2] + ',\n "predictions": [')
-            for i, row in enumerate(self.rows()):
-                f.write(("," if i else "") + "\n  " + json.dumps(row))
-            f.write("\n ]\n}\n")
-        os.replace(tmp, self.json)
-
-
-def merge_prediction_files(merged, parts, info):
-    """Fill ``merged`` (the ``PredictionFiles`` of every input) from the complete ``PredictionFiles``
-    of its shards ``parts``, in order, and mark it complete with ``info``."""
-    with open(merged.jsonl, "wb") as dst:
-        for part in parts:
-            with open(part.jsonl, "rb") as src:
-                shutil.copyfileobj(src, dst)
-    merged.rewrite_csv()
-    for row in merged.rows():
-        merged.count(row)
-    merged.finish(info)

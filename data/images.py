@@ -28,6 +28,16 @@ MIN_SIDE = 2
 MAX_DECODE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
+# Why an image gets no score, as the rows of predict.py and the demo say it, with what the demo
+# tells its user. Every path that skips an image gives one of these.
+SKIP_REASONS = {
+    "unreadable": "cannot be read as an image (empty, corrupt, not an image, or truncated before any pixel)",
+    "too small": "too small: NPR needs at least 2x2 pixels",
+    "too large": "too large to decode (above Pillow's 89.5 Mpx limit): downscale it first",
+    "model error": "the model failed on it (the log names the error)",
+}
+
+
 class ImageDecodeError(Exception):
     """An image that cannot be used: not decodable into RGB pixels, or too small for the model."""
 
@@ -48,6 +58,23 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
                  MemoryError, EOFError, TypeError)
 
 
+def to_rgb(img):
+    """An RGB image of ``img`` (any mode Pillow opens), the reference's ``convert('RGB')``, except
+    that 16- and 32-bit greyscale (``I;16``, ``I``, ``F``) are scaled to 8 bits first, where
+    ``convert`` would clip them to white. ``img`` itself when it is RGB already."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
 def _decode(path):
     kind = unopenable(path)
     if kind is not None:  # a FIFO would block, /dev/zero would never end
@@ -65,18 +92,16 @@ def _decode(path):
             keep = img.mode == "RGB" and not getattr(img, "is_animated", False)
             if keep:
                 return img  # load() closed the file; convert("RGB") would only copy a photo's pixels
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-            if img.mode == "F":
-                arr = np.asarray(img, dtype=np.float64)
-                return Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255)
-                                       .astype(np.uint8), "L").convert("RGB")
-            return img.convert("RGB")
+            return img.convert("RGB") if img.mode == "RGB" else to_rgb(img)  # the first frame, as a copy
         finally:
             if not keep:
                 img.close()
+
+
+def decoded_nothing(rgb):
+    """Whether a truncated file's pixels are all one colour: what Pillow fills in for data that
+    is not there (black for PNG, grey for JPEG), so nothing of the image was decoded."""
+    return all(lo == hi for lo, hi in rgb.getextrema())
 
 
 def load_rgb(path, allow_truncated=True):
@@ -110,6 +135,9 @@ def load_rgb(path, allow_truncated=True):
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
     if rgb.width < 1 or rgb.height < 1:
         raise ImageDecodeError("image has no pixels")
+    if truncated and decoded_nothing(rgb):
+        raise ImageDecodeError(f"truncated before any pixel data: the file holds a header for {rgb.width}x"
+                               f"{rgb.height} pixels and nothing that decodes")
     rgb.info["truncated"] = truncated
     return rgb
 
@@ -134,7 +162,13 @@ def load_for_model(image, transform, rng=None, allow_truncated=True):
     """(uint8 (3, H, W) tensor, truncated) for an image file or PIL image: decode, ``transform``
     (None keeps the pixels as they are), then refuse a side under ``MIN_SIDE`` pixels
     (``ImageTooSmallError``), since the model reads 2x2 blocks."""
-    img = load_rgb(image, allow_truncated) if not isinstance(image, Image.Image) else image.convert("RGB")
+    if isinstance(image, Image.Image):
+        try:
+            img = to_rgb(image)
+        except DECODE_ERRORS as e:  # a mode Pillow cannot convert (LAB, say), or an image closed already
+            raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
+    else:
+        img = load_rgb(image, allow_truncated)
     truncated = bool(getattr(image, "info", None) and image.info.get("truncated")) or img.info.get("truncated", False)
     x = transform(img, rng) if transform is not None else pil_to_uint8_tensor(img)
     if min(x.shape[-2:]) < MIN_SIDE:
@@ -163,8 +197,7 @@ class ImageRule:
     report: object = log_skip
 
     def load(self, image, transform, rng=None):
-        """(uint8 tensor or None, truncated, why it was skipped: None, 'too small', 'too large' or
-        'unreadable')."""
+        """(uint8 tensor or None, truncated, why it was skipped: None or a key of ``SKIP_REASONS``)."""
         try:
             x, truncated = load_for_model(image, transform, rng, allow_truncated=not self.skip_truncated)
         except ImageDecodeError as e:

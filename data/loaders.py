@@ -67,11 +67,14 @@ class Batch:
         return self
 
 
-def collate_skipping(items, view_single=False):
+def collate_skipping(items, evaluation=False):
     """Stack the usable images; report the others in ``Batch.skipped``. Items are
-    (image or None, label, index[, truncated[, why skipped]]). ``view_single`` (evaluation):
-    a batch of one image is a view of it, not a copy (a large photo is alone in its size
-    bucket)."""
+    (image or None, label, index[, truncated[, why skipped]]).
+
+    ``evaluation``: a batch of one image is a view of it, not a copy (a large photo is alone in
+    its size bucket), and images of different sizes (a file replaced between the header read
+    that bucketed it and its decoding) give a list of one ``Batch`` per size, in order of
+    appearance, instead of an error; ``batches`` flattens it."""
     good = [it for it in items if it[0] is not None]
     skipped = [it[2] for it in items if it[0] is None]
     why = [it[4] if len(it) > 4 else "unreadable" for it in items if it[0] is None]
@@ -79,13 +82,24 @@ def collate_skipping(items, view_single=False):
     if not good:
         empty = torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
         return Batch(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped, truncated, why)
-    shapes = {tuple(it[0].shape) for it in good}
+    shapes = list(dict.fromkeys(tuple(it[0].shape) for it in good))
     if len(shapes) > 1:
-        raise RuntimeError(f"images of different sizes {sorted(shapes)} in one batch; bucket them by size")
-    images = good[0][0].unsqueeze(0) if view_single and len(good) == 1 else torch.stack([it[0] for it in good])
+        if not evaluation:
+            raise RuntimeError(f"images of different sizes {sorted(shapes)} in one batch; bucket them by size")
+        parts = [collate_skipping([it for it in good if tuple(it[0].shape) == shape], True) for shape in shapes]
+        parts[0].skipped, parts[0].skipped_why = skipped, why
+        return parts
+    images = good[0][0].unsqueeze(0) if evaluation and len(good) == 1 else torch.stack([it[0] for it in good])
     return Batch(images,
                  torch.tensor([float(it[1]) for it in good]),
                  torch.tensor([it[2] for it in good], dtype=torch.long), skipped, truncated, why)
+
+
+def batches(loader):
+    """The ``Batch`` objects of an evaluation loader, one at a time (``collate_skipping`` may give
+    several for one batch of indices)."""
+    for item in loader:
+        yield from (item if isinstance(item, list) else (item,))
 
 
 class EpochSampler(Sampler):
@@ -229,7 +243,7 @@ def make_eval_loader(samples, transform, batch_size, num_workers=0, device=None,
     with workers and, on CUDA, pinned memory."""
     dataset = BinaryImageDataset(samples, transform, rule)
     batches = SizeBuckets([image for image, _ in dataset.samples], transform, batch_size, window)
-    kwargs = dict(loader_kwargs(num_workers, device), collate_fn=partial(collate_skipping, view_single=True))
+    kwargs = dict(loader_kwargs(num_workers, device), collate_fn=partial(collate_skipping, evaluation=True))
     return DataLoader(dataset, batch_sampler=batches, **kwargs)
 
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from data.images import ImageRule
-from data.loaders import make_eval_loader
+from data.images import ImageRule, image_name
+from data.loaders import batches, make_eval_loader
 from data.transforms import normalize_batch
-from util import AMP_DTYPE, select_device
+from util import AMP_DTYPE, one_line, select_device
 
 from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
                          load_state_dict_strict)
@@ -73,12 +73,18 @@ def load_for_evaluation(path, device, ema=False, **prepare):
 # of MB per layer; sub-batches of at most this many pixels give the same predictions with a
 # fraction of the memory, and no slower (docs/speed.md). 40-48 px batches stay whole.
 CPU_FORWARD_PIXELS = 8 * 256 * 256
+# On a GPU a batch runs whole, but the tiles of one photo are batched up to this many pixels
+# (an 89.5 Mpx image has 342 tiles of 512 x 512).
+GPU_TILE_PIXELS = 64 * 512 * 512
 # The pixel budget: an image of at most this many pixels (1 Mpx: 1024 x 1024, the largest
 # images of the paper's benchmarks) is scored whole, as the reference does; a larger one (a
 # phone photo) in TILE x TILE tiles whose pooled features are averaged, so that memory stays
 # bounded whatever the image (docs/troubleshooting.md compares the two verdicts).
 PIXEL_BUDGET = 1024 * 1024
 TILE = 512  # a multiple of 8, the network's stride: tiles keep NPR's 2x2 grid and the feature grid
+# The network's stride: a strip narrower than this left over at the right or bottom edge joins the
+# tile before it instead of becoming a tile of its own (a 1 px strip has no 2x2 block).
+MIN_TILE_SIDE = 8
 
 
 def is_channels_last(model):
@@ -94,22 +100,49 @@ def _forward(model, x, device, channels_last, amp, features=False):
         return (model.features(x) if features else model(x)).float()
 
 
-def tiles(height, width, tile=TILE):
-    """(top, left, height, width) of the tiles covering an image: origins on a ``tile`` grid, the
-    last row and column as large as what is left."""
-    return [(top, left, min(tile, height - top), min(tile, width - left))
-            for top in range(0, height, tile) for left in range(0, width, tile)]
+def forward_step(device, pixels, n, tiles=False):
+    """How many of ``n`` images of ``pixels`` pixels each go through one forward pass: on the CPU
+    sub-batches of ``CPU_FORWARD_PIXELS``, and tiles up to one whole tile's pixels (so a photo's
+    peak memory is that of one tile, while the narrow tiles of a long thin image share a pass);
+    on a GPU all ``n``, or ``GPU_TILE_PIXELS`` of tiles."""
+    if device.type == "cpu":
+        return max(1, (TILE * TILE if tiles else CPU_FORWARD_PIXELS) // pixels)
+    return max(1, GPU_TILE_PIXELS // pixels) if tiles else max(1, n)
+
+
+def tile_spans(length, tile=None):
+    """(start, size) of the tiles along one side: starts on a ``tile`` grid (default ``TILE``),
+    the last span as large as what is left, and a remainder under ``MIN_TILE_SIDE`` joined to
+    the span before it."""
+    tile = tile or TILE
+    starts = list(range(0, length, tile))
+    if len(starts) > 1 and length - starts[-1] < MIN_TILE_SIDE:
+        starts.pop()
+    ends = starts[1:] + [length]
+    return [(s, e - s) for s, e in zip(starts, ends)]
+
+
+def tiles(height, width, tile=None):
+    """(top, left, height, width) of the tiles covering an image (``tile_spans`` on each side)."""
+    return [(top, left, h, w) for top, h in tile_spans(height, tile) for left, w in tile_spans(width, tile)]
 
 
 def tiled_logit(model, image, device, channels_last, amp):
     """The logit of one image above ``PIXEL_BUDGET``: each tile's pooled features, weighted by the
     size of its feature map (ceil(side / 8) per side), averaged, then the classifier; without
-    tile borders this is the whole image's average pooling."""
-    total, weight = 0.0, 0
+    tile borders this is the whole image's average pooling. Tiles of one size run in batches
+    (``forward_step``), so a long thin image costs what its pixels cost, not a pass per tile."""
+    by_size = {}
     for top, left, h, w in tiles(*image.shape[-2:]):
+        by_size.setdefault((h, w), []).append((top, left))
+    total, weight = 0.0, 0
+    for (h, w), origins in by_size.items():
         n = -(-h // 8) * -(-w // 8)
-        total = total + n * _forward(model, image[None, :, top:top + h, left:left + w], device, channels_last, amp, True)
-        weight += n
+        step = forward_step(device, h * w, len(origins), tiles=True)
+        for i in range(0, len(origins), step):
+            x = torch.stack([image[:, top:top + h, left:left + w] for top, left in origins[i:i + step]])
+            total = total + n * _forward(model, x, device, channels_last, amp, True).sum(0, keepdim=True)
+            weight += n * len(x)
     with torch.autocast(device.type, enabled=False):
         return model.head(total / weight).float()
 
@@ -129,20 +162,55 @@ def batch_probs(model, images, channels_last=None, amp=False):
     if pixels > PIXEL_BUDGET:
         logits = [tiled_logit(model, im, device, channels_last, amp) for im in images]
         return torch.sigmoid(torch.cat(logits)).flatten().cpu() if logits else torch.zeros(0)
-    step = len(images) if device.type != "cpu" else max(1, CPU_FORWARD_PIXELS // pixels)
+    step = forward_step(device, pixels, len(images))
     out = [torch.sigmoid(_forward(model, images[i:i + step], device, channels_last, amp)).flatten().cpu()
            for i in range(0, len(images), step)]
     return torch.cat(out) if out else torch.zeros(0)
+
+
+# What a forward pass may raise for one image (a shape the operator refuses, memory): that
+# image becomes a skipped row, never the end of a scan. A CUDA out-of-memory error is a RuntimeError.
+MODEL_ERRORS = (RuntimeError, ValueError, MemoryError)
+
+
+def probs_or_errors(model, images, channels_last=None, amp=False):
+    """(P(fake) per image, {position: error} for the images the model failed on, whose P(fake) is
+    None): ``batch_probs`` on the batch; when it raises, on each image alone, so that one image
+    the model cannot score costs only its own row."""
+    try:
+        return batch_probs(model, images, channels_last, amp).tolist(), {}
+    except MODEL_ERRORS as e:
+        if len(images) == 1:
+            return [None], {0: e}
+    probs, errors = [], {}
+    for i in range(len(images)):
+        p, err = probs_or_errors(model, images[i:i + 1], channels_last, amp)
+        probs += p
+        if err:
+            errors[i] = err[0]
+    return probs, errors
 
 
 @dataclass
 class ImageScore:
     image: object              # the path or PIL image as given
     prob: float = None         # P(fake); None when the image was skipped
-    skipped: str = None        # why: 'unreadable', 'too small' or 'too large'
+    skipped: str = None        # why: a key of data.images.SKIP_REASONS
     truncated: bool = False    # scored as far as the file decodes
     pixels: torch.Tensor = None  # the uint8 (3, H, W) input the model saw (with ``keep_pixels``)
     size: tuple = None         # (width, height) of that input
+
+
+def scored_batch(model, batch, rule, name_of, channels_last=None, amp=False):
+    """(P(fake) per image of ``batch``, None where the model failed on it): ``probs_or_errors``,
+    each failure reported through ``rule`` (``ImageRule.skip``: one warning naming the image
+    ``name_of(dataset index)``, or an error when strict)."""
+    if not len(batch.labels):
+        return []
+    probs, errors = probs_or_errors(model, batch.images, channels_last, amp)
+    for j, err in errors.items():
+        rule.skip(name_of(int(batch.indices[j])), f"the model failed on it: {one_line(err)}")
+    return probs
 
 
 @torch.inference_mode()
@@ -153,17 +221,21 @@ def score_images(model, images, transform=None, rule=ImageRule(), batch_size=32,
     Images go through the evaluation loader (``data.loaders.make_eval_loader``: ``transform``
     first -- None keeps the pixels as they are --, batches of equal sizes formed ``window``
     images at a time, ``num_workers`` decoding processes, pinned memory on CUDA), then
-    ``batch_probs``. ``rule`` decides what happens to an image that cannot be used.
+    ``batch_probs``. ``rule`` decides what happens to an image that cannot be used, the model's
+    failure on one image included (``SKIP_REASONS``' "model error").
     ``keep_pixels`` keeps the uint8 input of each scored image (for figures).
     """
     images = images if isinstance(images, list) else list(images)
-    device = next(model.parameters()).device
-    loader = make_eval_loader([(im, 0) for im in images], transform, batch_size, num_workers, device, rule, window)
+    loader = make_eval_loader([(im, 0) for im in images], transform, batch_size, num_workers,
+                              next(model.parameters()).device, rule, window)
     ready, next_index = {}, 0
-    for batch in loader:
-        probs = batch_probs(model, batch.images, channels_last, amp).tolist() if len(batch.labels) else []
+    for batch in batches(loader):
+        probs = scored_batch(model, batch, rule, lambda i: image_name(images[i]), channels_last, amp)
         truncated, size = set(batch.truncated), (batch.images.shape[-1], batch.images.shape[-2])
         for j, i in enumerate(batch.indices.tolist()):
+            if probs[j] is None:
+                ready[i] = ImageScore(images[i], skipped="model error")
+                continue
             ready[i] = ImageScore(images[i], probs[j], None, i in truncated,
                                   batch.images[j].clone() if keep_pixels else None, size)
         for i, why in zip(batch.skipped, batch.skipped_why):
@@ -183,8 +255,9 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
 
     * paths / PIL images go through ``transform`` (a ``data.transforms.EvalTransform``; by
       default none, i.e. the pixels as they are -- NPR reads pixel-level traces) and are
-      scored in batches of equal sizes (``score_images``). An image that cannot be used -- unreadable, or
-      under 2x2 pixels after the transform -- gets NaN and one warning naming it
+      scored in batches of equal sizes (``score_images``). An image that cannot be used -- unreadable,
+      under 2x2 pixels after the transform, above Pillow's decode limit, or one the model fails
+      on -- gets NaN and one warning naming it
       (``strict=True`` raises a ``ValueError`` instead); truncated files are scored as far as
       they decode, as the reference does.
     * a uint8 tensor (N, 3, H, W) is normalised; a float tensor is taken as already normalised.

@@ -3,14 +3,24 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# Property-based tests: a few examples by default (the suite stays fast), many for a release
+# check: HYPOTHESIS_PROFILE=thorough python -m pytest -q tests
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("default", max_examples=12, **_common)
+settings.register_profile("thorough", max_examples=300, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; python gpu_check.py runs them)")
+    config.addinivalue_line("markers", "slow: launches a script, trains or drives the browser (the fast loop, "
+                                       "-m 'not slow', leaves it out)")
 
 
 def write_leaf(leaf, n_real=4, n_fake=4, size=(32, 32), seed=0):

@@ -184,10 +184,9 @@ def test_google_drive_goes_through_gdown(tmp_path, monkeypatch):
         return paths
 
     monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download_folder=download_folder, download=None))
-    src = Source("GANGen-Detection", "gdrive_folder", "FOLDER_ID", ("*.tar.gz",), "GANGen-Detection",
-                 manual="https://example.org")
+    src = Source("MyGANs", "gdrive_folder", "FOLDER_ID", ("*.tar.gz",), "MyGANs", manual="https://example.org")
     target = dl.download(src, str(tmp_path / "d"), progress=False)
-    assert calls == [("folder", "FOLDER_ID", os.path.join(str(tmp_path / "d"), ".downloads", "GANGen-Detection"), True)]
+    assert calls == [("folder", "FOLDER_ID", os.path.join(str(tmp_path / "d"), ".downloads", "MyGANs"), True)]
     assert sorted(os.listdir(target)) == ["AttGAN", "BEGAN"]
     assert len(os.listdir(os.path.join(target, "AttGAN", "gen", "0_real"))) == 2
 

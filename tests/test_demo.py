@@ -169,3 +169,72 @@ def test_mini_checkpoint_is_flagged_and_old_figures_are_deleted(tmp_path):
     os.utime(old, (time.time() - 2 * demo.KEEP_SECONDS,) * 2)
     demo.prune(str(tmp_path))
     assert not old.exists() and new.exists()
+
+
+def stream_post(url, path, head, chunk, n_chunks, tail=b"", content_type=None):
+    """POST ``head``, then ``n_chunks`` times ``chunk``, then ``tail`` (chunked transfer: no length
+    announced, and the sender never holds the body); (status, body) of the answer, which may come
+    before the body is sent."""
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+
+    def body():
+        yield head
+        for _ in range(n_chunks):
+            yield chunk
+        yield tail
+    try:
+        conn.request("POST", path, body=body(), encode_chunked=True,
+                     headers={"Content-Type": content_type or "application/octet-stream"})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed before the end of the body
+    r = conn.getresponse()
+    out = r.status, r.read()
+    conn.close()
+    return out
+
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_request_bodies_are_limited_before_gradio_parses_them(served):
+    """A form field without a file name (gradio keeps those in memory, whatever their size), a
+    file over 50 MB and a JSON body over 1 MiB are refused as they arrive (413); the server's
+    memory does not grow with what was sent, and the page answers afterwards."""
+    import httpx
+    url = served[0]
+    boundary = b"npr-test-boundary"
+    ctype = f"multipart/form-data; boundary={boundary.decode()}"
+    field = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"\r\n\r\n'
+    before = rss_mib()
+    status, text = stream_post(url, "/gradio_api/upload", field, b"a" * 2**20, 400,  # 400 MiB
+                               b"\r\n--" + boundary + b"--\r\n", ctype)
+    assert status == 413 and b"form field" in text
+    assert rss_mib() - before < 100
+    a_file = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+    status, text = stream_post(url, "/gradio_api/upload", a_file, b"\0" * 2**20, 60, b"\r\n--" + boundary + b"--\r\n",
+                               ctype)
+    assert status == 413 and b"file" in text
+    status, _ = stream_post(url, "/gradio_api/queue/join", b'{"data": "', b"x" * 2**20, 3, b'"}', "application/json")
+    assert status == 413
+    r = httpx.post(url + "gradio_api/upload", files={"files": ("small.png", b"\0" * 1000, "image/png")}, timeout=60)
+    assert r.status_code == 200
+    r = httpx.post(url + "gradio_api/upload", files=[("files", (f"{i}.png", b"\0" * 1000, "image/png")) for i in range(3)],
+                   timeout=60)
+    assert r.status_code == 200 and len(r.json()) == 3  # several files in one request, as the page sends them
+
+
+def test_the_page_survives_its_figures_folder_being_removed(served):
+    import glob
+    import tempfile
+    url, ckpt, images, tmp = served
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), "npr-demo-*")):
+        shutil.rmtree(folder, ignore_errors=True)  # what a cleaner of /tmp does to a demo left running
+    client = gradio_client.Client(url, verbose=False, download_files=str(tmp / "dl3"))
+    table, gallery, status, details = client.predict([gradio_client.handle_file(p) for p in images[:2]], "0.5", 0.5,
+                                                     False, api_name="/analyse")
+    assert len(details) == 2 and len(gallery) == 2 and "Verdict" in status

@@ -40,8 +40,9 @@ from dataclasses import replace
 
 from tqdm import tqdm
 
-from data.benchmarks import SOURCES, source_by_name
+from data.benchmarks import SOURCES, SUITES, locate_generator, source_by_name
 from options.base_options import OneLineErrorParser
+from tools.verify import class_files, count_check
 from util import UserError, run_cli, sha256_of
 
 CHUNK = 1 << 20
@@ -323,10 +324,30 @@ def check_space(dest, needed, what):
                           "space or use another --root, then run again")
 
 
+def check_tar_end(tar):
+    """Raise ``ValueError`` unless the last member read is followed by the end-of-archive marker
+    (at least two zero blocks) and nothing but zeros. tarfile takes a header it cannot read for
+    the end of the archive, so a member whose header understates its size, or an archive cut at
+    a member boundary, would otherwise extract in part without a word."""
+    f = tar.fileobj
+    f.seek(tar.offset)  # a step back within the read buffer, also in a gzip stream
+    zeros = 0
+    while block := f.read(CHUNK):
+        if block.strip(b"\0"):
+            raise ValueError(f"unreadable data at byte {tar.offset + zeros} after the last member that could be read "
+                             f"({tar.getmembers()[-1].name if tar.getmembers() else 'none'}): a member's header "
+                             "does not match its data, or the archive is damaged")
+        zeros += len(block)
+    if zeros < 2 * tarfile.BLOCKSIZE:
+        raise ValueError(f"the archive ends at byte {tar.offset + zeros} without its end-of-archive marker: it was "
+                         "cut short")
+
+
 def extract(path, dest):
     """Extract a tar(.gz) or zip archive into ``dest``: no path may leave it (``UnsafeArchiveError``),
-    and the free space is checked against the sizes the archive declares (the zip's directory up
-    front, each tar member before it is written)."""
+    the free space is checked against the sizes the archive declares (the zip's directory up
+    front, each tar member before it is written), and a tar must end with its end-of-archive
+    marker (``check_tar_end``)."""
     kind = archive_kind(path)
     if kind in ("tar.gz", "tar"):
         root = os.path.realpath(dest)
@@ -343,6 +364,7 @@ def extract(path, dest):
                             or m.islnk() or m.isdev():
                         raise UnsafeArchiveError(f"the entry '{m.name}' would be written outside {dest}")
                     tar.extract(m, dest)
+            check_tar_end(tar)
     elif kind == "zip":
         with zipfile.ZipFile(path) as z:
             root = os.path.realpath(dest)
@@ -365,6 +387,24 @@ def flatten_single_folder(folder):
         for e in os.listdir(inner):
             shutil.move(os.path.join(inner, e), os.path.join(folder, e))
         os.rmdir(inner)
+
+
+def published_shortfalls(source, folder):
+    """For the suite that ``source`` installs (its ``target`` is one of the suite's folders), the
+    generators found in ``folder`` with fewer images than ``data.benchmarks`` says were
+    published, each as one line; [] when every published count is met or none is known."""
+    suite = next((s for s in SUITES if source.target.lower() in (d.lower() for d in s.dirs)), None)
+    out = []
+    for gen in suite.generators if suite else ():
+        if gen.published is None:
+            continue
+        path = locate_generator(folder, gen)
+        files = class_files(path)[0] if path else {0: [], 1: []}
+        real, fake = len(files[0]), len(files[1])
+        want = gen.published
+        if (real + fake < want) if isinstance(want, int) else (real < want[0] or fake < want[1]):
+            out.append(f"{gen.name}: {count_check(gen, real, fake)[1]}")
+    return out
 
 
 def install(source, archives, root, folder):
@@ -400,6 +440,13 @@ def install(source, archives, root, folder):
     for j in joined:
         os.remove(j)
     flatten_single_folder(staging)
+    short = published_shortfalls(source, staging)
+    if short:
+        shutil.rmtree(staging, ignore_errors=True)
+        shown = "; ".join(short[:3]) + ("; ..." if len(short) > 3 else "")
+        raise failure(source, "the count of installed images",
+                      f"fewer images than published: {shown}; nothing was installed and the archives are kept in "
+                      f"{folder} (remove them to download again)")
     target = os.path.join(root, source.target)
     os.makedirs(target, exist_ok=True)
     for e in os.listdir(staging):

@@ -1,0 +1,376 @@
+"""predict.py's result files: written as the scan goes, resumed after a crash, locked against a
+second run, and merged from shards.
+
+* ``<out>.jsonl`` and ``<out>.csv``: one row per image, in input order, appended and flushed
+  as each batch finishes (file names that are not UTF-8 keep their bytes: JSON escapes them,
+  the CSV holds them as they are);
+* ``<out>.json``: the run's settings while it runs (``"complete": false``); once complete,
+  also the counts and every prediction;
+* ``<out>.lock``: held (``OutputLock``) by the one process writing ``<out>.*``.
+
+A rerun keeps the *valid prefix* of ``<out>.jsonl``: rows that are whole lines, in input
+order, that pass ``row_problem``; the first row that does not ends it. Everything after it is
+scored again, so whatever happened to the files (cut, edited, deleted), a rerun ends with one
+row per input, and a kept row is never changed.
+"""
+import csv
+import datetime
+import hashlib
+import json
+import os
+import socket
+import sys
+
+from data.images import SKIP_REASONS
+from util import UserError, log, write_json_atomically
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked against each other
+    fcntl = None
+
+PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
+
+
+def printable(path):
+    """A file name as the terminal can show it: bytes that are not UTF-8 (kept by Python as
+    surrogates) become U+FFFD instead of raising."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def inputs_fingerprint(paths):
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def row_problem(row, path, threshold):
+    """None when ``row`` is a prediction row for ``path`` at ``threshold``, as predict.py writes
+    it; else what is wrong with it."""
+    if not isinstance(row, dict) or set(row) != set(PREDICTION_FIELDS):
+        return f"not a row of the fields {', '.join(PREDICTION_FIELDS)}"
+    if row["path"] != path:
+        return f"the path {row['path']!r} where {path!r} comes next"
+    prob, verdict = row["prob_fake"], row["verdict"]
+    if not isinstance(row["truncated"], bool):
+        return f"truncated is {row['truncated']!r}, not true or false"
+    if prob is None:
+        return None if verdict in SKIP_REASONS else f"no P(fake) but the verdict {verdict!r}"
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not (0.0 <= prob <= 1.0):
+        return f"P(fake) is {prob!r}, not a probability"
+    expected = "fake" if prob > threshold else "real"
+    return None if verdict == expected else f"the verdict {verdict!r} where P(fake) {prob} gives {expected!r}"
+
+
+# ----------------------------------------------------------------------------- the lock
+
+class OutputLock:
+    """The exclusive right to write ``<out>.*``: a POSIX record lock (``fcntl.lockf``) on
+    ``<out>.lock``, which the kernel releases when the holder ends, however it ends, so a lock is
+    never stale. The file stays (it names the last holder); it holds no lock by itself. Network
+    filesystems lock this way when their locks reach the server (NFSv4; NFSv3 with lockd, not
+    mounted ``nolock``): docs/scaling.md."""
+
+    def __init__(self, out):
+        self.path = out + ".lock"
+        self.fd = None
+
+    def holder(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self):
+        """Take the lock, or raise ``UserError`` naming the process that holds it."""
+        if fcntl is None:
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot write {self.path} ({e.strerror or e}); choose another --output") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            h = self.holder()
+            who = f"pid {h.get('pid', '?')} on {h.get('host', '?')}, since {h.get('since', '?')}" if h else \
+                "another process"
+            raise UserError(f"{self.path} is held by {who}: another predict.py is writing these files; wait for "
+                            "it to end, or choose another --output") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": datetime.datetime.now().isoformat(timespec="seconds"),
+                                 "command": " ".join(sys.argv)}).encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def claim_output(out):
+    """Make sure ``<out>.*`` can be written, and take its lock: done before the model loads, so a
+    wrong ``--output`` is one line at once."""
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output {out}: cannot create the folder {folder} ({e.strerror or e}); "
+                        "choose another --output") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--output {out}: the folder {folder} is not writable; choose another --output")
+    return OutputLock(out).acquire()
+
+
+# ----------------------------------------------------------------------------- the files
+
+class PredictionFiles:
+    """The result files of one run (one shard, or the whole input list); see the module's doc.
+
+    ``settings`` (with the fingerprint of every input added) identify the run: files of a run
+    with other settings are replaced (and the log says so), as are any with ``overwrite``.
+    """
+
+    def __init__(self, out, settings, paths, all_paths=None, shard=None):
+        self.out, self.paths = out, paths
+        everything = paths if all_paths is None else all_paths
+        self.settings = dict(settings, inputs=inputs_fingerprint(everything), n_inputs=len(everything),
+                             shard=None if shard is None else "{}/{}".format(*shard))
+        self.threshold = settings["threshold"]
+        self.jsonl, self.csv, self.json = out + ".jsonl", out + ".csv", out + ".json"
+        self.counts, self.files = {}, ()
+
+    def meta(self):
+        """The ``<out>.json`` of a run (a dict with its settings), or None."""
+        try:
+            with open(self.json, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and isinstance(meta.get("settings"), dict) else None
+
+    def is_complete(self):
+        meta = self.meta()
+        return bool(meta and meta.get("complete") is True and meta["settings"] == self.settings)
+
+    def open(self, overwrite=False):
+        """Prepare the files; returns how many images (a prefix of ``paths``) are already done."""
+        meta = None if overwrite else self.meta()
+        if meta is not None and meta["settings"] != self.settings:
+            old = meta["settings"]
+            diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+            log.info("%s holds predictions of another run (different %s): replacing them", self.json, ", ".join(diff))
+            meta = None
+        try:
+            done = self.keep_valid_prefix() if meta is not None else self.start_afresh()
+            self.attach()
+        except OSError as e:
+            raise UserError(f"cannot write the results {self.out}.* ({e.strerror or e}: "
+                            f"{getattr(e, 'filename', None) or self.out}); remove what is in the way or choose "
+                            "another --output") from None
+        return done
+
+    def start_afresh(self):
+        for path in (self.jsonl, self.csv):
+            with open(path, "w"):
+                pass
+        self.rewrite_csv()
+        write_json_atomically({"settings": self.settings, "complete": False}, self.json)
+        return 0
+
+    def attach(self):
+        """Open both files for appending (the JSON lines also for reading: ``reattach``)."""
+        self.files = (open(self.jsonl, "a+", encoding="utf-8"),
+                      open(self.csv, "a", newline="", encoding="utf-8", errors="surrogateescape"))
+        self.writer = csv.DictWriter(self.files[1], fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
+        self.inode = os.fstat(self.files[0].fileno()).st_ino
+
+    def valid_prefix(self, jsonl=None):
+        """(rows, bytes) of the valid prefix of ``jsonl`` (default ``<out>.jsonl``; absent: empty),
+        and the reason the first other row was refused (None if every row is valid)."""
+        done, keep = 0, 0
+        try:
+            f = open(jsonl or self.jsonl, "rb")
+        except FileNotFoundError:
+            return 0, 0, None
+        with f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    return done, keep, f"row {done + 1} is cut short"
+                if done == len(self.paths):
+                    return done, keep, f"row {done + 1} is one more than the {len(self.paths)} inputs"
+                try:
+                    problem = row_problem(json.loads(line), self.paths[done], self.threshold)
+                except ValueError as e:
+                    problem = f"not JSON ({e})"
+                if problem:
+                    return done, keep, f"row {done + 1}: {problem}"
+                done, keep = done + 1, keep + len(line)
+        return done, keep, None
+
+    def keep_valid_prefix(self):
+        """Cut ``<out>.jsonl`` to its valid prefix and rebuild the CSV and the counts from it."""
+        done, keep, problem = self.valid_prefix()
+        if problem:
+            log.warning("%s: %s; the %d rows before it are kept and the rest is scored again", self.jsonl, problem,
+                        done)
+        with open(self.jsonl, "ab") as f:
+            f.truncate(keep)
+        self.rewrite_csv()
+        for row in self.rows():
+            self.count(row)
+        write_json_atomically({"settings": self.settings, "complete": False}, self.json)
+        return done
+
+    def rows(self):
+        """The rows written so far, read back one at a time."""
+        with open(self.jsonl, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+    def rewrite_csv(self):
+        tmp = f"{self.csv}.tmp{os.getpid()}"
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            w = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            if os.path.exists(self.jsonl):
+                w.writerows(self.rows())
+        os.replace(tmp, self.csv)
+
+    def count(self, row):
+        self.counts[row["verdict"]] = self.counts.get(row["verdict"], 0) + 1
+        self.counts["truncated"] = self.counts.get("truncated", 0) + bool(row["truncated"])
+
+    def reattach(self):
+        """The files were removed or replaced while the scan ran (a cleaner emptied the folder):
+        write them again from the rows this process holds open, and go on appending there."""
+        log.warning("%s was removed or replaced while the scan ran: writing it again from the %d rows scored so "
+                    "far", self.jsonl, sum(v for k, v in self.counts.items() if k != "truncated"))
+        old = self.files[0]
+        old.flush()
+        old.seek(0)
+        os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
+        tmp = f"{self.jsonl}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in old:
+                f.write(line)
+        os.replace(tmp, self.jsonl)
+        self.close()
+        self.rewrite_csv()
+        write_json_atomically({"settings": self.settings, "complete": False}, self.json)
+        self.attach()
+
+    def moved(self):
+        try:
+            return os.stat(self.jsonl).st_ino != self.inode
+        except FileNotFoundError:
+            return True
+
+    def write(self, rows):
+        """Append ``rows`` to both files and flush them."""
+        if self.moved():
+            self.reattach()
+        for row in rows:
+            row = {k: row[k] for k in PREDICTION_FIELDS}
+            self.files[0].write(json.dumps(row) + "\n")
+            self.writer.writerow(row)
+            self.count(row)
+        for f in self.files:
+            f.flush()
+
+    def close(self):
+        for f in self.files:
+            f.close()
+        self.files = ()
+
+    def finish(self, info):
+        """Mark the run complete: ``<out>.json`` gets ``info``, the counts and every prediction
+        (streamed from ``<out>.jsonl``)."""
+        if self.files and self.moved():
+            self.reattach()
+        self.close()
+        head = {"settings": self.settings, **info, "complete": True, "counts": self.counts}
+        tmp = f"{self.json}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("{\n" + "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()))
+            f.write(' "predictions": [')
+            for i, row in enumerate(self.rows()):
+                f.write(("," if i else "") + "\n  " + json.dumps(row))
+            f.write("\n ]\n}\n")
+        os.replace(tmp, self.json)
+
+
+# ----------------------------------------------------------------------------- shards
+
+def shard_paths(paths, k, n):
+    """The k-th of n contiguous, deterministic parts of ``paths`` (k from 1)."""
+    return paths[(k - 1) * len(paths) // n: k * len(paths) // n]
+
+
+def shard_name(output, k, n):
+    return f"{output}.shard{k}of{n}"
+
+
+def shard_state(part):
+    """'complete', or what keeps the shard ``part`` (its ``PredictionFiles``) from being merged."""
+    meta = part.meta()
+    if meta is None:
+        return "not started (or its .json is unreadable)"
+    if meta["settings"] != part.settings:
+        old = meta["settings"]
+        diff = sorted(k for k in set(old) | set(part.settings) if k != "shard" and old.get(k) != part.settings.get(k))
+        return f"run with other settings ({', '.join(diff)})"
+    if meta.get("complete") is not True:
+        return "still running, or stopped before the end"
+    done, _, problem = part.valid_prefix()
+    if problem or done != len(part.paths):
+        return f"damaged after it finished ({problem or f'{done} of {len(part.paths)} rows'})"
+    return "complete"
+
+
+def merge_shards(output, settings, paths, info, n):
+    """Write the merged ``<output>.*`` when every one of the n shards is complete.
+
+    Returns (whether the merged files are complete now, a line on the state of the merge). The
+    merge holds ``<output>``'s lock; a merge killed half way leaves ``<output>.json``
+    incomplete, and running any shard's command again (it finds its own rows done) merges."""
+    parts = [PredictionFiles(shard_name(output, k, n), settings, shard_paths(paths, k, n), paths, (k, n))
+             for k in range(1, n + 1)]
+    states = [shard_state(p) for p in parts]
+    waiting = [f"shard {k}: {s}" for k, s in enumerate(states, 1) if s != "complete"]
+    if waiting:
+        return False, "not merged yet: " + "; ".join(waiting) + ". The last shard to finish merges them " \
+            f"into {output}.*; a shard run again with the same options resumes, then merges"
+    merged = PredictionFiles(output, settings, paths)
+    if merged.is_complete():
+        return True, f"the {n} shards are merged in {output}.*"
+    try:
+        lock = OutputLock(output).acquire()
+    except UserError as e:
+        return False, f"not merged by this shard: {e}. If that process ends without merging, run any shard's " \
+            "command again"
+    try:
+        write_json_atomically({"settings": merged.settings, "complete": False}, merged.json)
+        with open(merged.jsonl, "wb") as dst:
+            for part in parts:
+                with open(part.jsonl, "rb") as src:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+        merged.rewrite_csv()
+        for row in merged.rows():
+            merged.count(row)
+        merged.finish(info)
+    finally:
+        lock.release()
+    return True, f"merged the {n} shards into {output}.csv / .jsonl / .json"

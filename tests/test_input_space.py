@@ -1,0 +1,189 @@
+"""The space of images a user can bring, drawn rather than listed: every size (the edges around
+the tile grid forced in), every mode and bit depth Pillow opens, EXIF orientations, truncated
+files, both artifact operators. Whatever the image, ``predict_proba`` returns one probability or
+one named skip (NaN and a warning), and never raises.
+
+The tile grid is scaled down here (16 px tiles above a 32 x 32 budget, with the same
+remainder rule) so that sizes around every multiple of the grid cost milliseconds; the
+paper-scale sizes (1025 x 1024, a 4097 x 3072 photo) run at full scale below and in
+tests/test_door_scans.py."""
+import io
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+import networks.detector as detector
+from data.images import SKIP_REASONS
+from networks import predict_proba, prepare_model, resnet50
+
+SMALL_TILE, SMALL_BUDGET = 16, 32 * 32
+MODES = ("RGB", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1")
+# A format that stores each mode as it is (I -> TIFF: PNG would store it as I;16).
+FILE_FORMAT = {"RGB": "PNG", "L": "PNG", "LA": "PNG", "P": "PNG", "RGBA": "PNG", "CMYK": "JPEG", "I;16": "PNG",
+               "I": "TIFF", "F": "TIFF", "1": "PNG"}
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {op: prepare_model(resnet50(operator=op), torch.device("cpu")) for op in ("npr", "dwt")}
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    monkeypatch.setattr(detector, "TILE", SMALL_TILE)
+    monkeypatch.setattr(detector, "PIXEL_BUDGET", SMALL_BUDGET)
+
+
+def sides(grid):
+    """A side length: anything from 1 to a few grids, with the edges around each multiple of
+    ``grid`` and of twice it (k * grid + {-1, 0, 1, 2, 7, 8, 9}) drawn often."""
+    edges = st.builds(lambda k, d: max(1, k * grid + d), st.integers(1, 6), st.sampled_from([-1, 0, 1, 2, 7, 8, 9]))
+    return st.one_of(st.integers(1, 5), st.integers(1, 6 * grid + 10), edges)
+
+
+def image_of(mode, width, height, seed):
+    """A random image of ``mode`` (values over the mode's whole range)."""
+    rng = np.random.default_rng(seed)
+    if mode in ("I;16", "I", "F"):
+        top = {"I;16": 65535, "I": 2**20, "F": 1.0}[mode]
+        arr = rng.random((height, width)) * top
+        return Image.fromarray(arr.astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return rgb.convert(mode) if mode != "P" else rgb.quantize(16)
+
+
+def as_file(img, tmp_path, name, orientation=None):
+    fmt = "JPEG" if orientation is not None else FILE_FORMAT[img.mode]
+    path = tmp_path / f"{name}.{fmt.lower()}"
+    kwargs = {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kwargs["exif"] = exif.tobytes()
+    img.save(path, fmt, **kwargs)
+    return str(path)
+
+
+def check_one(model, image, width, height):
+    """predict_proba on one image: a probability when both sides hold a 2x2 block, else NaN and one
+    warning naming why."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = predict_proba(model, [image])
+    assert p.shape == (1,)
+    if min(width, height) >= 2:
+        assert math.isfinite(p[0]) and 0.0 <= p[0] <= 1.0, (width, height, p)
+    else:
+        assert math.isnan(p[0])
+        assert any("too small" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+@given(width=sides(SMALL_TILE), height=sides(SMALL_TILE), operator=st.sampled_from(["npr", "dwt"]),
+       mode=st.sampled_from(MODES), as_path=st.booleans(), seed=st.integers(0, 2**16))
+def test_every_size_and_mode_gets_a_probability_or_a_named_skip(models, small_tiles, tmp_path, width, height,
+                                                                 operator, mode, as_path, seed):
+    img = image_of(mode, width, height, seed)
+    image = as_file(img, tmp_path, f"{width}x{height}") if as_path else img
+    check_one(models[operator], image, width, height)
+
+
+@given(width=st.integers(1, 40), height=st.integers(1, 40), orientation=st.integers(1, 8),
+       mode=st.sampled_from(["RGB", "L", "CMYK"]))
+def test_exif_orientations_are_read_as_stored(models, tmp_path, width, height, orientation, mode):
+    path = as_file(image_of(mode, width, height, 0), tmp_path, f"o{orientation}", orientation)
+    with Image.open(path) as im:
+        assert im.getexif().get(0x0112) == orientation and im.size == (width, height)
+    check_one(models["npr"], path, width, height)  # the stored pixels, as the reference reads them
+
+
+@given(cut=st.floats(0.0, 1.0), fmt=st.sampled_from(["PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"]),
+       width=sides(SMALL_TILE), height=st.integers(2, 60))
+def test_a_file_cut_anywhere_is_scored_or_named_never_raises(models, small_tiles, tmp_path, cut, fmt, width,
+                                                             height):
+    buf = io.BytesIO()
+    image_of("RGB", width, height, width * height).save(buf, fmt)
+    data = buf.getvalue()[: int(len(buf.getvalue()) * cut)]
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = predict_proba(models["npr"], [str(path)])
+    assert p.shape == (1,)
+    if math.isnan(p[0]):
+        assert any(str(path) in str(w.message) for w in caught)
+    else:
+        assert 0.0 <= p[0] <= 1.0
+
+
+def test_a_truncated_file_that_decodes_to_nothing_is_unreadable(models, tmp_path):
+    """A PNG cut right after its header claims a large image and decodes to one flat colour:
+    refused (one named skip), not scored as a black image for minutes."""
+    buf = io.BytesIO()
+    image_of("RGB", 300, 200, 1).save(buf, "PNG")
+    path = tmp_path / "header_only.png"
+    path.write_bytes(buf.getvalue()[:120])
+    with pytest.warns(UserWarning, match="truncated before any pixel data"):
+        assert math.isnan(predict_proba(models["npr"], [str(path)])[0])
+    cut = tmp_path / "half.png"
+    cut.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    assert math.isfinite(predict_proba(models["npr"], [str(cut)])[0])  # half of it decodes: scored, as the reference
+
+
+@pytest.mark.parametrize("size", [(1025, 1024), (1024, 1025), (1032, 1025), (2049, 513)])
+def test_photos_one_pixel_past_the_tile_grid_are_scored(models, size):
+    """At full scale: a last strip of 1 px joins the tile before it (the whole-image path drops an
+    odd last column the same way)."""
+    width, height = size
+    for model in models.values():
+        check_one(model, image_of("RGB", width, height, 0), width, height)
+
+
+def test_tiles_of_one_size_run_in_batches(models, small_tiles, monkeypatch):
+    """A long thin image (a 89.5 Mpx header can claim 17,895,697 x 5) costs what its pixels cost:
+    its many equal tiles share forward passes of about one whole tile's pixels, not one pass each."""
+    model = models["npr"]
+    calls = []
+    features = type(model).features
+    monkeypatch.setattr(type(model), "features", lambda self, x: calls.append(x.shape[0]) or features(self, x))
+    width, height = 16 * 2000 + 3, 5  # 2000 tiles of 16 x 5, the last 19 wide
+    p = predict_proba(model, [image_of("RGB", width, height, 0)])
+    assert math.isfinite(p[0])
+    # every pass but the last of each tile size carries over half a tile's pixels
+    assert sum(calls) == 2000 and len(calls) <= 2 + 2 * width * height // (SMALL_TILE * SMALL_TILE)
+
+
+def test_tiles_cover_the_image_and_keep_the_grid():
+    for h, w in [(1025, 1024), (4097, 3072), (2, 524289), (513, 520), (1031, 1024)]:
+        ts = detector.tiles(h, w)
+        assert sum(th * tw for _, _, th, tw in ts) == h * w
+        assert all(t % 8 == 0 and left % 8 == 0 for t, left, _, _ in ts)
+        assert min(min(th, tw) for _, _, th, tw in ts) >= min(h, w, detector.MIN_TILE_SIDE)
+
+
+def test_a_model_error_on_one_image_is_that_images_skip(models, monkeypatch, tmp_path):
+    """The model failing on one image (memory, a shape an operator refuses) costs that image's
+    score only: NaN with a warning naming it, the others scored as they would be alone."""
+    model = models["npr"]
+    paths = []
+    for i, w in enumerate((32, 37, 32)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image_of("RGB", w, 32, i).save(paths[-1])
+    alone = [predict_proba(model, [p])[0].item() for p in paths]
+    forward = type(model).forward
+
+    def failing(self, x):
+        if x.shape[-1] == 37:
+            raise RuntimeError("out of memory (simulated)")
+        return forward(self, x)
+    monkeypatch.setattr(type(model), "forward", failing)
+    with pytest.warns(UserWarning, match="1.png .*model failed on it: out of memory"):
+        p = predict_proba(model, paths)
+    assert math.isnan(p[1]) and abs(p[0] - alone[0]) < 1e-6 and abs(p[2] - alone[2]) < 1e-6
+    assert "model error" in SKIP_REASONS

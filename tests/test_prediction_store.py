@@ -1,0 +1,258 @@
+"""predict.py's result files in any state a crash, a person or a second run can leave them, and
+shards finishing in any order: drawn by hypothesis, run in process (predict.main). Whatever
+happened, a rerun ends with one row per input, equal to one uninterrupted run's, and a row it
+keeps is never changed."""
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+import predict
+import prediction_store
+from networks import resnet50
+from util import UserError
+
+N_IMAGES = 7
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(images folder, checkpoint, the files of one uninterrupted run)."""
+    tmp = tmp_path_factory.mktemp("store")
+    imgs = tmp / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES - 2):
+        Image.fromarray(rng.integers(0, 256, (24 + 2 * (i % 2), 24, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    (imgs / "5_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    Image.new("RGB", (1, 1)).save(imgs / "6_tiny.png")
+    torch.manual_seed(0)
+    ckpt = str(tmp / "m.pth")
+    torch.save({"model": resnet50().state_dict()}, ckpt)
+    ref = str(tmp / "ref" / "p")
+    run_predict(imgs, ckpt, ref)
+    return imgs, ckpt, ref
+
+
+def run_predict(imgs, ckpt, out, *extra):
+    """predict.main in this process; its printed output."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert predict.main([str(imgs), "--model_path", ckpt, "--gpu_ids", "-1", "--num_threads", "0",
+                             "--batch_size", "3", "--output", out, *extra]) == 0
+    return buf.getvalue()
+
+
+def lines(out):
+    with open(out + ".jsonl", "rb") as f:
+        return f.read().splitlines(keepends=True)
+
+
+def assert_same_as(ref, out):
+    """``out``'s files hold the rows of ``ref``'s (P(fake) within 1e-6: other batches), complete."""
+    a, b = [json.loads(x) for x in lines(ref)], [json.loads(x) for x in lines(out)]
+    assert len(b) == N_IMAGES
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k != "prob_fake"} == {k: v for k, v in y.items() if k != "prob_fake"}
+        assert (x["prob_fake"] is None) == (y["prob_fake"] is None)
+        assert x["prob_fake"] is None or abs(x["prob_fake"] - y["prob_fake"]) < 1e-6
+    meta = json.load(open(out + ".json"))
+    assert meta["complete"] is True and meta["predictions"] == b
+    assert meta["counts"] == json.load(open(ref + ".json"))["counts"]
+    with open(out + ".csv", encoding="utf-8") as f:
+        assert len(f.read().strip().splitlines()) == N_IMAGES + 1
+
+
+def row_edits():
+    """What a person or a crash can do to one row."""
+    return st.sampled_from([
+        lambda r: {k: v for k, v in r.items() if k != "verdict"},
+        lambda r: dict(r, prob_fake="abc"),
+        lambda r: dict(r, prob_fake=1.5),
+        lambda r: dict(r, prob_fake=float("nan")),
+        lambda r: dict(r, verdict="real" if r["verdict"] == "fake" else "fake"),
+        lambda r: dict(r, path=r["path"] + "x"),
+        lambda r: dict(r, truncated="no"),
+        lambda r: dict(r, extra=1),
+        lambda r: [r],
+    ])
+
+
+def file_edits():
+    """One thing done to the result files (``out``: their common prefix)."""
+    def cut(at):
+        def f(out):
+            if os.path.exists(out + ".jsonl"):
+                data = open(out + ".jsonl", "rb").read()
+                open(out + ".jsonl", "wb").write(data[: int(len(data) * at)])
+        return f
+
+    def delete(ext):
+        return lambda out: os.remove(out + ext) if os.path.exists(out + ext) else None
+
+    def write(ext, data):
+        return lambda out: open(out + ext, "wb").write(data)
+
+    def edit_row(i, edit):
+        def f(out):
+            rows = lines(out) if os.path.exists(out + ".jsonl") else []
+            if rows:
+                k = i % len(rows)
+                try:
+                    row = json.loads(rows[k])
+                    rows[k] = (json.dumps(edit(row) if isinstance(row, dict) else "x") + "\n").encode()
+                except ValueError:
+                    rows[k] = b"{broken\n"
+                open(out + ".jsonl", "wb").write(b"".join(rows))
+        return f
+
+    def append(data):
+        return lambda out: open(out + ".jsonl", "ab").write(data)
+
+    return st.one_of(
+        st.builds(cut, st.floats(0, 1)),
+        st.builds(delete, st.sampled_from([".jsonl", ".csv", ".json"])),
+        st.builds(write, st.sampled_from([".json", ".jsonl", ".csv"]),
+                  st.sampled_from([b"[1, 2]", b"", b"{", b'{"settings": 5}', b'{"settings": {}}', b"\xff\xfe\x00",
+                                   b"null"])),
+        st.builds(edit_row, st.integers(0, 100), row_edits()),
+        st.builds(append, st.sampled_from([b"garbage\n", b'{"path": "x"}\n', b"\n", b'{"path":'])),
+    )
+
+
+@given(edits=st.lists(file_edits(), min_size=1, max_size=3), incomplete=st.booleans())
+def test_any_damage_to_the_result_files_ends_in_one_row_per_input(setup, tmp_path, edits, incomplete):
+    imgs, ckpt, ref = setup
+    work = tmp_path / f"run{time.monotonic_ns()}"
+    work.mkdir()
+    out = str(work / "p")
+    for ext in (".jsonl", ".csv", ".json"):
+        shutil.copy(ref + ext, out + ext)
+    if incomplete:  # killed before the end: the .json says so
+        meta = json.load(open(out + ".json"))
+        json.dump({"settings": meta["settings"], "complete": False}, open(out + ".json", "w"))
+    for edit in edits:
+        edit(out)
+    before = lines(out) if os.path.exists(out + ".jsonl") else []
+    ref_lines = lines(ref)
+    intact = 0  # leading rows the edits left as they were
+    while intact < min(len(before), len(ref_lines)) and before[intact] == ref_lines[intact]:
+        intact += 1
+    settings_kept = prediction_store.PredictionFiles(out, {"threshold": 0.5}, []).meta() is not None
+    run_predict(imgs, ckpt, out)
+    assert_same_as(ref, out)
+    if settings_kept:  # a run that knows these files keeps their valid rows, byte for byte
+        assert lines(out)[:intact] == before[:intact]
+
+
+@given(n=st.integers(1, N_IMAGES + 2), order=st.randoms(use_true_random=False), killed_merge=st.booleans())
+def test_shards_in_any_order_merge_into_one_process_output(setup, tmp_path, monkeypatch, n, order, killed_merge):
+    imgs, ckpt, ref = setup
+    out = str(tmp_path / f"s{time.monotonic_ns()}" / "p")
+    ks = list(range(1, n + 1))
+    order.shuffle(ks)
+    finish = prediction_store.PredictionFiles.finish
+    crashed = []
+
+    def finish_or_crash(self, info):
+        if self.out == out and killed_merge and not crashed:
+            crashed.append(True)
+            raise KeyboardInterrupt  # killed in the middle of the merge
+        return finish(self, info)
+    monkeypatch.setattr(prediction_store.PredictionFiles, "finish", finish_or_crash)
+    for i, k in enumerate(ks):
+        if i == len(ks) - 1 and killed_merge:
+            with pytest.raises(KeyboardInterrupt):
+                run_predict(imgs, ckpt, out, "--shard", f"{k}/{n}")
+            assert not prediction_store.PredictionFiles(out, {"threshold": 0.5}, []).meta()["complete"]
+            said = run_predict(imgs, ckpt, out, "--shard", f"{ks[0]}/{n}")  # any shard's command, again
+        else:
+            said = run_predict(imgs, ckpt, out, "--shard", f"{k}/{n}")
+        if i < len(ks) - 1:
+            assert "not merged yet" in said and f"shard {ks[-1]}: not started" in said
+    assert "merged the" in said
+    assert_same_as(ref, out)
+
+
+def test_shards_with_other_settings_are_named_not_merged(setup, tmp_path):
+    imgs, ckpt, _ = setup
+    out = str(tmp_path / "p")
+    run_predict(imgs, ckpt, out, "--shard", "1/2", "--threshold", "0.3")
+    said = run_predict(imgs, ckpt, out, "--shard", "2/2")
+    assert "shard 1: run with other settings (threshold)" in said and not os.path.exists(out + ".json")
+    said = run_predict(imgs, ckpt, out, "--shard", "1/2")  # the advice: run it again with the same options
+    assert "merged the 2 shards" in said
+
+
+def test_a_wrong_output_is_one_line_before_the_model_loads(setup, tmp_path):
+    imgs, _, _ = setup
+    (tmp_path / "file").write_text("x")
+    for out, says in ((tmp_path / "file" / "p", "cannot create the folder"), ("/proc/npr-test/p", "--output")):
+        with pytest.raises(UserError, match=says):  # the model path does not exist: it was never read
+            predict.main([str(imgs), "--model_path", str(tmp_path / "none.pth"), "--output", str(out)])
+    (tmp_path / "p.jsonl").mkdir()  # a folder where a result file goes
+    with pytest.raises(UserError, match="remove what is in the way"):
+        run_predict(imgs, setup[1], str(tmp_path / "p"))
+
+
+def test_a_second_run_on_one_output_is_refused_while_the_first_holds_it(setup, tmp_path):
+    imgs, ckpt, ref = setup
+    out = str(tmp_path / "p")
+    os.makedirs(tmp_path, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from prediction_store import OutputLock; "
+                               f"OutputLock({out!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"held by pid {holder.pid} .*another predict.py is writing"):
+            run_predict(imgs, ckpt, out)
+    finally:
+        holder.kill()
+        holder.wait()
+    run_predict(imgs, ckpt, out)  # the holder is gone: its lock went with it
+    assert_same_as(ref, out)
+
+
+def test_the_output_folder_removed_during_a_scan_is_written_again(setup, tmp_path, monkeypatch):
+    imgs, ckpt, ref = setup
+    out = str(tmp_path / "gone" / "p")
+    score_files = predict.score_files
+
+    def score_then_remove(*args, **kwargs):
+        for i, row in enumerate(score_files(*args, **kwargs)):
+            if i == 3:
+                shutil.rmtree(tmp_path / "gone")  # a cleaner empties the folder mid-scan
+            yield row
+    monkeypatch.setattr(predict, "score_files", score_then_remove)
+    run_predict(imgs, ckpt, out)
+    assert_same_as(ref, out)
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_leave_one_row_per_input(setup, tmp_path):
+    """A cron job overlapping itself: one of the two says the output is held and exits 2, or
+    finds the other's rows done; the files hold each input once."""
+    imgs, ckpt, ref = setup
+    out = str(tmp_path / "p")
+    cmd = [sys.executable, "predict.py", str(imgs), "--model_path", ckpt, "--gpu_ids", "-1", "--num_threads", "0",
+           "--batch_size", "3", "--output", out]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) in ([0, 0], [0, 2]), results
+    for code, err in results:
+        if code == 2:
+            assert "another predict.py is writing" in err and len(err.strip().splitlines()) == 1
+    assert_same_as(ref, out)
