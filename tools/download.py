@@ -343,6 +343,19 @@ def check_tar_end(tar):
                          "cut short")
 
 
+def check_tar_padding(tar, member):
+    """Raise ``ValueError`` unless the bytes between a regular member's data and the next 512-byte
+    block are zeros, as every tar writer pads them: a header that understates its size by less
+    than a block leaves the rest of the data there, where tarfile skips it."""
+    pad = -member.size % tarfile.BLOCKSIZE
+    if not member.isreg() or not pad:
+        return
+    tar.fileobj.seek(member.offset_data + member.size)
+    if tar.fileobj.read(pad).strip(b"\0"):
+        raise ValueError(f"the member {member.name} has more data than its header's size of {member.size} bytes: "
+                         "its header does not match its data, or the archive is damaged")
+
+
 def extract(path, dest):
     """Extract a tar(.gz) or zip archive into ``dest``: no path may leave it (``UnsafeArchiveError``),
     the free space is checked against the sizes the archive declares (the zip's directory up
@@ -353,6 +366,8 @@ def extract(path, dest):
         root = os.path.realpath(dest)
         with tarfile.open(path, "r:gz" if kind == "tar.gz" else "r:") as tar:
             for m in tar:
+                if m.name.startswith(("/", "\\")) or os.path.isabs(m.name):  # the data filter would strip the "/"
+                    raise UnsafeArchiveError(f"the entry '{m.name}' has an absolute path")
                 check_space(dest, m.size, f"extracting {m.name} ({m.size} bytes)")
                 if hasattr(tarfile, "data_filter"):
                     try:  # refuses absolute paths, '..', links out of dest, devices
@@ -364,6 +379,7 @@ def extract(path, dest):
                             or m.islnk() or m.isdev():
                         raise UnsafeArchiveError(f"the entry '{m.name}' would be written outside {dest}")
                     tar.extract(m, dest)
+                check_tar_padding(tar, m)
             check_tar_end(tar)
     elif kind == "zip":
         with zipfile.ZipFile(path) as z:
