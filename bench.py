@@ -55,7 +55,7 @@ from networks import DEFAULT_OPERATOR, OPERATORS, batch_probs, prepare_model, re
 from options import train_parser
 from options.base_options import OneLineErrorParser
 from report import format_table
-from util import AMP_DTYPE, UserError, keep_freed_memory, run_cli
+from util import AMP_DTYPE, UserError, keep_freed_memory, run_cli, write_json_atomically
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 GROUPS = ("model", "e2e", "loader", "malloc", "scripts", "scan", "photo", "scaling", "tiles")
@@ -619,8 +619,7 @@ def main(argv=None):
         print(f"{k}: {v:.2f}")
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "bench.json")
-    with open(path, "w") as f:
-        json.dump({"info": info, "results": rows, "summary": summary, "scripts": scripts}, f, indent=1)
+    write_json_atomically({"info": info, "results": rows, "summary": summary, "scripts": scripts}, path)
     print(f"Wrote {path}")
     return 0
 

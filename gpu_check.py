@@ -27,7 +27,7 @@ import torch
 
 from options.base_options import OneLineErrorParser
 from report import format_table
-from util import run_cli
+from util import atomic_file, run_cli, write_json_atomically
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # The paper's recipe: 4 LSUN classes of CNNDetection's ProGAN training set (Wang et al., CVPR
@@ -118,10 +118,10 @@ def write_report(out_dir, info, tests, failed, rows, proj, cuda, bench_error=Non
                   f"training and {proj['val_images_per_s']:.0f} evaluation images/s (generated 256 px PNGs; real "
                   "ones decode at a similar cost, a slow disk adds to it)."]
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
+    with atomic_file(os.path.join(out_dir, "report.md")) as f:
         f.write(text)
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump({"info": info, "tests": tests, "failed": failed, "results": rows, "projection": proj}, f, indent=1)
+    write_json_atomically({"info": info, "tests": tests, "failed": failed, "results": rows, "projection": proj},
+                          os.path.join(out_dir, "report.json"))
     return text
 
 

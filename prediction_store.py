@@ -22,7 +22,7 @@ import socket
 import sys
 
 from data.images import SKIP_REASONS
-from util import UserError, log, write_json_atomically
+from util import UserError, atomic_file, log, write_json_atomically
 
 try:
     import fcntl
@@ -182,9 +182,8 @@ class PredictionFiles:
         return done
 
     def start_afresh(self):
-        for path in (self.jsonl, self.csv):
-            with open(path, "w"):
-                pass
+        with atomic_file(self.jsonl):
+            pass
         self.rewrite_csv()
         write_json_atomically({"settings": self.settings, "complete": False}, self.json)
         return 0
@@ -240,13 +239,11 @@ class PredictionFiles:
                 yield json.loads(line)
 
     def rewrite_csv(self):
-        tmp = f"{self.csv}.tmp{os.getpid()}"
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with atomic_file(self.csv, newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
             w.writeheader()
             if os.path.exists(self.jsonl):
                 w.writerows(self.rows())
-        os.replace(tmp, self.csv)
 
     def count(self, row):
         self.counts[row["verdict"]] = self.counts.get(row["verdict"], 0) + 1
@@ -261,11 +258,9 @@ class PredictionFiles:
         old.flush()
         old.seek(0)
         os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
-        tmp = f"{self.jsonl}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(self.jsonl, encoding="utf-8") as f:
             for line in old:
                 f.write(line)
-        os.replace(tmp, self.jsonl)
         self.close()
         self.rewrite_csv()
         write_json_atomically({"settings": self.settings, "complete": False}, self.json)
@@ -301,14 +296,12 @@ class PredictionFiles:
             self.reattach()
         self.close()
         head = {"settings": self.settings, **info, "complete": True, "counts": self.counts}
-        tmp = f"{self.json}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(self.json, encoding="utf-8") as f:
             f.write("{\n" + "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()))
             f.write(' "predictions": [')
             for i, row in enumerate(self.rows()):
                 f.write(("," if i else "") + "\n  " + json.dumps(row))
             f.write("\n ]\n}\n")
-        os.replace(tmp, self.json)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -362,7 +355,7 @@ def merge_shards(output, settings, paths, info, n):
             "command again"
     try:
         write_json_atomically({"settings": merged.settings, "complete": False}, merged.json)
-        with open(merged.jsonl, "wb") as dst:
+        with atomic_file(merged.jsonl, "wb") as dst:
             for part in parts:
                 with open(part.jsonl, "rb") as src:
                     while block := src.read(1 << 20):

@@ -7,7 +7,6 @@ Markdown report ``results.md`` (``write_results``), ROC / PR / bar / sweep figur
 (``make_figures``, ``test.py --plots``) and the NPR residual figure (``predict.py --visualize``).
 """
 import csv
-import json
 import os
 import time
 
@@ -20,7 +19,7 @@ from data.transforms import normalize_batch
 from metrics import METRIC_KEYS, METRICS, SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
 from networks import get_operator
 from networks.detector import PIXEL_BUDGET, TILE
-from util import sha256_of
+from util import atomic_file, sha256_of, write_json_atomically
 
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.
@@ -118,13 +117,13 @@ def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, 
     os.makedirs(results_dir, exist_ok=True)
     flat = [{k: r.get(k) for k in RESULT_FIELDS} for r in rows]
     paths = {ext: os.path.join(results_dir, f"results.{ext}") for ext in ("csv", "json", "md")}
-    with open(paths["csv"], "w", newline="") as f:
+    with atomic_file(paths["csv"], newline="") as f:
         w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
         w.writeheader()
         w.writerows(flat)
     if summary:
         paths["summary"] = os.path.join(results_dir, "summary.csv")
-        with open(paths["summary"], "w", newline="") as f:
+        with atomic_file(paths["summary"], newline="") as f:
             w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(summary)
@@ -135,9 +134,8 @@ def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, 
             "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn; summary: mean and sample standard "
                        "deviation (ddof=1) across checkpoints"}
-    with open(paths["json"], "w") as f:
-        json.dump({"meta": meta, "results": flat, "summary": list(summary)}, f, indent=1)
-    with open(paths["md"], "w") as f:
+    write_json_atomically({"meta": meta, "results": flat, "summary": list(summary)}, paths["json"])
+    with atomic_file(paths["md"]) as f:
         f.write("# NPR results\n\n" + "".join(f"Checkpoint: `{p}` (SHA-256 `{h}`)" + (" (moving-average weights)" if
                                                 ema else "") + "  \n" for p, h in hashes.items()) +
                 f"Data: `{dataroot}`  \nRun: {meta['time']}  \nMetrics in %. ACC, real ACC and fake ACC call "
@@ -180,7 +178,8 @@ def _pyplot():
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     _pyplot().close(fig)
     return path
 
@@ -293,7 +292,8 @@ def residual_figure(img, residual, prob, threshold, name, out, label="NPR residu
     verdict = "fake" if prob > threshold else "real"
     fig.suptitle(f"{name}: P(fake) = {prob:.3f} -> {verdict}")
     fig.tight_layout(rect=(0, 0, 1, 0.92))  # leave room for the title
-    fig.savefig(out, dpi=100)
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
     return out
 

@@ -12,7 +12,6 @@ CSV, JSON and Markdown. With several checkpoints (one per training seed, say), e
 checkpoint gets its tables and ``summary.csv`` / the report add, per generator, the mean and
 the sample standard deviation across checkpoints: one seed's number is not a reproduction.
 """
-import json
 import os
 import sys
 
@@ -29,7 +28,8 @@ from report import groups, make_figures, suite_table, summary_table, write_resul
 from tools.mini import build_mini
 from tools.verify import format_report
 from tools.verify import verify as verify_suites
-from util import UserError, ensure_writable_dir, log, run_cli, select_device, set_numerics, setup_logging
+from util import (UserError, ensure_writable_dir, log, run_cli, select_device, set_numerics, setup_logging,
+                  write_json_atomically)
 
 
 def evaluate_checkpoint(model_path, suites, settings, args, cfg):
@@ -80,8 +80,7 @@ def main(argv=None):
     if args.check_data:
         report = verify_suites(args.dataroot, [s.name for s, _ in suites], default_workers(args.num_threads, None))
         log.info("Data check (python -m tools.verify):\n%s", format_report(report))
-        with open(os.path.join(args.results_dir, "data_check.json"), "w") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomically(report, os.path.join(args.results_dir, "data_check.json"))
     device = select_device(args.gpu_ids)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
                      not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))

@@ -1,4 +1,5 @@
 """Small helpers shared by the scripts: user-facing errors, devices, seeding, logging."""
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -6,6 +7,7 @@ import logging
 import os
 import random
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -55,12 +57,35 @@ def sha256_of(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def atomic_file(path, mode="w", **open_kwargs):
+    """Write ``path`` through a file object that is a new temporary file beside it (a unique
+    name: two writers never share one), renamed over ``path`` when the block ends without an
+    error and removed when it does not. A reader never sees half a file, an interrupted write
+    leaves the previous file as it was, and a link at ``path`` is replaced, never followed."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomically(obj, path):
-    """``json.dump`` to a temporary file beside ``path``, then rename: a reader never sees half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    """``json.dump`` through ``atomic_file``: a reader never sees half a file."""
+    with atomic_file(path) as f:
         json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def run_cli(main, argv=None):
@@ -73,16 +98,6 @@ def run_cli(main, argv=None):
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
-
-
-def moved_module(name, new_module):
-    """For a module that moved: run as a script, say the new command in one line (exit code 2);
-    imported, raise ImportError naming the new module."""
-    if name == "__main__":
-        print(f"error: this command moved: run  python -m {new_module} {' '.join(sys.argv[1:])}".rstrip(),
-              file=sys.stderr)
-        sys.exit(2)
-    raise ImportError(f"{name} moved to {new_module}")
 
 
 def one_line(err):

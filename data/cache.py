@@ -29,7 +29,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from util import UserError
+from util import UserError, write_json_atomically
 
 from .images import ImageDecodeError, ImageRule, load_rgb
 from .transforms import resize_square
@@ -118,9 +118,9 @@ class TrainCache:
                                 f"only {free / 2**30:.1f} GiB free; choose another folder or drop --cache_dir")
             with open(self.images_path, "wb") as f:
                 f.truncate(self.nbytes)  # sparse until written
-            with open(os.path.join(self.dir, "meta.json"), "w") as f:
-                json.dump({"n": len(self.samples), "load_size": self.load_size, "interp": self.interp,
-                           "paths": [p for p, _ in self.samples], "labels": [label for _, label in self.samples]}, f)
+            write_json_atomically({"n": len(self.samples), "load_size": self.load_size, "interp": self.interp,
+                                   "paths": [p for p, _ in self.samples],
+                                   "labels": [label for _, label in self.samples]}, os.path.join(self.dir, "meta.json"))
         log.info("Caching %d of %d training images (%dx%d, %.2f GiB) in %s", len(todo), len(self.samples),
                  self.load_size, self.load_size, self.nbytes / 2**30, self.dir)
         images = np.memmap(self.images_path, dtype=np.uint8, mode="r+", shape=self.shape)

@@ -340,15 +340,6 @@ def test_test_py_checks_the_data_first(suites, tmp_path):
 
 
 
-@pytest.mark.parametrize("old,new", [("data.download", "tools.download"), ("data.verify", "tools.verify"),
-                                     ("data.mini", "tools.mini")])
-def test_old_module_paths_say_the_new_command(old, new):
-    r = subprocess.run([sys.executable, "-m", old, "--list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == f"error: this command moved: run  python -m {new} --list"
-    r = subprocess.run([sys.executable, "-c", f"import {old}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and f"ImportError: {old} moved to {new}" in r.stderr
-
-
 def test_tools_share_the_one_line_errors():
     for tool, given in (("tools.download", ["--root", "."]), ("tools.verify", ["--dataroot", "."]),
                         ("tools.mini", ["--root", "."])):

@@ -187,3 +187,17 @@ def test_a_model_error_on_one_image_is_that_images_skip(models, monkeypatch, tmp
         p = predict_proba(model, paths)
     assert math.isnan(p[1]) and abs(p[0] - alone[0]) < 1e-6 and abs(p[2] - alone[2]) < 1e-6
     assert "model error" in SKIP_REASONS
+
+
+def test_a_file_replaced_between_its_header_read_and_its_decoding_is_scored(models, monkeypatch, tmp_path):
+    """A scan reads headers to batch equal sizes, then decodes; a file replaced in between by one
+    of another size is scored at its new size, not the end of the scan."""
+    import data.loaders as loaders
+    paths = []
+    for i, w in enumerate((32, 32, 40, 32)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image_of("RGB", w, 32, i).save(paths[-1])
+    alone = [predict_proba(models["npr"], [p])[0].item() for p in paths]
+    monkeypatch.setattr(loaders, "image_size", lambda path: (32, 32))  # what the headers said before
+    p = predict_proba(models["npr"], paths)
+    assert all(abs(a - b) < 1e-6 for a, b in zip(p.tolist(), alone))

@@ -24,7 +24,6 @@ Google Drive needs the ``gdown`` package (``pip install gdown``); nothing here r
 """
 import glob
 import http.client
-import json
 import os
 import shutil
 import struct
@@ -43,7 +42,7 @@ from tqdm import tqdm
 from data.benchmarks import SOURCES, SUITES, locate_generator, source_by_name
 from options.base_options import OneLineErrorParser
 from tools.verify import class_files, count_check
-from util import UserError, run_cli, sha256_of
+from util import UserError, run_cli, sha256_of, write_json_atomically
 
 CHUNK = 1 << 20
 TIMEOUT = 60  # seconds without data before a transfer is given up (it resumes on the next run)
@@ -502,8 +501,8 @@ def download(source, root, keep_archives=False, weights_path="NPR.pth", progress
         raise failure(source, "the download", "no archive came back")
     sizes = {os.path.basename(a): os.path.getsize(a) for a in archives}
     install(source, archives, root, folder)
-    with open(marker, "w") as f:
-        json.dump({"source": source.name, "url": source.url, "archives": sizes, "target": source.target}, f, indent=1)
+    write_json_atomically({"source": source.name, "url": source.url, "archives": sizes, "target": source.target},
+                          marker)
     if not keep_archives:
         shutil.rmtree(folder, ignore_errors=True)
     return target

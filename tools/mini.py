@@ -323,12 +323,16 @@ def build_mini(root, seed=0, size=48, train_per_class=320, val_per_class=50, tes
     return manifest
 
 
-def main(argv=None):
+def get_args_parser():
     p = OneLineErrorParser("Build the NPR-mini benchmark (train.py and test.py build it on first use).")
     p.add_argument("--root", default=MINI_ROOT, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when a complete build exists")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     setup_logging()
     m = build_mini(args.root, seed=args.seed, rebuild=args.rebuild)
     print(f"NPR-mini at {args.root}: {m['counts_per_class']}")

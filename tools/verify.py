@@ -15,7 +15,6 @@ Per suite and generator it reports:
   (format bias), naming the numbers;
 * a one-line verdict per generator, and a JSON report.
 """
-import json
 import os
 import sys
 from collections import Counter
@@ -29,7 +28,7 @@ from data.benchmarks import find_suites, locate_generator
 from data.discovery import LABEL_FOLDERS, FolderScan, discover_leaves, list_images, scan_images
 from data.images import ImageDecodeError, load_rgb
 from options.base_options import OneLineErrorParser, non_negative_int
-from util import UserError, run_cli, sha256_of
+from util import UserError, run_cli, sha256_of, write_json_atomically
 
 # The IJG (libjpeg) luminance quantisation table at quality 50, in natural order.
 IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -337,8 +336,7 @@ def main(argv=None):
     print(format_report(report))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomically(report, args.json)
         print(f"Report written to {args.json}")
     return 0
 

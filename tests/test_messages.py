@@ -1,0 +1,130 @@
+"""Advice the project gives works when followed, and the files it writes are created safely.
+
+* Every ``--flag`` that a message, help text or docstring of the product names is an option of
+  one of the project's parsers (a renamed flag would otherwise leave advice that fails).
+* Every command a message quotes (``python x.py ...`` / ``python -m tools.x ...``) is parsed by
+  its script's parser.
+* ``util.atomic_file``, through which every result file is written: an interrupted write leaves
+  the previous file, no temporary file stays behind, a link at the path is replaced and not
+  followed, and concurrent writers each leave a whole file.
+"""
+import ast
+import glob
+import importlib
+import os
+import re
+import shlex
+import threading
+
+import pytest
+from conftest import ROOT
+from hypothesis import given
+from hypothesis import strategies as st
+
+from options import (parse_predict_args, parse_test_args, parse_train_args, parse_validate_args, predict_parser,
+                     test_parser, train_parser, validate_parser)
+from util import atomic_file
+
+# Flags of other programs that messages name: pytest, torchrun, git.
+OTHER_PROGRAMS = {"junitxml", "nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id",
+                  "standalone", "short", "help"}
+PARSERS = {"train": train_parser, "test": test_parser, "validate": validate_parser, "predict": predict_parser}
+PARSE = {"train": parse_train_args, "test": parse_test_args, "validate": parse_validate_args,
+         "predict": parse_predict_args}  # with their presets and checks
+
+
+def product_strings():
+    """(file, text) of every string constant in the product's Python files (f-strings: their
+    literal parts joined)."""
+    for path in sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "*", "*.py"))):
+        rel = os.path.relpath(path, ROOT)
+        if rel.startswith(("tests" + os.sep, ".")):
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.JoinedStr):
+                yield rel, "".join(v.value if isinstance(v, ast.Constant) else "X" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                yield rel, node.value
+
+
+def parser_of(script):
+    if script in PARSERS:
+        return PARSERS[script]()
+    return importlib.import_module(script).get_args_parser()
+
+
+def every_option():
+    options = set()
+    for script in [*PARSERS, "bench", "gpu_check", "tools.download", "tools.verify", "tools.mini"]:
+        options |= {o.lstrip("-") for a in parser_of(script)._actions for o in a.option_strings}
+    demo = open(os.path.join(ROOT, "demo.py")).read()  # its parser needs the demo's extra packages
+    return options | set(re.findall(r'add_argument\("--(\w+)"', demo))
+
+
+def test_every_flag_a_message_names_exists():
+    options = every_option() | OTHER_PROGRAMS
+    unknown = sorted({(f, flag) for f, text in product_strings()
+                      for flag in re.findall(r"(?<![\w-])--([a-z][A-Za-z_0-9]*)", text) if flag not in options})
+    assert not unknown, unknown
+
+
+def test_every_command_a_message_quotes_parses():
+    seen = 0
+    for _, text in product_strings():
+        for cmd in re.findall(r"`(python (?:-m )?[\w./]+[^`]*)`", text):
+            words = shlex.split(cmd.replace("X", "x"))
+            script = words[2] if words[1] == "-m" else words[1][:-3]
+            if script.split(".")[0] not in ("tools", *PARSERS, "bench", "gpu_check", "demo"):
+                continue
+            args = [w for w in words[3 if words[1] == "-m" else 2:] if w != "..."]
+            if script == "demo":
+                pytest.importorskip("gradio")
+            PARSE[script](args) if script in PARSE else parser_of(script).parse_args(args)
+            seen += 1
+    assert seen >= 3
+
+
+@given(old=st.binary(max_size=64), new=st.binary(max_size=64), fail_after=st.one_of(st.none(), st.integers(0, 3)))
+def test_an_atomic_write_is_whole_or_not_at_all(tmp_path_factory, old, new, fail_after):
+    folder = tmp_path_factory.mktemp("w")
+    path = folder / "results.json"
+    path.write_bytes(old)
+    try:
+        with atomic_file(str(path), "wb") as f:
+            for i, b in enumerate(new):
+                if fail_after is not None and i == fail_after:
+                    raise KeyboardInterrupt  # killed halfway
+                f.write(bytes([b]))
+            if fail_after is not None and fail_after >= len(new):
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        assert path.read_bytes() == old
+    else:
+        assert path.read_bytes() == new
+    assert os.listdir(folder) == ["results.json"]  # no temporary file left
+
+
+def test_a_link_at_the_path_is_replaced_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("keep me")
+    (tmp_path / "out.csv").symlink_to(elsewhere)
+    with atomic_file(str(tmp_path / "out.csv")) as f:
+        f.write("a,b\n")
+    assert elsewhere.read_text() == "keep me" and not (tmp_path / "out.csv").is_symlink()
+    assert (tmp_path / "out.csv").read_text() == "a,b\n"
+
+
+def test_concurrent_writers_each_leave_a_whole_file(tmp_path):
+    path = str(tmp_path / "r.json")
+    texts = [str(i) * 10_000 for i in range(8)]
+
+    def write(t):
+        with atomic_file(path) as f:
+            for c in range(0, len(t), 100):
+                f.write(t[c:c + 100])
+    threads = [threading.Thread(target=write, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert open(path).read() in texts and os.listdir(tmp_path) == ["r.json"]
