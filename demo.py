@@ -31,8 +31,8 @@ from metrics import decide_threshold  # noqa: E402
 from networks import get_operator, load_for_evaluation  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
 from options.base_options import OneLineErrorParser, size  # noqa: E402
-from report import ArtifactFigures  # noqa: E402
-from util import UserError, run_cli, select_device, set_numerics  # noqa: E402
+from figures import ArtifactFigures  # noqa: E402
+from util import UserError, keep_freed_memory, run_cli, select_device, set_numerics  # noqa: E402
 
 MAX_UPLOAD = "50mb"   # per file: a 48 Mpx JPEG is 10-25 MB; larger uploads are refused by the server
 KEEP_SECONDS = 3600   # uploads (gradio's cache) and figures older than this are deleted
@@ -199,7 +199,7 @@ def build_app(model, stored, model_path, load_size=256):
     (or pick examples), choose the threshold, read the table and figures."""
     figures_dir = tempfile.mkdtemp(prefix="npr-demo-")
     atexit.register(shutil.rmtree, figures_dir, ignore_errors=True)
-    figures = ArtifactFigures(model, figures_dir)
+    figures = ArtifactFigures(figures_dir, model.operator)
     stored_text = f"{stored:.4f}" if stored is not None else "none in this checkpoint"
 
     def run(files, choice, custom, resize):
@@ -278,6 +278,7 @@ def load_model(model_path, gpu_ids="0", ema=False):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
     model, stored = load_model(args.model_path, args.gpu_ids, args.ema_weights)
     app = build_app(model, stored, args.model_path, args.loadSize)
     print(f"Serving on http://127.0.0.1:{args.port} (Ctrl-C stops it)")

@@ -18,12 +18,13 @@ from tqdm import tqdm
 
 from data.benchmarks import locate_generator
 from data.discovery import list_images, make_samples
-from data.images import ImageRule, image_name
+from data.images import image_name
 from data.loaders import batches, make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
+from figures import figure_pixels
 from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
-from networks import score_images
-from networks.detector import scored_batch
+from networks import EvalConfig, score_images
+from networks.detector import artifact_map, scored_batch
 from recipe import set_lr
 from util import AMP_DTYPE, UserError
 
@@ -31,17 +32,6 @@ log = logging.getLogger("npr")
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How evaluation runs: device, batching, workers, the fast paths and the image rule."""
-    device: torch.device = torch.device("cpu")
-    batch_size: int = 64
-    num_workers: int = 0
-    amp: bool = False            # float16 autocast (CUDA only)
-    channels_last: bool = True   # batches in the channels-last layout (same predictions)
-    images: ImageRule = ImageRule()
-
 
 @torch.inference_mode()
 def predict_loader(model, loader, cfg, progress=None):
@@ -100,19 +90,20 @@ def eval_threshold(model, stored, transform, cfg, choice="auto", calibrate_real=
 
 def score_files(model, paths, transform, threshold, cfg=EvalConfig(), figure=None, first_number=0):
     """Yield one row per image file, in order, as batches finish (predict.py and demo.py): path,
-    P(fake), verdict at ``threshold`` ('unreadable' / 'too small' / 'too large' for a skipped
-    file), truncated, the size the model saw and, with ``figure`` (``report.ArtifactFigures``),
-    the path of the figure it wrote for the image, numbered from ``first_number``. Scores come
-    from ``score_images`` with ``cfg``'s batching and rule."""
-    scores = score_images(model, paths, transform, cfg.images, cfg.batch_size, cfg.num_workers,
-                          keep_pixels=figure is not None, channels_last=cfg.channels_last, amp=cfg.amp)
+    P(fake), verdict at ``threshold`` (a ``SKIP_REASONS`` key for a skipped file), truncated,
+    the size the model saw and, with ``figure`` (``figures.ArtifactFigures``), the path of the
+    figure it drew of the image and of ``model``'s artifact map, numbered from ``first_number``.
+    Scores come from ``score_images`` with ``cfg``'s batching and rule."""
+    scores = score_images(model, paths, transform, cfg, keep_pixels=figure is not None)
     for i, s in enumerate(scores, first_number):
         row = {"path": s.image, "prob_fake": s.prob, "verdict": s.skipped or ("fake" if s.prob > threshold else "real"),
                "truncated": s.truncated, "size": None, "figure": None}
         if s.prob is not None:
             row["size"] = f"{s.size[0]}x{s.size[1]}"
             if figure is not None:
-                row["figure"] = figure(i, s, threshold)
+                shown = figure_pixels(s.pixels, os.path.basename(s.image))
+                row["figure"] = figure(i, os.path.basename(s.image), shown, artifact_map(model, shown[0]), s.prob,
+                                       threshold)
         yield row
 
 

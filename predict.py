@@ -27,8 +27,8 @@ from engine import EvalConfig, eval_threshold, score_files
 from networks import load_for_evaluation
 from options import parse_predict_args
 from prediction_store import PredictionFiles, claim_output, merge_shards, printable, shard_name, shard_paths
-from report import ArtifactFigures
-from util import UserError, log, run_cli, select_device, set_numerics, setup_logging
+from figures import ArtifactFigures
+from util import UserError, keep_freed_memory, log, run_cli, select_device, set_numerics, setup_logging
 
 LIST_AT_MOST = 50  # rows printed to the terminal without --list
 
@@ -84,6 +84,7 @@ def print_rows(files):
 
 def main(argv=None):
     args = parse_predict_args(argv)
+    keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
     setup_logging()
     paths = expand_inputs(args.inputs)
     if not paths:
@@ -115,7 +116,7 @@ def scan(args, paths, shard, mine, out):
     done = files.open(args.overwrite)
     if done:
         log.info("Resuming %s: %d of %d images already scored", files.jsonl, done, len(mine))
-    figure = ArtifactFigures(model, args.visualize) if args.visualize else None
+    figure = ArtifactFigures(args.visualize, model.operator) if args.visualize else None
     first = ((shard[0] - 1) * len(paths) // shard[1] if shard else 0) + done  # figure numbers: input positions
     bar = tqdm(total=len(mine), initial=done, desc="scoring", unit="img", disable=None)
     try:

@@ -24,12 +24,13 @@ from engine import EvalConfig, eval_threshold, evaluate_suite
 from metrics import mean_row, summarize_checkpoints
 from networks import load_for_evaluation
 from options import MINI_ROOT, parse_test_args, print_options
-from report import groups, make_figures, suite_table, summary_table, write_results
-from tools.mini import build_mini
-from tools.verify import format_report
-from tools.verify import verify as verify_suites
-from util import (UserError, ensure_writable_dir, log, run_cli, select_device, set_numerics, setup_logging,
-                  write_json_atomically)
+from figures import make_figures
+from report import groups, suite_table, summary_table, write_results
+from data.mini import build_mini
+from data.verification import format_report
+from data.verification import verify as verify_suites
+from util import (UserError, ensure_writable_dir, keep_freed_memory, log, run_cli, select_device, set_numerics,
+                  setup_logging, write_json_atomically)
 
 
 def evaluate_checkpoint(model_path, suites, settings, args, cfg):
@@ -64,6 +65,7 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
 
 def main(argv=None):
     args = parse_test_args(argv)
+    keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
     settings = [None] + [p for p in parse_perturbations(args.perturb) if p.steps] if args.perturb else [None]
     setup_logging()
     set_numerics(tf32=args.tf32)

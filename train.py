@@ -36,9 +36,9 @@ from networks.ema import EMA, THRESHOLD_KEY as EMA_THRESHOLD_KEY, empty_state as
 from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
 from recipe import LRSchedule, build_loss, build_optimizer, set_lr
 from report import suite_table
-from tools.mini import build_mini
-from util import (UserError, ensure_writable_dir, log, run_cli, seed_everything, select_device, set_numerics,
-                  setup_logging)
+from data.mini import build_mini
+from util import (UserError, ensure_writable_dir, keep_freed_memory, log, run_cli, seed_everything, select_device,
+                  set_numerics, setup_logging)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -267,6 +267,7 @@ def end_epoch(epoch, val, train_skipped, epoch_start, progress, args, writer, sa
 
 def main(argv=None):
     args = parse_train_args(argv)
+    keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
     rank, world, device = init_distributed(args.gpu_ids, args.batch_size)
     train_samples, val_samples = start_run(args, argv, rank, world, device)
 

@@ -34,7 +34,8 @@ def keep_freed_memory():
     of evaluation's time was the kernel's (docs/speed.md). Raising glibc's mmap and trim
     thresholds (``mallopt``, the same knobs as the ``MALLOC_MMAP_THRESHOLD_`` /
     ``MALLOC_TRIM_THRESHOLD_`` environment variables) reuses that memory across batches,
-    for a higher peak resident set. Every script calls it at start; ``NPR_ALLOCATOR=system``
+    for a higher peak resident set. Every script that runs the model calls it first thing in its
+    ``main()``; ``NPR_ALLOCATOR=system``
     in the environment leaves glibc as it is. Returns True when the setting took effect
     (Linux with glibc only; a no-op elsewhere).
     """
@@ -89,9 +90,7 @@ def write_json_atomically(obj, path):
 
 
 def run_cli(main, argv=None):
-    """Run ``main(argv)`` and turn a ``UserError`` into one readable line and exit code 2
-    (after ``keep_freed_memory``)."""
-    keep_freed_memory()
+    """Run ``main(argv)`` and turn a ``UserError`` into one readable line and exit code 2."""
     try:
         code = main(argv)
     except UserError as e:

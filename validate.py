@@ -13,11 +13,12 @@ from engine import EvalConfig, eval_threshold, evaluate_folder
 from metrics import METRIC_KEYS, metrics_at
 from networks import load_for_evaluation
 from options import parse_validate_args
-from util import run_cli, select_device, set_numerics, setup_logging
+from util import keep_freed_memory, run_cli, select_device, set_numerics, setup_logging
 
 
 def main(argv=None):
     args = parse_validate_args(argv)
+    keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
     setup_logging()
     set_numerics(tf32=args.tf32)
     device = select_device(args.gpu_ids)

@@ -40,9 +40,10 @@ def G(name, *folders, acc=None, ap=None, in_mean=True, published=None):
     return Generator(name, tuple(folders) or (name,), acc, ap, in_mean, published)
 
 
-MINI_GENERATORS = ("nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle")  # built by tools/mini.py
-MINI_THIRD_PARTY = ("cyclegan_vintage",)  # trained GANs shipped in pip packages (tools/mini.py, THIRD_PARTY)
-MINI_TEST_PER_GENERATOR = 200  # real test images per generator, and as many fakes (tools/mini.py)
+MINI_ROOT = "datasets/npr-mini"  # where NPR-mini is built (data/mini.py) and looked for
+MINI_GENERATORS = ("nn_conv", "bilinear_conv", "transposed_conv", "pixel_shuffle")  # built by data/mini.py
+MINI_THIRD_PARTY = ("cyclegan_vintage",)  # trained GANs shipped in pip packages (data/mini.py, THIRD_PARTY)
+MINI_TEST_PER_GENERATOR = 200  # real test images per generator, and as many fakes (data/mini.py)
 
 SUITES = (
     Suite("ForenSynths", ("ForenSynths", "CNN_synth_testset", "ForenSynths_train_val/test", "ForenSynths/test"), (
@@ -93,7 +94,7 @@ SUITES = (
         G(n, n, published=(MINI_TEST_PER_GENERATOR, MINI_TEST_PER_GENERATOR)) for n in MINI_GENERATORS + MINI_THIRD_PARTY),
         resize=False, crop=False, note="built-in mini benchmark; trained on nn_conv only; cyclegan_vintage is a "
                                        "third-party CycleGAN (the vintagify package)",
-        counts_from=f"tools/mini.py: {MINI_TEST_PER_GENERATOR} real test images per generator and as many fakes"),
+        counts_from=f"data/mini.py: {MINI_TEST_PER_GENERATOR} real test images per generator and as many fakes"),
 )
 
 

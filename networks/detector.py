@@ -168,6 +168,14 @@ def batch_probs(model, images, channels_last=None, amp=False):
     return torch.cat(out) if out else torch.zeros(0)
 
 
+@torch.inference_mode()
+def artifact_map(model, pixels):
+    """What ``model``'s artifact operator makes of one image's uint8 pixels (3, H, W): a float
+    (1, 3, H', W') tensor on the CPU (the NPR residual; SAFE's sub-band), for figures."""
+    device = next(model.parameters()).device
+    return model.artifact(normalize_batch(pixels.unsqueeze(0).to(device))).float().cpu()
+
+
 # What a forward pass may raise for one image (a shape the operator refuses, memory): that
 # image becomes a skipped row, never the end of a scan. A CUDA out-of-memory error is a RuntimeError.
 MODEL_ERRORS = (RuntimeError, ValueError, MemoryError)
@@ -189,6 +197,17 @@ def probs_or_errors(model, images, channels_last=None, amp=False):
         if err:
             errors[i] = err[0]
     return probs, errors
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How evaluation runs: device, batching, workers, the fast paths and the image rule."""
+    device: torch.device = torch.device("cpu")
+    batch_size: int = 64
+    num_workers: int = 0
+    amp: bool = False            # float16 autocast (CUDA only)
+    channels_last: bool = True   # batches in the channels-last layout (same predictions); None: as the model is
+    images: ImageRule = ImageRule()
 
 
 @dataclass
@@ -214,23 +233,22 @@ def scored_batch(model, batch, rule, name_of, channels_last=None, amp=False):
 
 
 @torch.inference_mode()
-def score_images(model, images, transform=None, rule=ImageRule(), batch_size=32, num_workers=0, keep_pixels=False,
-                 window=1024, channels_last=None, amp=False):
+def score_images(model, images, transform=None, cfg=EvalConfig(), keep_pixels=False, window=1024):
     """Yield an ``ImageScore`` per image (paths or PIL images), in input order, as batches finish.
 
     Images go through the evaluation loader (``data.loaders.make_eval_loader``: ``transform``
     first -- None keeps the pixels as they are --, batches of equal sizes formed ``window``
-    images at a time, ``num_workers`` decoding processes, pinned memory on CUDA), then
-    ``batch_probs``. ``rule`` decides what happens to an image that cannot be used, the model's
-    failure on one image included (``SKIP_REASONS``' "model error").
+    images at a time, ``cfg.num_workers`` decoding processes, pinned memory on CUDA), then
+    ``batch_probs``. ``cfg.images`` (an ``ImageRule``) decides what happens to an image that
+    cannot be used, the model's failure on one image included (``SKIP_REASONS``' "model error").
     ``keep_pixels`` keeps the uint8 input of each scored image (for figures).
     """
     images = images if isinstance(images, list) else list(images)
-    loader = make_eval_loader([(im, 0) for im in images], transform, batch_size, num_workers,
-                              next(model.parameters()).device, rule, window)
+    loader = make_eval_loader([(im, 0) for im in images], transform, cfg.batch_size, cfg.num_workers,
+                              next(model.parameters()).device, cfg.images, window)
     ready, next_index = {}, 0
     for batch in batches(loader):
-        probs = scored_batch(model, batch, rule, lambda i: image_name(images[i]), channels_last, amp)
+        probs = scored_batch(model, batch, cfg.images, lambda i: image_name(images[i]), cfg.channels_last, cfg.amp)
         truncated, size = set(batch.truncated), (batch.images.shape[-1], batch.images.shape[-2])
         for j, i in enumerate(batch.indices.tolist()):
             if probs[j] is None:
@@ -268,7 +286,7 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
         return torch.cat([batch_probs(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
-    rule = ImageRule(strict=strict, report=warn_nan)
-    probs = [float("nan") if s.prob is None else s.prob
-             for s in score_images(model, images, transform, rule, batch_size)]
+    cfg = EvalConfig(next(model.parameters()).device, batch_size, channels_last=None,  # None: as the model is
+                     images=ImageRule(strict=strict, report=warn_nan))
+    probs = [float("nan") if s.prob is None else s.prob for s in score_images(model, images, transform, cfg)]
     return torch.tensor(probs, dtype=torch.float32)

@@ -8,10 +8,10 @@ only checks that involve two options run after parsing.
 import argparse
 import sys
 
+from data.benchmarks import MINI_ROOT
 from metrics import THRESHOLD_CHOICES
 from util import UserError
 
-MINI_ROOT = "datasets/npr-mini"
 
 # The reference's options (base, train and test) with whether they take a value. A script
 # accepts those it does not use without showing them in --help, so that the reference's

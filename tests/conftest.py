@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -21,6 +22,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; python gpu_check.py runs them)")
     config.addinivalue_line("markers", "slow: launches a script, trains or drives the browser (the fast loop, "
                                        "-m 'not slow', leaves it out)")
+
+
+def run_script(*args, env=None, cwd=ROOT, timeout=600):
+    """Run ``python <args>`` (a script path relative to the repository, or ``-m module``) as a
+    process of its own, for tests where the process boundary is the point (exit codes, one-line
+    errors, signals, torchrun); stdout and stderr captured as text."""
+    argv = list(args)
+    if argv and str(argv[0]).endswith(".py") and not os.path.isabs(argv[0]):
+        argv[0] = os.path.join(ROOT, argv[0])
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def write_leaf(leaf, n_real=4, n_fake=4, size=(32, 32), seed=0):

@@ -128,6 +128,7 @@ def test_loading_path_never_raises(tmp_path, payload):
     assert (img is None) == (why in ("unreadable", "too small"))
 
 
+@pytest.mark.slow
 def test_strict_images_one_line_error_from_worker(tmp_path):
     import subprocess
     import sys

@@ -8,8 +8,6 @@ import csv
 import json
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,8 +21,7 @@ from data.augment import patch_mask
 from metrics import compute_metrics, threshold_at_fpr
 from options import parse_train_args
 from util import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_script
 
 
 def transform(*extra):
@@ -129,6 +126,7 @@ def common(root, ckdir):
             "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0", "--niter", "2", "--deterministic"]
 
 
+@pytest.mark.slow
 def test_ema_is_kept_saved_resumed_and_leaves_the_raw_training_unchanged(tiny_dataset, tmp_path, monkeypatch):
     from test_resume import StopAfter
     args = common(tiny_dataset, tmp_path)
@@ -166,6 +164,7 @@ def test_ema_is_kept_saved_resumed_and_leaves_the_raw_training_unchanged(tiny_da
         load_detector(str(tmp_path / "plain" / "model_epoch_last.pth"), device="cpu", ema=True)
 
 
+@pytest.mark.slow
 def test_ema_bn_images_recomputes_the_averaged_models_batchnorm_statistics(tiny_dataset, tmp_path):
     """With a decay of ~0 the average is the last weights, so the recomputed statistics must be
     update_bn's on those weights over the same seeded subset of training images."""
@@ -201,9 +200,8 @@ def test_balanced_threshold_maximises_balanced_accuracy():
     p = np.r_[rng.beta(2, 5, 300), rng.beta(5, 2, 200)]
     t = compute_metrics(y, p)["balanced_threshold"]
 
-    def bal(th):
-        m = compute_metrics(y, p, th)
-        return (m["r_acc"] + m["f_acc"]) / 2
+    def bal(th):  # fake when P(fake) > th
+        return (np.mean(p[y == 0] <= th) + np.mean(p[y == 1] > th)) / 2
 
     candidates = np.unique(p)
     best = max(bal(c) for c in np.r_[candidates, candidates - 1e-9])
@@ -222,11 +220,6 @@ def test_threshold_at_fpr_calls_at_most_that_share_of_real_images_fake():
         threshold_at_fpr([], 0.05)
 
 
-def run(script, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-
-
 @pytest.fixture
 def trained(tiny_dataset, tmp_path):
     """A tiny checkpoint trained with --ema, and its test leaves."""
@@ -234,6 +227,7 @@ def trained(tiny_dataset, tmp_path):
     return str(tmp_path / "t" / "model_epoch_last.pth"), tiny_dataset / "test" / "progan"
 
 
+@pytest.mark.slow
 def test_scripts_use_the_stored_given_or_calibrated_threshold(trained, tmp_path):
     path, leaf = trained
     ckpt = torch.load(path, weights_only=True)
@@ -241,7 +235,7 @@ def test_scripts_use_the_stored_given_or_calibrated_threshold(trained, tmp_path)
 
     def test_rows(*extra):
         out = str(tmp_path / f"r{len(os.listdir(tmp_path))}")
-        r = run("test.py", "--model_path", path, "--dataroot", str(leaf), "--no_resize", "--no_crop",
+        r = run_script("test.py", "--model_path", path, "--dataroot", str(leaf), "--no_resize", "--no_crop",
                 "--gpu_ids", "-1", "--results_dir", out, *extra)
         assert r.returncode == 0, r.stderr
         data = json.load(open(os.path.join(out, "results.json")))
@@ -259,12 +253,14 @@ def test_scripts_use_the_stored_given_or_calibrated_threshold(trained, tmp_path)
     rows, _, md = test_rows("--calibrate_real", str(leaf / "0_real"), "--target_fpr", "0")
     assert rows[0]["r_acc_t"] == 100 and "calibrated on 3 real images" in md
 
-    r = run("validate.py", "--model_path", path, "--dataroot", str(leaf), "--gpu_ids", "-1", "--threshold", "0.999999")
+    r = run_script("validate.py", "--model_path", path, "--dataroot", str(leaf), "--gpu_ids", "-1", "--threshold",
+                   "0.999999")
     assert r.returncode == 0 and "r_acc 100.00  f_acc 0.00" in r.stdout, r.stdout + r.stderr
-    r = run("test.py", "--model_path", path, "--dataroot", str(leaf), "--threshold", "high")
+    r = run_script("test.py", "--model_path", path, "--dataroot", str(leaf), "--threshold", "high")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--threshold" in r.stderr
 
 
+@pytest.mark.slow
 def test_predict_verdicts_follow_the_threshold(trained, tmp_path):
     path, leaf = trained
     out = str(tmp_path / "p")
@@ -274,7 +270,7 @@ def test_predict_verdicts_follow_the_threshold(trained, tmp_path):
                           (["--threshold", "stored", "--ema_weights"],
                            lambda p: "fake" if p > ckpt["threshold_ema"] else "real"),
                           (["--calibrate_real", str(leaf / "0_real"), "--target_fpr", "0"], None)):
-        r = run("predict.py", str(leaf), "--model_path", path, "--output", out, "--gpu_ids", "-1", *extra)
+        r = run_script("predict.py", str(leaf), "--model_path", path, "--output", out, "--gpu_ids", "-1", *extra)
         assert r.returncode == 0, r.stderr
         rows = list(csv.DictReader(open(out + ".csv")))
         meta = json.load(open(out + ".json"))

@@ -10,32 +10,23 @@ Tolerances, in probability (images of 24-48 px, float32 unless said):
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_leaf
+from conftest import run_script, write_leaf
 from PIL import Image
 
-from data.images import ImageRule
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
-from networks import load_detector, predict_proba, prepare_model, resnet50, score_images
+from networks import EvalConfig, load_detector, predict_proba, prepare_model, resnet50, score_images
 from util import set_numerics
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")
-
-
-def run(*args, env=None):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def images(tmp_path_factory):
 
 
 def probs(model, paths, amp=False):
-    return np.array([s.prob for s in score_images(model, paths, None, ImageRule(), batch_size=8, amp=amp)])
+    return np.array([s.prob for s in score_images(model, paths, None, EvalConfig(CUDA, 8, amp=amp, channels_last=None))])
 
 
 @pytest.mark.parametrize("operator", ["npr", "dwt"])
@@ -90,7 +81,7 @@ def test_predict_py_and_the_demo_on_gpu(images, tmp_path):
     ckpt = str(tmp / "npr.pth")
     outs = {}
     for ids in ("0", "-1"):
-        r = run("predict.py", str(tmp / "mini"), str(tmp / "odd"), "--model_path", ckpt, "--gpu_ids", ids,
+        r = run_script("predict.py", str(tmp / "mini"), str(tmp / "odd"), "--model_path", ckpt, "--gpu_ids", ids,
                 "--output", str(tmp_path / f"p{ids}"))
         assert r.returncode == 0, r.stderr
         outs[ids] = [row["prob_fake"] for row in json.load(open(tmp_path / f"p{ids}.json"))["predictions"]]
@@ -98,11 +89,11 @@ def test_predict_py_and_the_demo_on_gpu(images, tmp_path):
     pytest.importorskip("gradio")
     import demo
     from engine import score_files
-    from report import ArtifactFigures
+    from figures import ArtifactFigures
     model, _ = demo.load_model(ckpt, "0")
     assert next(model.parameters()).is_cuda
     rows = list(score_files(model, paths, EvalTransform(256, 256, resize=False, crop=False), 0.5,
-                            figure=ArtifactFigures(model, str(tmp_path / "fig"))))
+                            figure=ArtifactFigures(str(tmp_path / "fig"), model.operator)))
     cpu = probs(prepare_model(load_detector(ckpt, device=CPU), CPU), paths)
     assert np.abs(np.array([r["prob_fake"] for r in rows]) - cpu).max() < 1e-4
     assert all(os.path.isfile(r["figure"]) for r in rows)
@@ -119,7 +110,7 @@ def state(ckpts, name, which="model_epoch_last.pth"):
 
 def test_exact_cuda_training_is_bit_identical(tiny_dataset, tmp_path):
     for name in ("a", "b"):
-        r = run(*train_args(tiny_dataset, tmp_path, name, "--gpu_ids", "0", "--exact"))
+        r = run_script(*train_args(tiny_dataset, tmp_path, name, "--gpu_ids", "0", "--exact"))
         assert r.returncode == 0, r.stderr
     a, b = state(tmp_path, "a")["model"], state(tmp_path, "b")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -150,11 +141,11 @@ def test_default_cuda_training_steps_follow_the_cpu():
 
 
 def test_amp_training_is_finite_and_resumes(tiny_dataset, tmp_path):
-    r = run(*train_args(tiny_dataset, tmp_path, "amp", "--gpu_ids", "0", "--amp"))
+    r = run_script(*train_args(tiny_dataset, tmp_path, "amp", "--gpu_ids", "0", "--amp"))
     assert r.returncode == 0, r.stderr
     first = state(tmp_path, "amp")
     assert all(torch.isfinite(v).all() for v in first["model"].values() if v.is_floating_point())
-    r = run(*train_args(tiny_dataset, tmp_path, "amp", "--gpu_ids", "0", "--amp", "--continue_train"), "--niter", "2")
+    r = run_script(*train_args(tiny_dataset, tmp_path, "amp", "--gpu_ids", "0", "--amp", "--continue_train"), "--niter", "2")
     assert r.returncode == 0, r.stderr
     second = state(tmp_path, "amp")
     assert second["epoch"] > first["epoch"]
@@ -162,7 +153,7 @@ def test_amp_training_is_finite_and_resumes(tiny_dataset, tmp_path):
 
 
 def test_torchrun_with_nccl_trains_an_epoch_and_saves(tiny_dataset, tmp_path):
-    r = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
             *train_args(tiny_dataset, tmp_path, "ddp", "--gpu_ids", "0"))
     assert r.returncode == 0, r.stderr
     assert os.path.isfile(tmp_path / "ddp" / "model_epoch_last.pth")
@@ -171,13 +162,13 @@ def test_torchrun_with_nccl_trains_an_epoch_and_saves(tiny_dataset, tmp_path):
 def test_decoded_image_cache_feeds_cuda_training_and_test_py_runs_there(tiny_dataset, tmp_path):
     cache = tmp_path / "cache"
     for name, extra in (("plain", []), ("cached", ["--cache_dir", str(cache)])):
-        r = run(*train_args(tiny_dataset, tmp_path, name, "--gpu_ids", "0", "--exact", *extra))
+        r = run_script(*train_args(tiny_dataset, tmp_path, name, "--gpu_ids", "0", "--exact", *extra))
         assert r.returncode == 0, r.stderr
     a, b = state(tmp_path, "plain")["model"], state(tmp_path, "cached")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # the cache holds the same decoded pixels
     res = {}
     for ids in ("0", "-1"):
-        r = run("test.py", "--dataroot", str(tiny_dataset), "--model_path",
+        r = run_script("test.py", "--dataroot", str(tiny_dataset), "--model_path",
                 str(tmp_path / "plain" / "model_epoch_last.pth"), "--loadSize", "32", "--cropSize", "24",
                 "--gpu_ids", ids, "--results_dir", str(tmp_path / f"res{ids}"), "--num_threads", "2")
         assert r.returncode == 0, r.stderr

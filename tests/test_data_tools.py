@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import tarfile
 import threading
@@ -17,12 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_leaf
+from conftest import run_script, write_leaf
 from PIL import Image
 
 from data.benchmarks import SOURCES, Source
 from tools import download as dl
-from tools.verify import format_report, jpeg_quality, verify
+from data.verification import format_report, jpeg_quality, verify
 
 # ----------------------------------------------------------------------------- a local server
 
@@ -54,7 +53,7 @@ class Handler(BaseHTTPRequestHandler):
 def server():
     Handler.files, Handler.cut, Handler.seen = {}, {}, []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", Handler
     httpd.shutdown()
@@ -245,14 +244,13 @@ def test_split_zip_is_joined_and_extracted(tmp_path, monkeypatch, with_zip_tool)
             assert f.read() == data, name
 
 
+@pytest.mark.slow
 def test_cli_lists_sources_and_refuses_unknown_names(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tools.download", "--list"], cwd=ROOT, capture_output=True, text=True)
+    r = run_script("-m", "tools.download", "--list")
     assert r.returncode == 0 and "GANGen-Detection" in r.stdout and "weights" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "tools.download", "--root", str(tmp_path), "NoSuchSuite"], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = run_script("-m", "tools.download", "--root", str(tmp_path), "NoSuchSuite")
     assert r.returncode == 2 and "unknown source" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run([sys.executable, "-m", "tools.download", "--root", str(tmp_path), "GenImage"], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = run_script("-m", "tools.download", "--root", str(tmp_path), "GenImage")
     assert r.returncode == 2 and "github.com/GenImage-Dataset" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -315,34 +313,35 @@ def test_verifier_flags_counts_format_bias_duplicates_and_broken_files(suites):
     assert "format bias" in text and "published 2000" in text and "extra folders" in text
 
 
+@pytest.mark.slow
 def test_verify_cli_prints_the_table_and_writes_json(suites, tmp_path):
     out = str(tmp_path / "report.json")
-    r = subprocess.run([sys.executable, "-m", "tools.verify", "--dataroot", str(suites), "--suites", "GANGen-Detection",
-                        "--json", out, "--num_threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_script("-m", "tools.verify", "--dataroot", str(suites), "--suites", "GANGen-Detection",
+                   "--json", out, "--num_threads", "1", timeout=300)
     assert r.returncode == 0, r.stderr
     assert "AttGAN" in r.stdout and "format bias" in r.stdout and "published" in r.stdout
     data = json.load(open(out))
     assert [s["suite"] for s in data["suites"]] == ["GANGen-Detection"]
 
 
+@pytest.mark.slow
 def test_test_py_checks_the_data_first(suites, tmp_path):
     import torch
 
     from networks import resnet50
     torch.save(resnet50().state_dict(), str(tmp_path / "m.pth"))
     res = str(tmp_path / "res")
-    r = subprocess.run([sys.executable, "test.py", "--dataroot", str(suites), "--model_path", str(tmp_path / "m.pth"),
-                        "--suites", "GANGen-Detection", "--check_data", "--gpu_ids", "-1", "--num_threads", "0",
-                        "--results_dir", res], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_script("test.py", "--dataroot", str(suites), "--model_path", str(tmp_path / "m.pth"),
+                   "--suites", "GANGen-Detection", "--check_data", "--gpu_ids", "-1", "--num_threads", "0",
+                   "--results_dir", res, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Data check" in r.stdout and "format bias" in r.stdout and "AttGAN" in r.stdout
     assert json.load(open(os.path.join(res, "data_check.json")))["suites"][0]["suite"] == "GANGen-Detection"
 
 
-
+@pytest.mark.slow
 def test_tools_share_the_one_line_errors():
     for tool, given in (("tools.download", ["--root", "."]), ("tools.verify", ["--dataroot", "."]),
                         ("tools.mini", ["--root", "."])):
-        r = subprocess.run([sys.executable, "-m", tool, *given, "--no_such_flag"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+        r = run_script("-m", tool, *given, "--no_such_flag", timeout=120)
         assert r.returncode == 2 and r.stderr == "error: unrecognized arguments: --no_such_flag (see --help)\n", tool

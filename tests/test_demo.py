@@ -9,14 +9,12 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import run_script
 from PIL import Image
 
 REQUIRED = os.environ.get("NPR_REQUIRE_DEMO") == "1"
@@ -29,6 +27,8 @@ else:
 
 import demo  # noqa: E402
 from networks import resnet50  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a server, a browser and predict.py launches
 
 
 def free_port():
@@ -62,8 +62,8 @@ def served(tmp_path_factory):
 
 
 def predict_py(ckpt, paths, out, *extra):
-    r = subprocess.run([sys.executable, "predict.py", *paths, "--model_path", ckpt, "--gpu_ids", "-1", "--output", out,
-                        *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_script("predict.py", *paths, "--model_path", ckpt, "--gpu_ids", "-1", "--output", out,
+                   *extra, timeout=300)
     assert r.returncode == 0, r.stderr
     return {os.path.basename(p["path"]): p for p in json.load(open(out + ".json"))["predictions"]}
 
@@ -101,8 +101,7 @@ def test_stored_and_custom_thresholds(served):
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "demo.py", "--model_path", str(tmp_path / "none.pth")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = run_script("demo.py", "--model_path", str(tmp_path / "none.pth"), timeout=120)
     assert r.returncode == 2 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
 
 

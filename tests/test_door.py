@@ -1,21 +1,18 @@
 """What a user's own folders and photos bring: FIFOs, links to devices, unreadable folders,
 decompression bombs, images above the pixel budget and above the decode limit."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
 
 from data.discovery import list_images, scan_images
 from data.images import ImageRule
 from networks import batch_probs, prepare_model, resnet50
 from networks.detector import PIXEL_BUDGET, TILE, tiles
-from tools.verify import verify
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from data.verification import verify
 
 
 def hostile_leaf(root):
@@ -45,13 +42,13 @@ def test_fifo_and_device_links_are_named_never_opened(tmp_path):
     assert "2 not regular files" in gen["verdict"]
 
 
+@pytest.mark.slow
 def test_predict_py_skips_a_fifo_given_by_name_or_in_a_folder(tmp_path):
     leaf = hostile_leaf(tmp_path)
     ckpt = str(tmp_path / "m.pth")
     torch.save({"model": resnet50().state_dict()}, ckpt)
-    r = subprocess.run([sys.executable, "predict.py", str(leaf), str(leaf / "1_fake" / "fifo.png"), "--model_path",
-                        ckpt, "--gpu_ids", "-1", "--output", str(tmp_path / "p")], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = run_script("predict.py", str(leaf), str(leaf / "1_fake" / "fifo.png"), "--model_path",
+                   ckpt, "--gpu_ids", "-1", "--output", str(tmp_path / "p"), timeout=120)
     assert r.returncode == 0, r.stderr
     assert "not regular files" in r.stdout and "fifo.png (a FIFO)" in r.stdout
     assert "4 images scored" in r.stdout
@@ -107,6 +104,7 @@ def test_tiles_cover_the_image_on_the_2x2_grid():
     assert TILE % 8 == 0
 
 
+@pytest.mark.slow
 def test_above_the_budget_the_tile_verdict_stays_near_the_whole_image():
     """A 1040 x 1040 image (just above the 1 Mpx budget) scored in tiles against the same image
     scored whole (the model's own forward): the pooled features differ only at tile borders."""
@@ -127,15 +125,15 @@ def test_above_the_budget_the_tile_verdict_stays_near_the_whole_image():
     assert torch.allclose(batch_probs(model, under), direct, atol=1e-6, rtol=0)  # under the budget: unchanged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(2000, 1100)])
 def test_a_photo_above_the_budget_gets_a_verdict_through_predict_py(tmp_path, size):
     w, h = size
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "p.jpg")
     ckpt = str(tmp_path / "m.pth")
     torch.save({"model": resnet50().state_dict()}, ckpt)
-    r = subprocess.run([sys.executable, "predict.py", str(tmp_path / "p.jpg"), "--model_path", ckpt, "--gpu_ids", "-1",
-                        "--output", str(tmp_path / "o"), "--visualize", str(tmp_path / "fig")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = run_script("predict.py", str(tmp_path / "p.jpg"), "--model_path", ckpt, "--gpu_ids", "-1",
+                   "--output", str(tmp_path / "o"), "--visualize", str(tmp_path / "fig"), timeout=300)
     assert r.returncode == 0, r.stderr
     assert "1 images scored" in r.stdout
     fig = os.listdir(tmp_path / "fig")
@@ -146,7 +144,7 @@ def test_the_verifier_hashes_in_chunks(tmp_path, monkeypatch):
     """A large non-image is hashed 1 MiB at a time, not read whole into memory."""
     import hashlib
 
-    import tools.verify as verify_module
+    import data.verification as verify_module
     data = os.urandom(1 << 20) * 3 + b"tail"
     (tmp_path / "big.png").write_bytes(data)
     sizes = []

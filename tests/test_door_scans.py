@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import run_script
 from PIL import Image
 
 from networks import resnet50
@@ -44,8 +44,7 @@ def peak_rss_of(cmd):
     probe = ("import resource, subprocess, sys, json; r = subprocess.run(json.loads(sys.argv[1]), capture_output=True, "
              "text=True); print(json.dumps([r.returncode, r.stdout, r.stderr, "
              "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))")
-    out = subprocess.run([sys.executable, "-c", probe, json.dumps(cmd)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=900)
+    out = run_script("-c", probe, json.dumps(cmd), timeout=900)
     code, stdout, stderr, peak = json.loads(out.stdout)
     return subprocess.CompletedProcess(cmd, code, stdout, stderr), peak
 
@@ -66,9 +65,8 @@ def test_predict_py_scores_the_folder_whole_within_the_photo_memory_bound(scan_f
 @pytest.mark.slow
 def test_test_py_scores_the_folder_whole(scan_folder):
     tmp, _, ckpt = scan_folder
-    r = subprocess.run([sys.executable, "test.py", "--dataroot", str(tmp / "data"), "--model_path", ckpt,
-                        "--gpu_ids", "-1", "--results_dir", str(tmp / "results")], cwd=ROOT, capture_output=True,
-                       text=True, timeout=900)
+    r = run_script("test.py", "--dataroot", str(tmp / "data"), "--model_path", ckpt,
+                   "--gpu_ids", "-1", "--results_dir", str(tmp / "results"), timeout=900)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     row = next(r for r in json.load(open(tmp / "results" / "results.json"))["results"] if r["generator"] == "camera")
     assert row["n_scored"] == 9 and row["n_skipped"] == 0

@@ -63,7 +63,7 @@ class Odd(BaseHTTPRequestHandler):
 def odd():
     Odd.files, Odd.how = {}, {}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Odd)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", Odd
     httpd.shutdown()
     httpd.server_close()
@@ -128,6 +128,7 @@ def test_a_malformed_content_length_is_named(odd, tmp_path):
     assert "checksum" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_drip_server_is_abandoned_and_the_part_kept(odd, tmp_path, monkeypatch):
     base, h = odd
     h.files["/a.tar.gz"], h.how["/a.tar.gz"] = suite_tar(), "drip"

@@ -151,6 +151,7 @@ def test_cache_refuses_several_interpolations(tiny_dataset, tmp_path):
         cached_train_dataset(str(tmp_path / "c"), samples, transform)
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_gives_the_same_weights(tiny_dataset, tmp_path):
     common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--batch_size", "4",
               "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0", "--niter", "1",
@@ -172,6 +173,7 @@ def torchrun(*args, nproc=2):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_gloo_trains_and_resumes(tiny_dataset, tmp_path):
     common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--name", "ddp",
               "--batch_size", "4", "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0",
@@ -196,6 +198,7 @@ def test_ddp_two_processes_gloo_trains_and_resumes(tiny_dataset, tmp_path):
     assert "Resuming from" in (exp / "log.log").read_text()
 
 
+@pytest.mark.slow
 def test_ddp_batch_must_split_evenly(tiny_dataset, tmp_path):
     r = torchrun("--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--batch_size", "3",
                  "--gpu_ids", "-1", "--num_threads", "0", "--niter", "1")
@@ -204,6 +207,7 @@ def test_ddp_batch_must_split_evenly(tiny_dataset, tmp_path):
 
 # ----------------------------------------------------------------------------- bench.py
 
+@pytest.mark.slow
 def test_bench_pieces_run_and_summarize(tmp_path):
     """bench.py's measurements on tiny inputs: every row carries a throughput and a peak memory."""
     import bench

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import ROOT, write_leaf
+from conftest import ROOT, run_script, write_leaf
 from hostile import write_hostile_corpus
 
 from networks import load_detector, predict_proba, resnet50
@@ -35,7 +35,8 @@ def names(status, *kinds):
 
 
 def run(*args):
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    """``run_script``, which must exit 0 without a traceback; its output."""
+    r = run_script(*args)
     out = r.stdout + r.stderr
     assert "Traceback" not in out, out
     assert r.returncode == 0, out
@@ -49,6 +50,7 @@ def assert_reported_once(out, bad_names):
     assert len(warned) == len(bad_names), warned
 
 
+@pytest.mark.slow
 def test_test_py_scores_every_usable_file_and_counts_the_rest(corpus):
     tmp, status = corpus
     out = run("test.py", "--dataroot", str(tmp / "suites"), "--model_path", str(tmp / "m.pth"), "--gpu_ids", "-1",
@@ -62,6 +64,7 @@ def test_test_py_scores_every_usable_file_and_counts_the_rest(corpus):
     assert row["n_images"] == N_REAL + len(status)  # the folder named like an image is not a file
 
 
+@pytest.mark.slow
 def test_test_py_mentions_only_suites_asked_for(corpus):
     tmp, _ = corpus
     out = run("test.py", "--dataroot", str(tmp / "suites"), "--model_path", str(tmp / "m.pth"), "--gpu_ids", "-1",
@@ -69,6 +72,7 @@ def test_test_py_mentions_only_suites_asked_for(corpus):
     assert "Suites not found" in out and "GenImage" in out and "ForenSynths" not in out
 
 
+@pytest.mark.slow
 def test_strict_images_is_one_line(corpus):
     tmp, _ = corpus
     r = subprocess.run([sys.executable, "test.py", "--dataroot", str(tmp / "suites"), "--model_path",
@@ -78,6 +82,7 @@ def test_strict_images_is_one_line(corpus):
     assert "--strict_images" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resize", [False, True])
 def test_validate_py(corpus, resize):
     tmp, status = corpus
@@ -92,6 +97,7 @@ def test_validate_py(corpus, resize):
     assert f"{scored} images scored (1 of them truncated), {len(unusable)} skipped" in out
 
 
+@pytest.mark.slow
 def test_predict_py_with_figures(corpus):
     tmp, status = corpus
     figures = tmp / "figures"
@@ -110,6 +116,7 @@ def test_predict_py_with_figures(corpus):
     assert len(os.listdir(figures)) == usable
 
 
+@pytest.mark.slow
 def test_train_py_trains_on_every_usable_file(corpus, tmp_path):
     tmp, status = corpus
     root = tmp_path / "data"

@@ -1,7 +1,11 @@
 import hashlib
 import os
 
-from tools.mini import build_mini
+import pytest
+
+from data.mini import build_mini
+
+pytestmark = pytest.mark.slow  # builds NPR-mini (trains its generators)
 
 TINY = dict(size=32, train_per_class=3, val_per_class=2, test_per_generator=3, generator_steps=5, quiet=True)
 

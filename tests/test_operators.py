@@ -47,6 +47,7 @@ def test_toy_operator_is_what_the_first_convolution_sees(toy):
     assert model.fc1.out_features == 1
 
 
+@pytest.mark.slow
 def test_toy_operator_trains_saves_loads_and_evaluates(toy, tiny_dataset, tmp_path, capsys):
     ck = str(tmp_path / "ck")
     assert train.main(["--dataroot", str(tiny_dataset), "--name", "toy", "--checkpoints_dir", ck, "--operator", "toy",

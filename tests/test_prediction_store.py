@@ -207,6 +207,7 @@ def test_a_wrong_output_is_one_line_before_the_model_loads(setup, tmp_path):
         run_predict(imgs, setup[1], str(tmp_path / "p"))
 
 
+@pytest.mark.slow
 def test_a_second_run_on_one_output_is_refused_while_the_first_holds_it(setup, tmp_path):
     imgs, ckpt, ref = setup
     out = str(tmp_path / "p")

@@ -3,11 +3,13 @@ import os
 import random
 
 import numpy as np
+import pytest
 import torch
 
 import train
 
 
+@pytest.mark.slow
 def test_building_npr_mini_in_the_same_process_does_not_change_the_model(tiny_dataset, tmp_path, monkeypatch):
     """A fresh clone builds NPR-mini and trains in one process; a later run only trains. Both
     must give the same model for the same seed (the build draws from the global RNG)."""

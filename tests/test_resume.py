@@ -6,6 +6,8 @@ import torch
 
 import train
 
+pytestmark = pytest.mark.slow  # every test trains
+
 
 class StopAfter:
     """Stands in for GracefulStop: 'receives' SIGTERM after ``n`` training steps."""

@@ -262,6 +262,7 @@ def test_safe_recipe_preset_and_flags_given_win():
     assert (mini.cropSize, mini.batch_size, mini.niter, mini.mask_patch) == (40, 32, 6, 2)
 
 
+@pytest.mark.slow
 def test_train_dwt_safe_recipe_then_every_script_without_a_flag(tiny_dataset, tmp_path):
     from test_scripts import run
     ck = str(tmp_path / "ck")

@@ -16,14 +16,8 @@ from PIL import Image
 
 from data.images import ImageRule
 from data.transforms import EvalTransform, normalize_batch
-from networks import batch_probs, load_detector, predict_proba, prepare_model, resnet50, score_images
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args, **kw):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, **kw)
+from networks import EvalConfig, batch_probs, load_detector, predict_proba, prepare_model, resnet50, score_images
+from conftest import ROOT, run_script
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,8 @@ def test_batched_scores_equal_one_at_a_time(folder, transform):
         expected = one_at_a_time(model, paths, transform, rule)
     prepared = prepare_model(model, torch.device("cpu"))
     for batch_size, window, workers in ((5, 7, 0), (64, 1024, 2)):
-        scores = list(score_images(prepared, paths, transform, rule, batch_size, workers, window=window))
+        cfg = EvalConfig(batch_size=batch_size, num_workers=workers, images=rule, channels_last=None)
+        scores = list(score_images(prepared, paths, transform, cfg, window=window))
         assert [s.image for s in scores] == paths  # input order, whatever the buckets
         got = np.array([np.nan if s.prob is None else s.prob for s in scores])
         np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
@@ -103,10 +98,11 @@ def assert_same_rows(a, b, context=""):
         assert (px is None and py is None) or abs(px - py) < 1e-6, (context, x, y)
 
 
+@pytest.mark.slow
 def test_predict_streams_rows_and_summarises(folder, tmp_path):
     out = str(tmp_path / "p")
-    r = run(str(folder / "imgs"), "--model_path", str(folder / "m.pth"), "--output", out, "--gpu_ids", "-1",
-            "--batch_size", "4")
+    r = run_script("predict.py", str(folder / "imgs"), "--model_path", str(folder / "m.pth"), "--output", out,
+                   "--gpu_ids", "-1", "--batch_size", "4")
     assert r.returncode == 0, r.stderr
     rows, lines, meta = read(out)
     assert [row["path"] for row in rows] == [line["path"] for line in lines] == \
@@ -114,11 +110,13 @@ def test_predict_streams_rows_and_summarises(folder, tmp_path):
     assert meta["complete"] and meta["predictions"] == lines and meta["counts"]["unreadable"] == 1
     assert "22 images scored (1 of them truncated), 2 skipped" in r.stdout
     assert r.stdout.count(".png") >= 24  # a small run lists its rows
-    again = run(str(folder / "imgs"), "--model_path", str(folder / "m.pth"), "--output", out, "--gpu_ids", "-1")
+    again = run_script("predict.py", str(folder / "imgs"), "--model_path", str(folder / "m.pth"), "--output", out,
+                       "--gpu_ids", "-1")
     assert again.returncode == 0 and "24 of 24 images already scored" in again.stdout
     assert read(out) == (rows, lines, meta)
 
 
+@pytest.mark.slow
 def test_killed_scan_resumes_to_the_uninterrupted_result(folder, tmp_path):
     """A scan killed (SIGKILL) at a random moment, then the same command again, gives the
     uninterrupted run's files: no row lost, none twice."""
@@ -130,7 +128,7 @@ def test_killed_scan_resumes_to_the_uninterrupted_result(folder, tmp_path):
     common = [str(imgs), "--model_path", str(folder / "m.pth"), "--gpu_ids", "-1", "--batch_size", "2",
               "--num_threads", "0"]
     full = str(tmp_path / "full")
-    assert run(*common, "--output", full).returncode == 0
+    assert run_script("predict.py", *common, "--output", full).returncode == 0
     seed = random.randrange(10**6)
     stop_after = random.Random(seed).randrange(2, 110)
     cut = str(tmp_path / "cut")
@@ -145,7 +143,7 @@ def test_killed_scan_resumes_to_the_uninterrupted_result(folder, tmp_path):
     proc.wait()
     n_before = sum(1 for _ in open(cut + ".jsonl", "rb"))
     assert 0 < n_before < 120, f"seed {seed}: the kill came too late to test anything"
-    r = run(*common, "--output", cut)
+    r = run_script("predict.py", *common, "--output", cut)
     assert r.returncode == 0, r.stderr
     assert "already scored" in r.stdout, seed
     a, b = read(full), read(cut)
@@ -155,12 +153,13 @@ def test_killed_scan_resumes_to_the_uninterrupted_result(folder, tmp_path):
     assert a[2]["counts"] == b[2]["counts"] and b[2]["complete"]
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_single_process_output(folder, tmp_path):
     common = [str(folder / "imgs"), "--model_path", str(folder / "m.pth"), "--gpu_ids", "-1", "--batch_size", "4"]
     single = str(tmp_path / "single")
-    assert run(*common, "--output", single).returncode == 0
+    assert run_script("predict.py", *common, "--output", single).returncode == 0
     sharded = str(tmp_path / "sharded")
-    outs = [run(*common, "--output", sharded, "--shard", f"{k}/3") for k in (2, 3, 1)]
+    outs = [run_script("predict.py", *common, "--output", sharded, "--shard", f"{k}/3") for k in (2, 3, 1)]
     assert all(r.returncode == 0 for r in outs), [r.stderr for r in outs]
     assert "merged the 3 shards" in outs[-1].stdout and "merged the" not in outs[0].stdout
     a, b = read(single), read(sharded)
@@ -168,9 +167,10 @@ def test_shards_merge_into_the_single_process_output(folder, tmp_path):
         assert_same_rows(a[i], b[i])
     assert_same_rows(a[2]["predictions"], b[2]["predictions"])
     assert b[2]["counts"] == a[2]["counts"] and b[2]["settings"]["inputs"] == a[2]["settings"]["inputs"]
-    assert run(*common, "--output", sharded, "--shard", "4/3").returncode == 2
+    assert run_script("predict.py", *common, "--output", sharded, "--shard", "4/3").returncode == 2
 
 
+@pytest.mark.slow
 def test_non_utf8_file_names_are_written_and_printed(folder, tmp_path):
     name = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9.png")
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(name.decode("utf-8", "surrogateescape"), "PNG")

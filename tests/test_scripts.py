@@ -1,23 +1,17 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(script, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+pytestmark = pytest.mark.slow  # every test launches a script
 
 
 @pytest.mark.parametrize("script", ["train.py", "test.py", "validate.py"])
 def test_help(script):
-    r = run(script, "--help")
+    r = run_script(script, "--help")
     assert r.returncode == 0 and "--dataroot" in r.stdout and "default" in r.stdout
     # validate.py needs its folder; the others fall back to NPR-mini, and say so
     assert ("mini benchmark" in r.stdout.replace("\n", " ").replace("  ", " ")) == (script != "validate.py")
@@ -30,7 +24,7 @@ def test_help(script):
     (["test.py", "--dataroot", "x"], "--model_path is required"),
 ])
 def test_bad_options_one_line(args, needle):
-    r = run(*args)
+    r = run_script(*args)
     assert r.returncode != 0
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -38,7 +32,7 @@ def test_bad_options_one_line(args, needle):
 
 def test_train_then_test_smoke(tiny_dataset, tmp_path):
     ck = str(tmp_path / "ck")
-    r = run("train.py", "--dataroot", str(tiny_dataset), "--name", "smoke", "--checkpoints_dir", ck,
+    r = run_script("train.py", "--dataroot", str(tiny_dataset), "--name", "smoke", "--checkpoints_dir", ck,
             "--niter", "1", "--batch_size", "4", "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1",
             "--num_threads", "0", "--classes", "car,cat")
     assert r.returncode == 0, r.stderr + r.stdout
@@ -56,7 +50,7 @@ def test_train_then_test_smoke(tiny_dataset, tmp_path):
     os.makedirs(suites)
     os.rename(tiny_dataset / "test", suites / "CNN_synth_testset")
     res = str(tmp_path / "res")
-    r = run("test.py", "--dataroot", str(suites), "--model_path", os.path.join(exp, "model_epoch_last.pth"),
+    r = run_script("test.py", "--dataroot", str(suites), "--model_path", os.path.join(exp, "model_epoch_last.pth"),
             "--results_dir", res, "--gpu_ids", "-1", "--batch_size", "4", "--num_threads", "0")
     assert r.returncode == 0, r.stderr + r.stdout
     out = r.stdout
@@ -84,11 +78,11 @@ def test_train_then_test_smoke(tiny_dataset, tmp_path):
     assert csv_lines[0].startswith("suite,generator,acc,ap") and len(csv_lines) == 4
     assert "| ProGAN |" in open(os.path.join(res, "results.md")).read()
 
-    r = run("validate.py", "--dataroot", str(suites / "CNN_synth_testset" / "progan"),
+    r = run_script("validate.py", "--dataroot", str(suites / "CNN_synth_testset" / "progan"),
             "--model_path", os.path.join(exp, "model_epoch_last.pth"), "--gpu_ids", "-1", "--no_resize", "--no_crop")
     assert r.returncode == 0 and "acc" in r.stdout and "6 images scored" in r.stdout
 
-    r = run("test.py", "--dataroot", str(suites), "--model_path", os.path.join(exp, "model_epoch_last.pth"),
+    r = run_script("test.py", "--dataroot", str(suites), "--model_path", os.path.join(exp, "model_epoch_last.pth"),
             "--suites", "NoSuchSuite", "--gpu_ids", "-1")
     assert r.returncode == 2 and "unknown suite" in r.stderr
 
@@ -97,9 +91,9 @@ def test_continue_train_resumes(tiny_dataset, tmp_path):
     ck = str(tmp_path / "ck")
     common = ["--dataroot", str(tiny_dataset), "--name", "res", "--checkpoints_dir", ck, "--batch_size", "4",
               "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0", "--niter", "2"]
-    r = run("train.py", *common[:-1], "1")
+    r = run_script("train.py", *common[:-1], "1")
     assert r.returncode == 0, r.stderr
-    r = run("train.py", *common, "--continue_train")
+    r = run_script("train.py", *common, "--continue_train")
     assert r.returncode == 0, r.stderr
     assert "Resuming from" in r.stdout and "(Val @ epoch 1)" in r.stdout and "(Val @ epoch 0)" not in r.stdout
     state = torch.load(os.path.join(ck, "res", "model_epoch_last.pth"), weights_only=True)

@@ -1,8 +1,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,13 +9,7 @@ from PIL import Image
 
 from data.perturb import parse_perturbations
 from util import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+from conftest import ROOT, run_script
 
 
 @pytest.fixture
@@ -49,12 +41,13 @@ def test_perturbations_parse_and_change_pixels():
             parse_perturbations(bad)
 
 
+@pytest.mark.slow
 def test_predict_table_files_and_visualisation(tmp_path, checkpoint):
     from conftest import write_leaf
     write_leaf(str(tmp_path / "imgs"), 2, 2, size=(33, 31))
     (tmp_path / "imgs" / "0_real" / "bad.png").write_bytes(b"nope")
     out = str(tmp_path / "pred")
-    r = run("predict.py", str(tmp_path / "imgs" / "0_real"), str(tmp_path / "imgs" / "1_fake" / "*.png"),
+    r = run_script("predict.py", str(tmp_path / "imgs" / "0_real"), str(tmp_path / "imgs" / "1_fake" / "*.png"),
             "--model_path", checkpoint, "--output", out, "--visualize", str(tmp_path / "vis"), "--gpu_ids", "-1")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out + ".csv")))
@@ -64,16 +57,17 @@ def test_predict_table_files_and_visualisation(tmp_path, checkpoint):
     assert len(json.load(open(out + ".json"))["predictions"]) == 5
     figs = os.listdir(tmp_path / "vis")
     assert len(figs) == 4 and all(Image.open(tmp_path / "vis" / f).size[0] > 300 for f in figs)
-    r = run("predict.py", str(tmp_path / "nothing_here_*.png"), "--model_path", checkpoint)
+    r = run_script("predict.py", str(tmp_path / "nothing_here_*.png"), "--model_path", checkpoint)
     assert r.returncode == 2 and "matches anything" in r.stderr
 
 
+@pytest.mark.slow
 def test_perturb_sweep_and_plots(tmp_path, checkpoint):
     from conftest import write_leaf
     for g in ("progan", "stylegan"):
         write_leaf(str(tmp_path / "data" / "ForenSynths" / g), 4, 4, seed=hash(g) % 100)
     res = str(tmp_path / "res")
-    r = run("test.py", "--dataroot", str(tmp_path / "data"), "--model_path", checkpoint, "--results_dir", res,
+    r = run_script("test.py", "--dataroot", str(tmp_path / "data"), "--model_path", checkpoint, "--results_dir", res,
             "--gpu_ids", "-1", "--num_threads", "0", "--perturb", "jpeg:90,50;blur:1;jpeg:75+blur:1", "--plots")
     assert r.returncode == 0, r.stderr
     assert "perturbation jpeg:50" in r.stdout and "perturbation jpeg:75+blur:1" in r.stdout

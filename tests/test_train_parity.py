@@ -272,6 +272,7 @@ def test_scaling_order_matters_in_float32():
     assert torch.equal(seen["x"], npr * 2.0 / 3.0)
 
 
+@pytest.mark.slow
 def test_exact_flag_trains_the_same_model(ours, tmp_path):
     """``--exact`` (cuDNN off, deterministic kernels: what matters on a GPU) gives the same
     weights as the default on the CPU."""

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from data.benchmarks import SOURCES, SUITES, locate_generator, source_by_name
 from options.base_options import OneLineErrorParser
-from tools.verify import class_files, count_check
+from data.verification import class_files, count_check
 from util import UserError, run_cli, sha256_of, write_json_atomically
 
 CHUNK = 1 << 20
