@@ -50,7 +50,7 @@ from data.cache import cached_train_dataset
 from data.discovery import make_samples
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform, normalize_batch
-from engine import EvalConfig, GracefulStop, StepConfig, evaluate_folder, train_one_epoch
+from engine import EvalConfig, StepConfig, StepContext, TrainState, evaluate_folder, train_one_epoch
 from networks import DEFAULT_OPERATOR, OPERATORS, batch_probs, prepare_model, resnet50
 from options import train_parser
 from options.base_options import OneLineErrorParser
@@ -292,15 +292,13 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        progress = {"epoch": 0, "step_in_epoch": 0, "total_steps": 0}
         step_cfg = StepConfig(channels_last=channels_last, amp=variant == "amp", loss_freq=10**6, save_latest_freq=10**6)
         scaler = torch.amp.GradScaler("cuda") if variant == "amp" and device.type == "cuda" else None
+        ctx = StepContext(device, optimizer, torch.nn.BCEWithLogitsLoss(), step_cfg, scaler=scaler)
 
         def epoch(e):
             sampler.set_epoch(e)
-            progress["epoch"] = e
-            train_one_epoch(model, loader, optimizer, torch.nn.BCEWithLogitsLoss(), device, progress, step_cfg,
-                            lambda: None, GracefulStop(), scaler=scaler)
+            train_one_epoch(model, loader, TrainState(epoch=e), ctx)
 
         epoch(0)  # warm-up: worker start, page cache
         sync(device)

@@ -27,10 +27,10 @@ from starlette.middleware import Middleware  # noqa: E402
 from data.discovery import list_images  # noqa: E402
 from data.transforms import EvalTransform  # noqa: E402
 from engine import score_files  # noqa: E402
-from metrics import decide_threshold  # noqa: E402
+from metrics import THRESHOLD_CHOICES, decide_threshold  # noqa: E402
 from networks import get_operator, load_for_evaluation  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
-from options.base_options import OneLineErrorParser, size  # noqa: E402
+from options.base_options import OneLineErrorParser, add_weights_option, size  # noqa: E402
 from figures import ArtifactFigures  # noqa: E402
 from util import UserError, keep_freed_memory, run_cli, select_device, set_numerics  # noqa: E402
 
@@ -62,8 +62,8 @@ def example_images():
     return out
 
 
-# The page's threshold choices, as metrics.decide_threshold takes them ("custom": the slider).
-PAGE_CHOICES = {"stored": "auto", "0.5": "paper"}
+# The page's threshold choices, named as metrics.decide_threshold names them ("custom": the slider).
+PAGE_CHOICES = {"auto": "auto", "0.5": "paper"}
 
 
 def mini_note(model_path):
@@ -230,7 +230,8 @@ def build_app(model, stored, model_path, load_size=256):
         with gr.Row():
             with gr.Column():
                 files = gr.File(file_count="multiple", type="filepath", label="Images")
-                choice = gr.Radio(["stored", "0.5", "custom"], value="stored", label="Decision threshold")
+                choice = gr.Radio(["auto", "0.5", "custom"], value="auto", label="Decision threshold",
+                                  info="auto: " + THRESHOLD_CHOICES["auto"])
                 custom = gr.Slider(0.0, 1.0, value=0.5, step=0.001, label="Custom threshold")
                 resize = gr.Checkbox(value=False, label=f"Resize to {load_size} x {load_size} first (the reference's "
                                                         "test-time resize)")
@@ -251,7 +252,7 @@ def build_app(model, stored, model_path, load_size=256):
 def get_args_parser():
     p = OneLineErrorParser("A local web page for the NPR detector (127.0.0.1 only).")
     p.add_argument("--model_path", default=MINI_CHECKPOINT, help="checkpoint (NPR.pth or ours)")
-    p.add_argument("--ema_weights", action="store_true", help="use the checkpoint's moving-average weights")
+    add_weights_option(p)
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
     p.add_argument("--loadSize", type=size, default=256, help="size for the resize option")
     p.add_argument("--gpu_ids", default="0", help="CUDA device id; -1 for the CPU")

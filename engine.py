@@ -1,15 +1,16 @@
 """The loops: running a model over images (evaluation, validation, suites) and one training epoch.
 
 Scripts resolve their command-line arguments and call these functions with plain values and
-two small settings objects: ``EvalConfig`` (how evaluation runs) and ``StepConfig`` (what a
-training step does besides the update). Nothing here reads the command line.
+small objects: ``EvalConfig`` (how evaluation runs), and for training a ``TrainState`` (where
+training is; the checkpoint stores it) and a ``StepContext`` (the fixed parts of a step, with
+its ``StepConfig``). Nothing here reads the command line.
 """
 import logging
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from figures import figure_pixels
 from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
 from networks import EvalConfig, score_images
 from networks.detector import artifact_map, scored_batch
+from networks.ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
 from recipe import set_lr
 from util import AMP_DTYPE, UserError
 
@@ -34,7 +36,7 @@ log = logging.getLogger("npr")
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def predict_loader(model, loader, cfg, progress=None):
+def predict_loader(model, loader, cfg, bar=None):
     """Run ``model`` over ``loader``; returns (labels, probabilities, skipped indices, truncated
     indices) in loader order. An image the model fails on is reported through ``cfg.images``
     and counted as skipped."""
@@ -49,8 +51,8 @@ def predict_loader(model, loader, cfg, progress=None):
         if keep:
             probs.append(torch.tensor([p[j] for j in keep], dtype=torch.float32))
             labels.append(batch.labels[keep])
-        if progress is not None:
-            progress.update(len(batch.labels) + len(batch.skipped))
+        if bar is not None:
+            bar.update(len(batch.labels) + len(batch.skipped))
     if not probs:
         return np.zeros(0), np.zeros(0), skipped, truncated
     return torch.cat(labels).numpy(), torch.cat(probs).numpy(), skipped, truncated
@@ -61,17 +63,17 @@ def eval_loader(samples, transform, cfg):
     return make_eval_loader(samples, transform, cfg.batch_size, cfg.num_workers, cfg.device, cfg.images)
 
 
-def predict_samples(model, samples, transform, cfg, progress=None):
-    """``predict_loader`` over an evaluation loader of ``samples``."""
-    return predict_loader(model, eval_loader(samples, transform, cfg), cfg, progress)
+def predict_samples(model, samples, transform, cfg, bar=None):
+    """``predict_loader`` over an evaluation loader of ``samples`` (``bar``: a tqdm bar to update)."""
+    return predict_loader(model, eval_loader(samples, transform, cfg), cfg, bar)
 
 
-def evaluate_folder(model, root, transform, cfg, classes=None, progress=None):
+def evaluate_folder(model, root, transform, cfg, classes=None, bar=None):
     """Metrics (``compute_metrics``) of ``model`` on the dataset folder ``root``, plus counts of
     images scored, skipped (unusable) and truncated (scored, as the reference does), and the
     raw ``y_true`` / ``y_prob``."""
     samples = make_samples(root, classes)
-    y_true, y_prob, skipped, truncated = predict_samples(model, samples, transform, cfg, progress)
+    y_true, y_prob, skipped, truncated = predict_samples(model, samples, transform, cfg, bar)
     metrics = compute_metrics(y_true, y_prob)
     metrics.update(n_images=len(samples), n_scored=int(len(y_true)), n_skipped=len(skipped),
                    n_truncated=len(truncated), y_true=y_true, y_prob=y_prob)
@@ -115,16 +117,14 @@ def suite_transform(suite, load_size=256, crop_size=224, no_resize=False, no_cro
                          crop=(suite.crop or center_crop) and not no_crop, perturb=perturb)
 
 
-def evaluate_suite(model, suite, suite_dir, cfg, load_size=256, crop_size=224, no_resize=False, no_crop=False,
-                   perturb=None, threshold=None, progress=True, center_crop=False):
-    """Evaluate every generator of ``suite`` found under ``suite_dir``, pre-processed by
-    ``suite_transform``.
+def evaluate_suite(model, suite, suite_dir, transform, cfg, threshold=None, show_bar=True):
+    """Evaluate every generator of ``suite`` found under ``suite_dir``, each pre-processed by
+    ``transform`` (``suite_transform``, the suite's own, or with a perturbation).
 
     Returns ``(rows, missing)``: one dict per generator (metrics in %, the paper's numbers,
     image counts; with a ``threshold``, also ACC / real ACC / fake ACC at it) and the names of
     generators whose folder is absent (skipped, not fatal).
     """
-    transform = suite_transform(suite, load_size, crop_size, no_resize, no_crop, center_crop, perturb)
     rows, missing = [], []
     for gen in suite.generators:
         path = locate_generator(suite_dir, gen)
@@ -132,9 +132,10 @@ def evaluate_suite(model, suite, suite_dir, cfg, load_size=256, crop_size=224, n
             missing.append(gen.name)
             continue
         start = time.time()
-        bar = tqdm(desc=f"{suite.name}/{gen.name}", unit="img", leave=False, disable=None if progress else True)
-        m = evaluate_folder(model, path, transform, cfg, progress=bar)
+        bar = tqdm(desc=f"{suite.name}/{gen.name}", unit="img", leave=False, disable=None if show_bar else True)
+        m = evaluate_folder(model, path, transform, cfg, bar=bar)
         bar.close()
+        perturb = transform.perturb
         row = {"suite": suite.name, "generator": gen.name, "folder": path, "in_mean": gen.in_mean,
                "preprocessing": transform.describe(),
                "perturbation": perturb.name if perturb is not None else "none",
@@ -223,65 +224,107 @@ class StepConfig:
     channels_last: bool = False  # --train_channels_last
     amp: bool = False            # float16 autocast with a GradScaler (CUDA only)
     loss_freq: int = 400         # log the loss every this many steps
-    save_latest_freq: int = 2000  # call save_latest every this many steps
+    save_latest_freq: int = 2000  # save the latest checkpoint every this many steps
     latest_path: str = ""        # named in the error when the loss stops being finite
     schedule: object = None      # recipe.LRSchedule: its lr_at(epoch, step) is set before every step; None: the lr as it is
 
 
-def train_one_epoch(model, loader, optimizer, loss_fn, device, progress, step_cfg, save_latest, stopper,
-                    writer=None, rank=0, world=1, scaler=None, ema=None):
-    """One pass over ``loader``; ``progress`` (epoch, step counters) is updated in place.
+@dataclass
+class StepContext:
+    """The fixed parts of every training step: where it runs, what updates the weights, and
+    who else is told (the moving average, TensorBoard, the other processes)."""
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    loss_fn: object
+    config: StepConfig = StepConfig()
+    save: object = lambda which: None  # save("latest"): writes the checkpoint model_epoch_latest.pth
+    stopper: GracefulStop = field(default_factory=GracefulStop)
+    scaler: object = None        # torch.amp.GradScaler with --amp on CUDA
+    ema: object = None           # networks.ema.EMA with --ema
+    writer: object = None        # a TensorBoard SummaryWriter (rank 0)
+    rank: int = 0
+    world: int = 1
+
+
+@dataclass
+class TrainState:
+    """Where training is: the counters, the best validation AP so far and the decision
+    thresholds of the last validation. The checkpoint stores it beside the weights
+    (``as_checkpoint``) and resuming restores it (``from_checkpoint``), under the keys the
+    checkpoints have always had."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    total_steps: int = 0
+    best_ap: float = -1.0
+    epochs_no_improve: int = 0
+    threshold: float = None       # best balanced accuracy on the last validation
+    ema_threshold: float = None   # the same for the moving average (``networks.ema.THRESHOLD_KEY``)
+
+    def as_checkpoint(self):
+        d = asdict(self)
+        d[EMA_THRESHOLD_KEY] = d.pop("ema_threshold")
+        return d
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        fresh = cls()
+        kwargs = {k: ckpt.get(k, getattr(fresh, k)) for k in asdict(fresh) if k != "ema_threshold"}
+        return cls(**kwargs, ema_threshold=ckpt.get(EMA_THRESHOLD_KEY))
+
+
+def train_one_epoch(model, loader, state, ctx):
+    """One pass over ``loader`` (``state.epoch``); ``state``'s counters advance step by step.
     Returns the number of images skipped. Raises ``StopRequested`` after saving when a signal
     arrived, and ``UserError`` when the loss is not finite (before the step is taken)."""
     model.train()
-    epoch = progress["epoch"]
-    use_amp = step_cfg.amp and device.type == "cuda"
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if rank == 0 else True)
+    cfg, optimizer, device, epoch = ctx.config, ctx.optimizer, ctx.device, state.epoch
+    use_amp = cfg.amp and device.type == "cuda"
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if ctx.rank == 0 else True)
     skipped = 0
     for batch in bar:
         skipped += len(batch.skipped)
         if len(batch.labels) == 0:
-            if world > 1:  # every rank must take every step together
+            if ctx.world > 1:  # every rank must take every step together
                 raise UserError("every image of one batch was unreadable; under torchrun remove the files named "
                                 "in the warnings above (or find them with --strict_images) and resume")
             continue
-        if step_cfg.schedule is not None:
-            set_lr(optimizer, step_cfg.schedule.lr_at(epoch, progress["step_in_epoch"]))
+        if cfg.schedule is not None:
+            set_lr(optimizer, cfg.schedule.lr_at(epoch, state.step_in_epoch))
         x = batch.images.to(device, non_blocking=True)
-        if step_cfg.channels_last:
+        if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch.labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=use_amp):
             logits = model(normalize_batch(x)).squeeze(1)
-        loss = loss_fn(logits.float(), y)
-        loss_value, stop = sync_step(loss, stopper, world)
+        loss = ctx.loss_fn(logits.float(), y)
+        loss_value, stop = sync_step(loss, ctx.stopper, ctx.world)
         if not math.isfinite(loss_value):
-            raise UserError(f"the loss became {loss_value} at epoch {epoch}, step {progress['total_steps']}; "
-                            f"training stopped and the last good checkpoint ({step_cfg.latest_path}) "
+            raise UserError(f"the loss became {loss_value} at epoch {epoch}, step {state.total_steps}; "
+                            f"training stopped and the last good checkpoint ({cfg.latest_path}) "
                             "was kept; try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:  # --amp: float16 gradients are scaled to stay representable
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        if ctx.scaler is not None:  # --amp: float16 gradients are scaled to stay representable
+            ctx.scaler.scale(loss).backward()
+            ctx.scaler.step(optimizer)
+            ctx.scaler.update()
         else:
             loss.backward()
             optimizer.step()
-        if ema is not None:
-            ema.update(unwrap(model))
-        progress["total_steps"] += 1
-        progress["step_in_epoch"] += 1
-        step = progress["total_steps"]
-        if step % step_cfg.loss_freq == 0:
+        if ctx.ema is not None:
+            ctx.ema.update(unwrap(model))
+        state.total_steps += 1
+        state.step_in_epoch += 1
+        step = state.total_steps
+        if step % cfg.loss_freq == 0:
             log.info("Train loss: %.4f at step: %d lr %.3g", loss_value, step, optimizer.param_groups[0]["lr"])
-            if writer is not None:
-                writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-        if step % step_cfg.save_latest_freq == 0:
-            save_latest()
+            if ctx.writer is not None:
+                ctx.writer.add_scalar("train/loss", loss_value, step)
+                ctx.writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+        if step % cfg.save_latest_freq == 0:
+            ctx.save("latest")
         if stop:
-            save_latest()
-            raise StopRequested(stopper.signum or signal.SIGTERM)
+            ctx.save("latest")
+            raise StopRequested(ctx.stopper.signum or signal.SIGTERM)
         bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
     return skipped

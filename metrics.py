@@ -103,7 +103,7 @@ class Threshold(NamedTuple):
     the paper's 0.5 by default (which the tables' ACC column already shows)."""
     value: float
     source: str
-    papers: bool = False
+    is_paper_rule: bool = False
 
 
 def decide_threshold(choice="auto", stored=None, calibrate_real=None, target_fpr=0.05, score_reals=None,
@@ -133,7 +133,8 @@ def decide_threshold(choice="auto", stored=None, calibrate_real=None, target_fpr
     if choice != "paper" and stored is not None:
         return Threshold(float(stored), "stored by train.py: best balanced accuracy on its validation split")
     return Threshold(PAPER_THRESHOLD, PAPER_SOURCE + (" (the checkpoint stores no threshold)"
-                                                      if choice == "auto" and stored is None else ""), papers=True)
+                                                      if choice == "auto" and stored is None else ""),
+                     is_paper_rule=True)
 
 
 def metrics_at(m, threshold):

@@ -46,15 +46,19 @@ def parameter_groups(model, weight_decay):
             {"params": [p for p in model.parameters() if p.dim() <= 1], "weight_decay": 0.0}]
 
 
-def build_optimizer(model, args):
+OPTIMIZERS = ("adam", "sgd", "adamw")
+SCHEDULES = ("step", "cosine")  # LRSchedule.kind
+
+
+def build_optimizer(model, optim, lr, beta1=0.9, weight_decay=0.0):
     """Adam (betas (beta1, 0.999)) or SGD without momentum, as the reference; AdamW (eps 1e-8)
-    as SAFE. ``--weight_decay`` (0 in the reference) goes through ``parameter_groups``."""
-    params = parameter_groups(model, args.weight_decay)
-    if args.optim == "adamw":
-        return torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, 0.999), eps=1e-8, weight_decay=0.0)
-    if args.optim == "adam":
-        return torch.optim.Adam(params, lr=args.lr, betas=(args.beta1, 0.999))
-    return torch.optim.SGD(params, lr=args.lr, momentum=0.0)
+    as SAFE. ``weight_decay`` (0 in the reference) goes through ``parameter_groups``."""
+    params = parameter_groups(model, weight_decay)
+    if optim == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(beta1, 0.999), eps=1e-8, weight_decay=0.0)
+    if optim == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999))
+    return torch.optim.SGD(params, lr=lr, momentum=0.0)
 
 
 def cosine_lr(epoch_progress, lr, min_lr, warmup_epochs, epochs):
@@ -76,11 +80,6 @@ class LRSchedule:
     delr_freq: int = 20
     warmup_epochs: float = 0.0
     min_lr: float = 1e-6
-
-    @classmethod
-    def from_args(cls, args, steps_per_epoch):
-        return cls(args.lr_schedule, args.lr, args.niter, max(steps_per_epoch, 1), args.delr_freq,
-                   args.warmup_epochs, args.min_lr)
 
     def lr_at(self, epoch, step=0):
         """The lr of step ``step`` (counted from 0) of epoch ``epoch`` (counted from 0)."""

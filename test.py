@@ -20,7 +20,7 @@ from data.images import ImageRule
 from data.loaders import default_workers
 from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
-from engine import EvalConfig, eval_threshold, evaluate_suite
+from engine import EvalConfig, eval_threshold, evaluate_suite, suite_transform
 from metrics import mean_row, summarize_checkpoints
 from networks import load_for_evaluation
 from options import MINI_ROOT, parse_test_args, print_options
@@ -29,11 +29,11 @@ from report import groups, suite_table, summary_table, write_results
 from data.mini import build_mini
 from data.verification import format_report
 from data.verification import verify as verify_suites
-from util import (UserError, ensure_writable_dir, keep_freed_memory, log, run_cli, select_device, set_numerics,
-                  setup_logging, write_json_atomically)
+from util import (UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, select_device,
+                  set_numerics, setup_logging, write_json_atomically)
 
 
-def evaluate_checkpoint(model_path, suites, settings, args, cfg):
+def evaluate_checkpoint(model_path, suites, perturbations, args, cfg):
     """(result rows with each suite's Mean row, (threshold, its source)) of one checkpoint over
     every suite and perturbation."""
     model, stored = load_for_evaluation(model_path, cfg.device, args.ema_weights, channels_last=cfg.channels_last,
@@ -41,15 +41,15 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
     # Calibration images go through the evaluation transform of the flags (no suite's own).
     calibration = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
     decided = eval_threshold(model, stored, calibration, cfg, args.threshold, args.calibrate_real, args.target_fpr)
-    threshold = None if decided.papers else decided.value  # the paper's 0.5 is the ACC column already
+    threshold = None if decided.is_paper_rule else decided.value  # the paper's 0.5 is the ACC column already
     log.info("Checkpoint %s%s on %s%s", model_path, " (moving-average weights)" if args.ema_weights else "",
              cfg.device, f"; threshold for ACC@t: {threshold:.4f} ({decided.source})" if threshold is not None else "")
     out = []
-    for perturb in settings:
+    for perturb in perturbations:
         for suite, path in suites:
-            rows, absent = evaluate_suite(model, suite, path, cfg, args.loadSize, args.cropSize, args.no_resize,
-                                          args.no_crop, perturb=perturb, threshold=threshold,
-                                          center_crop=args.center_crop)
+            transform = suite_transform(suite, args.loadSize, args.cropSize, args.no_resize, args.no_crop,
+                                        args.center_crop, perturb)
+            rows, absent = evaluate_suite(model, suite, path, transform, cfg, threshold)
             if absent and perturb is None:
                 log.info("%s: generators not found under %s (skipped): %s", suite.name, path, ", ".join(absent))
             if not rows:
@@ -66,7 +66,7 @@ def evaluate_checkpoint(model_path, suites, settings, args, cfg):
 def main(argv=None):
     args = parse_test_args(argv)
     keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
-    settings = [None] + [p for p in parse_perturbations(args.perturb) if p.steps] if args.perturb else [None]
+    perturbations = [None] + [p for p in parse_perturbations(args.perturb) if p.steps] if args.perturb else [None]
     setup_logging()
     set_numerics(tf32=args.tf32)
     ensure_writable_dir(args.results_dir, "--results_dir")
@@ -88,7 +88,7 @@ def main(argv=None):
                      not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))
     all_rows, thresholds = [], {}
     for model_path in args.model_path:
-        rows, thresholds[model_path] = evaluate_checkpoint(model_path, suites, settings, args, cfg)
+        rows, thresholds[model_path] = evaluate_checkpoint(model_path, suites, perturbations, args, cfg)
         all_rows += rows
     if not all_rows:
         raise UserError("no generator folders found in the selected suites; nothing was evaluated")
@@ -103,7 +103,7 @@ def main(argv=None):
         log.info("Figures (of %s): %s", args.model_path[0], ", ".join(figures))
     paths = write_results(all_rows, args.results_dir, args.model_path, args.dataroot, vars(args), args.ema_weights,
                           figures, summary, thresholds)
-    with open(os.path.join(args.results_dir, "opt.txt"), "w") as f:
+    with atomic_file(os.path.join(args.results_dir, "opt.txt")) as f:
         print_options(args, file=f)
     log.info("Results written to %s", ", ".join(paths.values()))
     return 0

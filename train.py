@@ -28,17 +28,18 @@ from data.discovery import make_samples
 from data.images import ImageRule
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform
-from engine import (EvalConfig, GracefulStop, StepConfig, StopRequested, eval_loader, evaluate_samples,
-                    evaluate_suite, ignore_signals_in_worker, train_one_epoch, unwrap)
+from engine import (EvalConfig, GracefulStop, StepConfig, StepContext, StopRequested, TrainState, eval_loader,
+                    evaluate_samples, evaluate_suite, ignore_signals_in_worker, suite_transform, train_one_epoch,
+                    unwrap)
 from networks import (extract_state_dict, load_checkpoint, load_state_dict_strict, prepare_model, resnet50,
                       save_checkpoint)
-from networks.ema import EMA, THRESHOLD_KEY as EMA_THRESHOLD_KEY, empty_state as empty_ema_state
+from networks.ema import EMA, empty_state as empty_ema_state
 from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
 from recipe import LRSchedule, build_loss, build_optimizer, set_lr
 from report import suite_table
 from data.mini import build_mini
-from util import (UserError, ensure_writable_dir, keep_freed_memory, log, run_cli, seed_everything, select_device,
-                  set_numerics, setup_logging)
+from util import (UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, seed_everything,
+                  select_device, set_numerics, setup_logging)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -103,31 +104,21 @@ def set_rng_state(state):
     random.setstate((3, tuple(state["python"]), None))
 
 
-def new_progress():
-    """Where training is: what resuming restores and the checkpoint stores beside the weights."""
-    return {"epoch": 0, "step_in_epoch": 0, "total_steps": 0, "best_ap": -1.0, "epochs_no_improve": 0,
-            "threshold": None, EMA_THRESHOLD_KEY: None}
-
-
-def checkpoint_state(model, optimizer, args, progress, scaler=None, ema=None):
-    """The one dict that resuming, evaluation and notebooks read. ``threshold`` is the decision
-    threshold with the best balanced accuracy on the last validation (``networks.ema`` keys the
-    moving-average weights and their threshold); the scripts show ACC at it beside ACC at 0.5.
-    ``lr`` is the lr of the next step."""
+def checkpoint_state(model, optimizer, args, state, scaler=None, ema=None):
+    """The one dict that resuming, evaluation and notebooks read: the weights, the optimiser,
+    the ``TrainState`` (its ``threshold`` is the decision threshold with the best balanced
+    accuracy on the last validation; ``networks.ema`` keys the moving-average weights and
+    their threshold), the options and the random state. ``lr`` is the lr of the next step."""
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
-    return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"],
-            "total_steps": progress["total_steps"], "lr": optimizer.param_groups[0]["lr"],
-            "best_ap": progress["best_ap"], "epochs_no_improve": progress["epochs_no_improve"],
-            "opt": options, "rng": rng_state(), "arch": "npr_resnet50", "operator": unwrap(model).operator,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "threshold": progress.get("threshold"), EMA_THRESHOLD_KEY: progress.get(EMA_THRESHOLD_KEY),
+    return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), **state.as_checkpoint(),
+            "lr": optimizer.param_groups[0]["lr"], "opt": options, "rng": rng_state(), "arch": "npr_resnet50",
+            "operator": unwrap(model).operator, "scaler": scaler.state_dict() if scaler is not None else None,
             **(ema.state() if ema is not None else empty_ema_state())}
 
 
-def resume(args, model, optimizer, progress, scaler, ema):
-    """Load the training state of ``--epoch`` into the objects; ``progress`` is updated in place."""
+def resume(args, model, optimizer, scaler, ema):
+    """Load the training state of ``--epoch`` into the objects; returns its ``TrainState``."""
     path = checkpoint_path(args, args.epoch)
     if not os.path.isfile(path):
         raise UserError(f"--continue_train: no checkpoint '{path}' to resume from; "
@@ -138,16 +129,15 @@ def resume(args, model, optimizer, progress, scaler, ema):
     load_state_dict_strict(model, extract_state_dict(ckpt), source=f"checkpoint '{path}'")
     if not args.new_optim:
         optimizer.load_state_dict(ckpt["optimizer"])
-    for k in progress:
-        progress[k] = ckpt.get(k, progress[k])
+    state = TrainState.from_checkpoint(ckpt)
     set_rng_state(ckpt["rng"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     if ema is not None:
         ema.load(ckpt)
     log.info("Resuming from %s: epoch %d, step %d of the epoch, %d steps in all, lr %.3g",
-             path, progress["epoch"], progress["step_in_epoch"], progress["total_steps"],
-             optimizer.param_groups[0]["lr"])
+             path, state.epoch, state.step_in_epoch, state.total_steps, optimizer.param_groups[0]["lr"])
+    return state
 
 
 def test_after_training(model, args, cfg):
@@ -157,7 +147,8 @@ def test_after_training(model, args, cfg):
         return None
     suite = suite_by_name("NPR-mini" if args.mini else "ForenSynths")
     eval_model = prepare_model(unwrap(model), cfg.device, cfg.channels_last, fold_bn=not args.no_fold_bn)
-    rows, missing = evaluate_suite(eval_model, suite, test_dir, cfg, args.loadSize, args.cropSize)
+    rows, missing = evaluate_suite(eval_model, suite, test_dir, suite_transform(suite, args.loadSize, args.cropSize),
+                                   cfg)
     if missing:
         log.info("Not found under %s (skipped): %s", test_dir, ", ".join(missing))
     if rows:
@@ -187,7 +178,7 @@ def start_run(args, argv, rank, world, device):
     train_samples = make_samples(os.path.join(args.dataroot, args.train_split), args.classes)
     val_samples = make_samples(os.path.join(args.dataroot, args.val_split), args.classes)
     if rank == 0:
-        with open(os.path.join(exp_dir, "opt.txt"), "w") as f:
+        with atomic_file(os.path.join(exp_dir, "opt.txt")) as f:
             print_options(args, file=f)
     log.info("#training images = %d, #validation images = %d, device = %s, processes = %d",
              len(train_samples), len(val_samples), device, world)
@@ -216,48 +207,49 @@ def make_val_transform(args):
                          interp=args.rz_interp[0])
 
 
-def validate(model, ema, args, epoch, samples, cfg, progress, rank, world):
-    """Validation metrics of ``model`` and, with ``--ema``, of the average (its BatchNorm statistics
-    recomputed first with ``--ema_bn_images``); the thresholds go into ``progress``."""
+def validate(model, args, state, samples, cfg, ctx):
+    """Validation metrics of ``model`` and, with ``--ema`` (``ctx.ema``), of the average (its
+    BatchNorm statistics recomputed first with ``--ema_bn_images``); the thresholds go into ``state``."""
     transform = make_val_transform(args)
 
     def evaluate(net):
         eval_model = prepare_model(net, cfg.device, cfg.channels_last, fold_bn=not args.no_fold_bn)
-        return evaluate_samples(eval_model, samples["val"], transform, cfg, rank, world)
+        return evaluate_samples(eval_model, samples["val"], transform, cfg, ctx.rank, ctx.world)
 
     val = evaluate(model)
-    progress["threshold"] = val["threshold"]
-    if ema is not None:
+    state.threshold = val["threshold"]
+    if ctx.ema is not None:
         if args.ema_bn_images:  # a fixed, seeded subset of the training images
             subset = random.Random(args.seed).sample(samples["train"], min(args.ema_bn_images, len(samples["train"])))
-            ema.recompute_bn(eval_loader(subset, transform, cfg), cfg.device)
-        val_ema = evaluate(ema.module)
-        progress[EMA_THRESHOLD_KEY] = val_ema["threshold"]
-        log.info("(Val EMA @ epoch %d) acc: %.4f; ap: %.4f", epoch, val_ema["acc"], val_ema["ap"])
+            ctx.ema.recompute_bn(eval_loader(subset, transform, cfg), cfg.device)
+        val_ema = evaluate(ctx.ema.module)
+        state.ema_threshold = val_ema["threshold"]
+        log.info("(Val EMA @ epoch %d) acc: %.4f; ap: %.4f", state.epoch, val_ema["acc"], val_ema["ap"])
     model.train()
     return val
 
 
-def end_epoch(epoch, val, train_skipped, epoch_start, progress, args, writer, save):
+def end_epoch(val, train_skipped, epoch_start, state, args, ctx):
     """Log the epoch, keep the checkpoints (latest, best, every --save_epoch_freq); True to stop early."""
+    epoch = state.epoch
     log.info("(Val @ epoch %d) acc: %.4f; ap: %.4f; %d images; %.1fs", epoch, val["acc"], val["ap"],
              val["n_real"] + val["n_fake"], time.time() - epoch_start)
     if train_skipped or val["n_skipped"]:
         log.info("Images skipped in epoch %d (named in the warnings above): %d in training (this process), "
                  "%d in validation", epoch, train_skipped, val["n_skipped"])
-    if writer is not None:
-        writer.add_scalar("val/acc", val["acc"], progress["total_steps"])
-        writer.add_scalar("val/ap", val["ap"], progress["total_steps"])
-    improved = val["ap"] > progress["best_ap"] + 1e-3
-    progress["best_ap"] = max(progress["best_ap"], val["ap"])
-    progress["epochs_no_improve"] = 0 if improved else progress["epochs_no_improve"] + 1
-    progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
-    save("latest")
+    if ctx.writer is not None:
+        ctx.writer.add_scalar("val/acc", val["acc"], state.total_steps)
+        ctx.writer.add_scalar("val/ap", val["ap"], state.total_steps)
+    improved = val["ap"] > state.best_ap + 1e-3
+    state.best_ap = max(state.best_ap, val["ap"])
+    state.epochs_no_improve = 0 if improved else state.epochs_no_improve + 1
+    state.epoch, state.step_in_epoch = epoch + 1, 0
+    ctx.save("latest")
     if improved:
-        save("best")
+        ctx.save("best")
     if epoch % args.save_epoch_freq == 0:
-        save(str(epoch))
-    if args.earlystop_epoch and progress["epochs_no_improve"] >= args.earlystop_epoch:
+        ctx.save(str(epoch))
+    if args.earlystop_epoch and state.epochs_no_improve >= args.earlystop_epoch:
         log.info("Early stopping: val AP did not improve for %d epochs", args.earlystop_epoch)
         return True
     return False
@@ -274,12 +266,10 @@ def main(argv=None):
     model = resnet50(operator=args.operator).to(device)
     if args.train_channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args.optim, args.lr, args.beta1, args.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
-    progress = new_progress()
     ema = EMA(model, args.ema) if args.ema else None
-    if args.continue_train:
-        resume(args, model, optimizer, progress, scaler, ema)
+    state = resume(args, model, optimizer, scaler, ema) if args.continue_train else TrainState()
     train_model = torch.compile(model) if args.compile else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -287,48 +277,47 @@ def main(argv=None):
 
     rule = ImageRule(strict=args.strict_images, skip_truncated=args.skip_truncated)
     loader, sampler = make_loader(args, train_samples, rule, rank, world, device)
-    loss_fn = build_loss(args.label_smoothing)
-    schedule = LRSchedule.from_args(args, len(loader))  # len before any resume shortens the sampler
+    schedule = LRSchedule(args.lr_schedule, args.lr, args.niter, max(len(loader), 1), args.delr_freq,
+                          args.warmup_epochs, args.min_lr)  # len before any resume shortens the sampler
     step_cfg = StepConfig(channels_last=args.train_channels_last, amp=args.amp, loss_freq=args.loss_freq,
                           save_latest_freq=args.save_latest_freq, latest_path=checkpoint_path(args, "latest"),
                           schedule=schedule)
     eval_cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
                           not args.no_channels_last, rule)
-    writer = SummaryWriter(os.path.join(args.checkpoints_dir, args.name, "tensorboard")) if rank == 0 else None
 
     def save(which):
         if rank == 0:
-            save_checkpoint(checkpoint_state(model, optimizer, args, progress, scaler, ema), checkpoint_path(args, which))
+            save_checkpoint(checkpoint_state(model, optimizer, args, state, scaler, ema), checkpoint_path(args, which))
 
-    stopper = GracefulStop()
-    stopper.install()
+    writer = SummaryWriter(os.path.join(args.checkpoints_dir, args.name, "tensorboard")) if rank == 0 else None
+    ctx = StepContext(device, optimizer, build_loss(args.label_smoothing), step_cfg, save, GracefulStop(), scaler, ema,
+                      writer, rank, world)
+    ctx.stopper.install()
     start = time.time()
     try:
-        for epoch in range(progress["epoch"], args.niter):
-            progress["epoch"] = epoch
-            sampler.set_epoch(epoch, start=progress["step_in_epoch"] * (args.batch_size // world))
+        for epoch in range(state.epoch, args.niter):
+            state.epoch = epoch
+            sampler.set_epoch(epoch, start=state.step_in_epoch * (args.batch_size // world))
             epoch_start = time.time()
-            train_skipped = train_one_epoch(train_model, loader, optimizer, loss_fn, device, progress, step_cfg,
-                                            lambda: save("latest"), stopper, writer, rank, world, scaler, ema)
+            train_skipped = train_one_epoch(train_model, loader, state, ctx)
             lr = schedule.lr_at(epoch + 1)  # the next epoch's: the reference decays the lr here
             if schedule.kind == "step" and lr != schedule.lr_at(epoch):
                 log.info("Changing lr at the end of epoch %d to %.3g", epoch, lr)
             set_lr(optimizer, lr)
-            val = validate(model, ema, args, epoch, {"train": train_samples, "val": val_samples}, eval_cfg,
-                           progress, rank, world)
-            if end_epoch(epoch, val, train_skipped, epoch_start, progress, args, writer, save):
+            val = validate(model, args, state, {"train": train_samples, "val": val_samples}, eval_cfg, ctx)
+            if end_epoch(val, train_skipped, epoch_start, state, args, ctx):
                 break
     except StopRequested as stop:
         log.info("Interrupted by %s after step %d; the latest checkpoint is %s. Resume with:\n  python train.py %s "
-                 "--continue_train", signal.Signals(stop.signum).name, progress["total_steps"],
+                 "--continue_train", signal.Signals(stop.signum).name, state.total_steps,
                  checkpoint_path(args, "latest"), " ".join(a for a in (argv or []) if a != "--continue_train"))
         return 128 + stop.signum
     save("last")
     log.info("Training done in %.1f min; final weights: %s", (time.time() - start) / 60, checkpoint_path(args, "last"))
     if rank == 0:
         test_after_training(model, args, eval_cfg)
-    if writer is not None:
-        writer.close()
+    if ctx.writer is not None:
+        ctx.writer.close()
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

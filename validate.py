@@ -27,8 +27,8 @@ def main(argv=None):
     model, stored = load_for_evaluation(args.model_path, device, args.ema_weights, channels_last=cfg.channels_last,
                                         fold_bn=not args.no_fold_bn, compile_model=args.compile)
     transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
-    threshold, source, papers = eval_threshold(model, stored, transform, cfg, args.threshold, args.calibrate_real,
-                                               args.target_fpr)
+    threshold, source, is_paper_rule = eval_threshold(model, stored, transform, cfg, args.threshold,
+                                                      args.calibrate_real, args.target_fpr)
     start = time.time()
     m = evaluate_folder(model, args.dataroot, transform, cfg, classes=args.classes)
     print(f"{args.dataroot}: {m['n_scored']} images scored ({m['n_truncated']} of them truncated), "
@@ -36,7 +36,7 @@ def main(argv=None):
     for k in METRIC_KEYS:
         print(f"{k:>9}: {'nan' if math.isnan(m[k]) else f'{100 * m[k]:.2f}'}")
     print(f"best_threshold: {m['best_threshold']:.4f}  n_real: {m['n_real']}  n_fake: {m['n_fake']}")
-    if not papers:  # the paper's 0.5 is the acc line already
+    if not is_paper_rule:  # the paper's 0.5 is the acc line already
         mt = metrics_at(m, threshold)
         print(f"threshold {threshold:.4f} ({source}): acc {mt['acc_t']:.2f}  r_acc {mt['r_acc_t']:.2f}  "
               f"f_acc {mt['f_acc_t']:.2f}")

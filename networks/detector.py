@@ -23,15 +23,9 @@ from .operators import OPERATORS
 from .resnet import resnet50
 
 
-def load_detector(path, device=None, ema=False):
-    """An eval-mode NPR model with the weights of ``path``, on ``device`` (default: CUDA if available).
-
-    Accepts the official ``NPR.pth``, our training checkpoints, DataParallel ones and SAFE's;
-    the artifact operator (``model.operator``) is the checkpoint's. ``ema=True`` loads the
-    moving-average weights of a ``train.py --ema`` checkpoint. ``model.threshold`` is the
-    decision threshold train.py chose on its validation split (best balanced accuracy), or
-    None when the checkpoint has none; the paper's rule is ``prob > 0.5``.
-    """
+def load_weights(path, device=None, ema=False):
+    """(an eval-mode NPR model with the weights of ``path`` on ``device``, the decision threshold
+    the checkpoint stores or None): what ``load_detector`` and ``load_for_evaluation`` share."""
     device = torch.device(device) if device is not None else select_device("0")
     ckpt = load_checkpoint(path)
     state = extract_state_dict(ckpt, ema=ema)
@@ -41,8 +35,22 @@ def load_detector(path, device=None, ema=False):
                               f"version does not know ({', '.join(OPERATORS)})")
     model = resnet50(operator=operator)
     load_state_dict_strict(model, state, source=f"checkpoint '{path}'")
-    model.threshold = ckpt.get(EMA_THRESHOLD_KEY if ema else "threshold") if isinstance(ckpt, dict) else None
-    return model.to(device).eval()
+    stored = ckpt.get(EMA_THRESHOLD_KEY if ema else "threshold") if isinstance(ckpt, dict) else None
+    return model.to(device).eval(), stored
+
+
+def load_detector(path, device=None, ema=False):
+    """An eval-mode NPR model with the weights of ``path``, on ``device`` (default: CUDA if available).
+
+    Accepts the official ``NPR.pth``, our training checkpoints, DataParallel ones and SAFE's;
+    the artifact operator (``model.operator``) is the checkpoint's. ``ema=True`` loads the
+    moving-average weights of a ``train.py --ema`` checkpoint. For notebooks,
+    ``model.threshold`` is the decision threshold train.py chose on its validation split (best
+    balanced accuracy), or None when the checkpoint has none; the paper's rule is ``prob > 0.5``.
+    """
+    model, stored = load_weights(path, device, ema)
+    model.threshold = stored
+    return model
 
 
 def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model=False):
@@ -65,8 +73,8 @@ def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model
 def load_for_evaluation(path, device, ema=False, **prepare):
     """What every script evaluates: (the checkpoint's model, prepared by ``prepare_model`` with
     ``prepare``, and the decision threshold the checkpoint stores, or None)."""
-    detector = load_detector(path, device=device, ema=ema)
-    return prepare_model(detector, device, **prepare), detector.threshold
+    model, stored = load_weights(path, device, ema)
+    return prepare_model(model, device, **prepare), stored
 
 
 # On the CPU, a forward over a whole batch of large images allocates activations of hundreds

@@ -214,11 +214,16 @@ def add_device_options(p, training=False):
     return g
 
 
+def add_weights_option(g):
+    """--ema_weights: which of a checkpoint's weights to use (every script that loads one)."""
+    g.add_argument("--ema_weights", action="store_true",
+                   help="use the checkpoint's moving-average weights (train.py --ema) and their threshold")
+
+
 def add_threshold_options(p, use, default):
     """The decision threshold (``use``: what it decides) and which weights to use."""
     g = p.add_argument_group("decision threshold (tables always keep ACC at 0.5, the paper's metric)")
-    g.add_argument("--ema_weights", action="store_true",
-                   help="use the checkpoint's moving-average weights (train.py --ema) and their threshold")
+    add_weights_option(g)
     choice = g.add_mutually_exclusive_group()
     choice.add_argument("--threshold", type=threshold, default=default,
                         help=f"threshold for {use}: a probability, or "

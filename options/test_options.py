@@ -98,7 +98,8 @@ def predict_parser():
     p.add_argument("--model_path", default=MINI_CHECKPOINT, help="checkpoint")
     p.add_argument("--resize", action="store_true", help="resize to --loadSize first (the reference's test-time resize)")
     p.add_argument("--loadSize", type=size, default=256, help="size for --resize")
-    p.add_argument("--output", default="results/predictions", help="writes <output>.csv and <output>.json")
+    p.add_argument("--output", default="results/predictions",
+                   help="writes <output>.csv, <output>.jsonl and <output>.json (and holds <output>.lock while it runs)")
     p.add_argument("--visualize", default=None, help="folder for one PNG per image: image, NPR residual, probability")
     p.add_argument("--gpu_ids", default="0", help="CUDA device id; -1 for the CPU")
     p.add_argument("--batch_size", type=positive_int, default=32, help="images per batch (equal sizes are batched)")

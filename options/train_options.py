@@ -2,6 +2,7 @@
 built-in benchmark's recipe and SAFE's recipe as presets, and the options beyond the paper
 (all off by default)."""
 from networks.operators import DEFAULT_OPERATOR, OPERATORS
+from recipe import OPTIMIZERS, SCHEDULES
 from util import UserError
 
 from .base_options import (MINI_ROOT, OneLineErrorParser, accept_reference_options, add_data_options,
@@ -63,7 +64,7 @@ def train_parser():
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--niter", type=positive_int, default=1000, help="number of epochs")
-    g.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"], help="optimiser")
+    g.add_argument("--optim", default="adam", choices=OPTIMIZERS, help="optimiser")
     g.add_argument("--lr", type=learning_rate, default=0.0001, help="initial learning rate")
     g.add_argument("--blr", type=learning_rate, default=None,
                    help="base learning rate: without --lr, lr = blr * batch_size / 256 (SAFE's rule)")
@@ -71,7 +72,7 @@ def train_parser():
     g.add_argument("--weight_decay", type=non_negative, default=0.0,
                    help="weight decay of the convolution and linear weights, for every --optim (not of biases and "
                         "BatchNorm, as SAFE's)")
-    g.add_argument("--lr_schedule", choices=["step", "cosine"], default="step",
+    g.add_argument("--lr_schedule", choices=SCHEDULES, default="step",
                    help="step: the reference's (lr *= 0.9 after every delr_freq epochs); cosine: SAFE's, set every "
                         "step: linear warm-up over --warmup_epochs, then a half cosine down to --min_lr")
     g.add_argument("--delr_freq", type=positive_int, default=20, help="multiply lr by 0.9 after every delr_freq epochs")

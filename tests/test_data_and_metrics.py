@@ -127,8 +127,8 @@ def test_decide_threshold_is_one_rule_for_every_choice(tmp_path):
     assert decide_threshold("auto", 0.3) == (0.3, "stored by train.py: best balanced accuracy on its validation split",
                                              False)
     auto = decide_threshold("auto", None)
-    assert auto.value == PAPER_THRESHOLD and auto.papers and "stores no threshold" in auto.source
-    assert decide_threshold("paper", 0.3).value == PAPER_THRESHOLD and decide_threshold("paper", 0.3).papers
+    assert auto.value == PAPER_THRESHOLD and auto.is_paper_rule and "stores no threshold" in auto.source
+    assert decide_threshold("paper", 0.3).value == PAPER_THRESHOLD and decide_threshold("paper", 0.3).is_paper_rule
     assert decide_threshold("stored", 0.3).value == 0.3
     with pytest.raises(UserError, match="holds no threshold"):
         decide_threshold("stored", None)

@@ -92,7 +92,7 @@ def test_stored_and_custom_thresholds(served):
     url, ckpt, images, tmp = served
     client = gradio_client.Client(url, verbose=False, download_files=str(tmp / "dl2"))
     files = [gradio_client.handle_file(p) for p in images[:3]]
-    _, _, status, details = client.predict(files, "stored", 0.5, False, api_name="/analyse")
+    _, _, status, details = client.predict(files, "auto", 0.5, False, api_name="/analyse")
     assert "0.3000" in status and "stored by train.py" in status
     assert all(d["verdict"] == ("fake" if d["prob_fake"] > 0.3 else "real") for d in details)
     _, _, status, details = client.predict(files, "custom", 0.999, True, api_name="/analyse")

@@ -15,6 +15,7 @@ import sys
 import types
 
 import pytest
+from conftest import run_script
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -170,16 +171,15 @@ def test_operator_is_stored_and_an_unknown_one_is_refused(tmp_path):
 
 def test_optimizer_groups_match_safe():
     model = resnet50(operator="dwt")
-    args = argparse.Namespace(optim="adamw", lr=1e-3, beta1=0.9, weight_decay=0.01)
-    ours = recipe.build_optimizer(model, args)
+    ours = recipe.build_optimizer(model, "adamw", 1e-3, 0.9, 0.01)
     theirs = safe_parameter_groups(model, 0.01)
     key = sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in theirs)
     assert sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in ours.param_groups) == key
     assert isinstance(ours, torch.optim.AdamW) and ours.defaults["eps"] == 1e-8
     for optim in ("adam", "sgd"):  # --weight_decay means the same with every optimiser
-        other = recipe.build_optimizer(model, argparse.Namespace(optim=optim, lr=1e-3, beta1=0.9, weight_decay=0.01))
+        other = recipe.build_optimizer(model, optim, 1e-3, 0.9, 0.01)
         assert sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in other.param_groups) == key
-    plain = recipe.build_optimizer(model, argparse.Namespace(optim="adamw", lr=1e-3, beta1=0.9, weight_decay=0.0))
+    plain = recipe.build_optimizer(model, "adamw", 1e-3, 0.9, 0.0)
     assert [g["weight_decay"] for g in plain.param_groups] == [0.0]  # not AdamW's own default of 0.01
 
 
@@ -220,7 +220,7 @@ def test_optimizer_steps_match_safes_loop():
     ours.load_state_dict(ref.state_dict())
     steps_per_epoch, epochs, lr = 2, 3, 5e-3
     opt_ref = torch.optim.AdamW(safe_parameter_groups(ref, 0.01), lr=lr, eps=1e-8)
-    opt_ours = recipe.build_optimizer(ours, argparse.Namespace(optim="adamw", lr=lr, beta1=0.9, weight_decay=0.01))
+    opt_ours = recipe.build_optimizer(ours, "adamw", lr, 0.9, 0.01)
     from recipe import LRSchedule, set_lr
     schedule = LRSchedule("cosine", lr, epochs, steps_per_epoch, warmup_epochs=1, min_lr=1e-6)
     start = [p.detach().clone() for p in ours.parameters()]
@@ -264,11 +264,10 @@ def test_safe_recipe_preset_and_flags_given_win():
 
 @pytest.mark.slow
 def test_train_dwt_safe_recipe_then_every_script_without_a_flag(tiny_dataset, tmp_path):
-    from test_scripts import run
     ck = str(tmp_path / "ck")
-    r = run("train.py", "--dataroot", str(tiny_dataset), "--name", "safe", "--checkpoints_dir", ck,
-            "--operator", "dwt", "--recipe", "safe", "--niter", "2", "--batch_size", "4", "--loadSize", "32",
-            "--cropSize", "24", "--mask_patch", "4", "--gpu_ids", "-1", "--num_threads", "0")
+    r = run_script("train.py", "--dataroot", str(tiny_dataset), "--name", "safe", "--checkpoints_dir", ck,
+                   "--operator", "dwt", "--recipe", "safe", "--niter", "2", "--batch_size", "4", "--loadSize", "32",
+                   "--cropSize", "24", "--mask_patch", "4", "--gpu_ids", "-1", "--num_threads", "0")
     assert r.returncode == 0, r.stderr + r.stdout
     assert "Operator dwt, recipe safe: adamw" in r.stdout
     path = os.path.join(ck, "safe", "model_epoch_last.pth")
@@ -284,21 +283,21 @@ def test_train_dwt_safe_recipe_then_every_script_without_a_flag(tiny_dataset, tm
     suites = tmp_path / "suites"
     os.makedirs(suites)
     os.rename(tiny_dataset / "test", suites / "CNN_synth_testset")
-    r = run("test.py", "--dataroot", str(suites), "--model_path", path, "--results_dir", str(tmp_path / "res"),
-            "--gpu_ids", "-1", "--batch_size", "4", "--num_threads", "0")
+    r = run_script("test.py", "--dataroot", str(suites), "--model_path", path, "--results_dir", str(tmp_path / "res"),
+                   "--gpu_ids", "-1", "--batch_size", "4", "--num_threads", "0")
     assert r.returncode == 0 and "ProGAN" in r.stdout, r.stderr + r.stdout
-    r = run("test.py", "--dataroot", str(suites), "--model_path", path, "--results_dir", str(tmp_path / "res2"),
-            "--gpu_ids", "-1", "--num_threads", "0", "--no_resize", "--center_crop", "--cropSize", "24")
+    r = run_script("test.py", "--dataroot", str(suites), "--model_path", path, "--results_dir", str(tmp_path / "res2"),
+                   "--gpu_ids", "-1", "--num_threads", "0", "--no_resize", "--center_crop", "--cropSize", "24")
     assert r.returncode == 0 and "no resize, centre crop 24" in r.stdout, r.stderr + r.stdout  # SAFE's evaluation
-    r = run("test.py", "--dataroot", str(suites), "--model_path", path, "--center_crop", "--no_crop")
+    r = run_script("test.py", "--dataroot", str(suites), "--model_path", path, "--center_crop", "--no_crop")
     assert r.returncode == 2 and "contradict" in r.stderr
-    r = run("validate.py", "--dataroot", str(suites / "CNN_synth_testset" / "progan"), "--model_path", path,
-            "--gpu_ids", "-1", "--no_resize", "--no_crop")
+    r = run_script("validate.py", "--dataroot", str(suites / "CNN_synth_testset" / "progan"), "--model_path", path,
+                   "--gpu_ids", "-1", "--no_resize", "--no_crop")
     assert r.returncode == 0 and "6 images scored" in r.stdout, r.stderr + r.stdout
     images = sorted(str(p) for p in (suites / "CNN_synth_testset" / "progan").rglob("*.png"))
     out = str(tmp_path / "pred")
-    r = run("predict.py", *images, "--model_path", path, "--gpu_ids", "-1", "--output", out,
-            "--visualize", str(tmp_path / "fig"))
+    r = run_script("predict.py", *images, "--model_path", path, "--gpu_ids", "-1", "--output", out,
+                   "--visualize", str(tmp_path / "fig"))
     assert r.returncode == 0, r.stderr + r.stdout
     rows = {row["path"]: row["prob_fake"] for row in json.load(open(out + ".json"))["predictions"]}
     expected = predict_proba(load_detector(path, device="cpu"), images)
