@@ -32,6 +32,7 @@ Peak memory is the process's peak resident set (CPU, main process; data-loader w
 separate processes) or ``torch.cuda.max_memory_allocated`` (CUDA). Results are printed as a
 table and written to ``--output/bench.json``.
 """
+import argparse
 import json
 import multiprocessing as mp
 import os
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -58,7 +60,14 @@ from report import format_table
 from util import AMP_DTYPE, UserError, keep_freed_memory, run_cli, write_json_atomically
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-GROUPS = ("model", "e2e", "loader", "malloc", "scripts", "scan", "photo", "scaling", "tiles")
+NPR = DEFAULT_OPERATOR
+
+# Row kinds: the "what" of a row. The summary, the consistency check and gpu_check.py find rows
+# by these (``find``).
+OPERATOR_ONLY, MODEL_FORWARD, MODEL_TRAIN_STEP = "operator only", "model forward", "model train step"
+EVAL_E2E, TRAIN_E2E, LOADER_ONLY = "end-to-end eval", "end-to-end train", "train loader only"
+EVAL_SCALING, PHOTO, SCAN = "eval memory scaling", "predict.py photo", "predict.py scan"
+TEST_SCRIPT, PREDICT_SCRIPT = "test.py", "predict.py"
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -169,7 +178,7 @@ def plain_evaluate_folder(model, root, device, batch_size, load_size, crop_size,
 
 # ----------------------------------------------------------------------------- benchmarks
 
-def make_model(device, seed=0, operator="npr"):
+def make_model(device, seed=0, operator=NPR):
     torch.manual_seed(seed)
     return resnet50(operator=operator).to(device).eval()
 
@@ -185,11 +194,11 @@ def bench_operator(device, size, batch, seconds, operator):
         return batch
 
     ips, mem, cpu = timed(run, device, seconds)
-    return [{"device": device.type, "what": "operator only", "operator": operator, "variant": "default",
+    return [{"device": device.type, "what": OPERATOR_ONLY, "operator": operator, "variant": "default",
              "size": size, "batch": batch, "images_per_s": ips, "peak_mem_mb": mem, **cpu}]
 
 
-def bench_model(device, size, batch, seconds, variants, operator="npr"):
+def bench_model(device, size, batch, seconds, variants, operator=NPR):
     """Model-only forward and training-step throughput for each variant."""
     rows = []
     x_cpu = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
@@ -213,7 +222,7 @@ def bench_model(device, size, batch, seconds, variants, operator="npr"):
             return batch
 
         ips, mem, cpu = timed(forward, device, seconds)
-        rows.append({"device": device.type, "what": "model forward", "operator": operator, "variant": variant,
+        rows.append({"device": device.type, "what": MODEL_FORWARD, "operator": operator, "variant": variant,
                      "size": size, "batch": batch, "images_per_s": ips, "peak_mem_mb": mem, **cpu})
 
         train_model = make_model(device, operator=operator).train()
@@ -241,13 +250,13 @@ def bench_model(device, size, batch, seconds, variants, operator="npr"):
         ips, mem, cpu = timed(step, device, seconds)
         # Training runs contiguous by default (step-for-step the reference); channels-last is --train_channels_last.
         train_variant = {"plain": "contiguous", "default": "channels_last"}.get(variant, variant)
-        rows.append({"device": device.type, "what": "model train step", "operator": operator,
+        rows.append({"device": device.type, "what": MODEL_TRAIN_STEP, "operator": operator,
                      "variant": train_variant, "size": size, "batch": tb, "images_per_s": ips, "peak_mem_mb": mem,
                      **cpu})
     return rows
 
 
-def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, repeats=1, operator="npr"):
+def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, operator=NPR):
     rows = []
     n = len(make_samples(folder))
     for variant in variants:
@@ -265,11 +274,10 @@ def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, r
         run()  # warm-up: page cache, lazy init
         reset_peak_memory(device)
         start, cpu = time.perf_counter(), cpu_times()
-        for _ in range(repeats):
-            run()
+        run()
         sync(device)
-        ips = n * repeats / (time.perf_counter() - start)
-        rows.append({"device": device.type, "what": "end-to-end eval", "operator": operator, "variant": variant,
+        ips = n / (time.perf_counter() - start)
+        rows.append({"device": device.type, "what": EVAL_E2E, "operator": operator, "variant": variant,
                      "size": crop_size, "batch": batch, "workers": workers, "images": n, "images_per_s": ips,
                      "peak_mem_mb": peak_memory_mb(device), **sys_share(cpu, cpu_times())})
     return rows
@@ -307,7 +315,7 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
         epoch(1)
         sync(device)
         ips = len(samples) / (time.perf_counter() - start)
-        rows.append({"device": device.type, "what": "end-to-end train", "operator": "npr", "variant": variant,
+        rows.append({"device": device.type, "what": TRAIN_E2E, "operator": NPR, "variant": variant,
                      "size": crop_size, "batch": batch, "workers": workers, "images": len(samples), "images_per_s": ips,
                      "peak_mem_mb": peak_memory_mb(device), **sys_share(cpu, cpu_times())})
     return rows
@@ -325,7 +333,7 @@ def bench_loader(device, dataroot, load_size, crop_size, batch, workers):
         start, cpu, n = time.perf_counter(), cpu_times(), 0
         for b in loader:
             n += len(b.labels)
-    return [{"device": device.type, "what": "train loader only", "operator": "-", "variant": "default",
+    return [{"device": device.type, "what": LOADER_ONLY, "operator": "-", "variant": "default",
              "size": crop_size, "batch": batch, "workers": workers, "images": n,
              "images_per_s": n / (time.perf_counter() - start), "peak_mem_mb": None, **sys_share(cpu, cpu_times())}]
 
@@ -336,7 +344,7 @@ def bench_scaling(device, folder, mult, size=64):
     n = len(make_samples(folder))
     start = time.perf_counter()
     evaluate_folder(model, folder, EvalTransform(size, size - 8), EvalConfig(device, 64, 0))
-    return [{"device": device.type, "what": "eval memory scaling", "operator": "npr", "variant": f"{mult}x",
+    return [{"device": device.type, "what": EVAL_SCALING, "operator": NPR, "variant": f"{mult}x",
              "size": size - 8,
              "batch": 64, "images": n, "images_per_s": n / (time.perf_counter() - start),
              "peak_mem_mb": peak_memory_mb(device)}]
@@ -372,7 +380,7 @@ def run_script(argv, env=None):
 
 def script_row(what, variant, images, size, argv, env=None):
     wall, user, system, rss = run_script(argv, env)
-    return {"device": "cpu", "what": what, "operator": "npr", "variant": variant, "size": size, "images": images,
+    return {"device": "cpu", "what": what, "operator": NPR, "variant": variant, "size": size, "images": images,
             "images_per_s": images / wall, "wall_s": wall, "peak_mem_mb": rss, **sys_share((0, 0), (user, system))}
 
 
@@ -384,9 +392,9 @@ def bench_scripts(dataroot, checkpoint, n, batch):
     test = ["test.py", "--dataroot", dataroot, "--no_resize", "--no_crop", "--results_dir",
             os.path.join(dataroot, "results"), *common]
     leaf = os.path.join(dataroot, "suite", "gen")
-    return [script_row("test.py", "glibc as is", n, 256, test, {"NPR_ALLOCATOR": "system"}),
-            script_row("test.py", "default", n, 256, test),
-            script_row("predict.py", "default", n, 256,
+    return [script_row(TEST_SCRIPT, "glibc as is", n, 256, test, {"NPR_ALLOCATOR": "system"}),
+            script_row(TEST_SCRIPT, "default", n, 256, test),
+            script_row(PREDICT_SCRIPT, "default", n, 256,
                        ["predict.py", leaf, "--output", os.path.join(dataroot, "pred", "p"), *common])]
 
 
@@ -399,7 +407,7 @@ def bench_photo(root, checkpoint, sizes):
     for w, h in sizes:
         path = os.path.join(root, f"photo_{w}x{h}.jpg")
         photo_like(rng, w, h, grain=16, noise=4).save(path, quality=92)
-        rows.append(script_row("predict.py photo", f"{w}x{h} JPEG", 1, max(w, h),
+        rows.append(script_row(PHOTO, f"{w}x{h} JPEG", 1, max(w, h),
                                ["predict.py", path, "--model_path", checkpoint, "--gpu_ids", "-1",
                                 "--output", os.path.join(root, f"p{w}")]))
     return rows
@@ -441,7 +449,7 @@ def bench_scan(root, checkpoint, counts, size=16):
     rows = []
     for n in counts:
         folder = write_png_folder(os.path.join(root, f"scan{n}"), n, size, seed=n)
-        rows.append(script_row("predict.py scan", f"{n} images", n, size,
+        rows.append(script_row(SCAN, f"{n} images", n, size,
                                ["predict.py", folder, "--model_path", checkpoint, "--gpu_ids", "-1",
                                 "--output", os.path.join(root, f"scan{n}", "p")]))
         shutil.rmtree(folder)
@@ -480,6 +488,154 @@ def isolated(fn, *args, allocator="scripts"):
     return value
 
 
+# ----------------------------------------------------------------------------- groups
+
+@dataclass
+class Run:
+    """What every group of one device reads: the settings, the folders it shares with the other
+    groups (generated on first use), and the groups selected."""
+    device: torch.device
+    args: argparse.Namespace
+    tmp: str
+    operators: list
+    selected: list
+    info: dict
+    made: dict = field(default_factory=dict)
+
+    @property
+    def cuda(self):
+        return self.device.type == "cuda"
+
+    @property
+    def workers(self):
+        return default_workers(self.args.num_threads, self.device)
+
+    @property
+    def seconds(self):
+        return 1.0 if self.args.quick else self.args.seconds
+
+    def variants(self, operator, evaluation=False):
+        """NPR's residual gets every variant; another operator those its cost ratios need."""
+        v = ["plain", "default"] + (["amp"] if self.cuda else []) + (["compile"] if self.args.compile else [])
+        if operator == NPR:
+            return v
+        return [x for x in v if x != "compile" and not (evaluation and x == "plain")]
+
+    def folder(self, name):
+        """A generated folder of PNGs, written once: eval256 / eval48 (evaluation), train256 / train48
+        (training, under train/)."""
+        if not self.made:
+            a, quick = self.args, self.args.quick
+            n_eval = a.eval_images or (8 if quick else (64 if self.cuda else 4) * a.batch_size)
+            n_train = a.train_images or (8 if quick else (64 if self.cuda else 2) * a.batch_size)
+            for key, sub, n, size, seed in (("eval256", "", n_eval, 256, 0), ("eval48", "", n_eval * (1 if quick else 16),
+                                            48, 0), ("train256", "train", n_train, 256, 5),
+                                            ("train48", "train", n_train * 8, 48, 6)):
+                self.made[key] = os.path.join(self.tmp, key)
+                write_png_folder(os.path.join(self.tmp, key, sub), n, size, seed)
+        return self.made[name]
+
+    def checkpoint(self):
+        path = os.path.join(os.path.dirname(self.tmp), "model.pth")
+        if not os.path.isfile(path):
+            torch.save({"model": make_model(torch.device("cpu")).state_dict()}, path)
+        return path
+
+
+def group_model(r):
+    print(f"[{r.device.type}] model only ...", flush=True)
+    rows = []
+    for size in (224, 40):
+        for op in r.operators:
+            rows += isolated(bench_operator, r.device, size, r.args.batch_size, r.seconds, op)
+            for v in r.variants(op):
+                rows += isolated(bench_model, r.device, size, r.args.batch_size, r.seconds, [v], op)
+    return rows
+
+
+def group_e2e(r):
+    print(f"[{r.device.type}] end-to-end evaluation and training on generated PNGs ...", flush=True)
+    rows, bs = [], r.args.batch_size
+    for op in r.operators:
+        for v in r.variants(op, evaluation=True):
+            rows += isolated(bench_eval, r.device, r.folder("eval256"), 256, 224, bs, r.workers, [v], op)
+            rows += isolated(bench_eval, r.device, r.folder("eval48"), 48, 40, bs, r.workers, [v], op)
+    for v in ["default", "channels_last", "cache"] + (["amp"] if r.cuda else []):
+        rows += isolated(bench_train, r.device, r.folder("train256"), 256, 224, bs // 2, r.workers, [v],
+                         os.path.join(r.tmp, "cache"))
+    return rows + isolated(bench_train, r.device, r.folder("train48"), 48, 40, bs // 2, r.workers, ["default"])
+
+
+def group_loader(r):
+    return isolated(bench_loader, r.device, r.folder("train256"), 256, 224, r.args.batch_size // 2, r.workers)
+
+
+def group_malloc(r):
+    """Evaluation, training and the model with and without ``util.keep_freed_memory``, back to
+    back; with the scripts' allocator these are the model / e2e groups' own rows when those run."""
+    print("[cpu] with and without keep_freed_memory ...", flush=True)
+    rows, bs = [], r.args.batch_size
+    both_measured = "model" in r.selected and "e2e" in r.selected
+    for allocator in ("system",) if both_measured else ("scripts", "system"):
+        for size in (224, 40):
+            rows += isolated(bench_model, r.device, size, bs, r.seconds, ["default"], allocator=allocator)
+        for name, load, crop in (("eval256", 256, 224), ("eval48", 48, 40)):
+            rows += isolated(bench_eval, r.device, r.folder(name), load, crop, bs, r.workers, ["default"],
+                             allocator=allocator)
+        for name, load, crop in (("train256", 256, 224), ("train48", 48, 40)):
+            rows += isolated(bench_train, r.device, r.folder(name), load, crop, bs // 2, r.workers, ["default"],
+                             allocator=allocator)
+    return rows
+
+
+def group_scripts(r):
+    print("[cpu] test.py and predict.py, whole processes ...", flush=True)
+    n = 16 if r.args.quick else 400
+    write_png_folder(os.path.join(r.tmp, "scripts", "suite", "gen"), n, 256, seed=7)
+    return bench_scripts(os.path.join(r.tmp, "scripts"), r.checkpoint(), n, r.args.batch_size)
+
+
+def group_scan(r):
+    print("[cpu] predict.py scans ...", flush=True)
+    return bench_scan(os.path.join(r.tmp, "scan"), r.checkpoint(), (200, 2000) if r.args.quick else (10_000, 100_000))
+
+
+def group_photo(r):
+    print("[cpu] predict.py on one large photo ...", flush=True)
+    sizes = ((1000, 750), (4000, 3000)) if r.args.quick else ((4000, 3000), (8000, 6000))
+    return bench_photo(os.path.join(r.tmp, "photo"), r.checkpoint(), sizes)
+
+
+def group_tiles(r):
+    if not r.args.model_path:
+        raise UserError("--only tiles needs --model_path: a trained checkpoint (e.g. python train.py's)")
+    r.info["tiles"] = bench_tiles(r.args.model_path)
+    print(format_table(r.info["tiles"], [("image", "image"), ("size", "size"), ("whole", "P(fake) whole"),
+                                         ("tiled", "P(fake) tiled"), ("abs_diff", "|difference|")], floatfmt="{:.4f}"))
+    return []
+
+
+def group_scaling(r):
+    rows, n = [], 16 if r.args.quick else 256
+    for mult in (1, 4):
+        folder = write_png_folder(os.path.join(r.tmp, f"scale{mult}"), n * mult, 64, seed=mult)
+        rows += isolated(bench_scaling, r.device, folder, mult)
+    return rows
+
+
+@dataclass(frozen=True)
+class Group:
+    run: object           # Run -> rows
+    cpu_only: bool = False
+
+
+# The groups, in the order they run; --only reads the keys.
+GROUPS = {"model": Group(group_model), "e2e": Group(group_e2e), "loader": Group(group_loader),
+          "malloc": Group(group_malloc, cpu_only=True), "scripts": Group(group_scripts, cpu_only=True),
+          "scan": Group(group_scan, cpu_only=True), "photo": Group(group_photo, cpu_only=True),
+          "scaling": Group(group_scaling), "tiles": Group(group_tiles, cpu_only=True)}
+
+
 # ----------------------------------------------------------------------------- main
 
 def get_args_parser():
@@ -506,132 +662,74 @@ def get_args_parser():
     return p
 
 
+def comma_choices(value, choices, flag):
+    """The comma-separated names of ``value``, each one of ``choices``; a one-line error otherwise."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise UserError(f"{flag} {value}: unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
+    return names
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else \
-        [d.strip() for d in args.devices.split(",")]
+        comma_choices(args.devices, ("cpu", "cuda"), "--devices")
     if "cuda" in devices and not torch.cuda.is_available():
         raise UserError("--devices cuda: no CUDA device is visible")
-    seconds = 1.0 if args.quick else args.seconds
-    operators = [o.strip() for o in args.operators.split(",") if o.strip()]
-    if not operators or any(o not in OPERATORS for o in operators):
+    operators = comma_choices(args.operators, list(OPERATORS), "--operators")
+    if not operators:
         raise UserError(f"--operators '{args.operators}': choose from {', '.join(OPERATORS)} (comma-separated)")
-    groups = [g.strip() for g in args.only.split(",") if g.strip()]
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown:
-        raise UserError(f"--only {args.only}: unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
-
-    def want(group):
-        return not groups or group in groups
-
-    rows = []
+    selected = comma_choices(args.only, list(GROUPS), "--only") or list(GROUPS)
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "workers": {},
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "workers": {d: default_workers(args.num_threads, torch.device(d)) for d in devices},
             "argv": sys.argv[1:] if argv is None else list(argv)}
+    rows = []
     with tempfile.TemporaryDirectory(prefix="npr-bench-") as tmp:
         for name in devices:
-            device = torch.device(name)
-            cuda = device.type == "cuda"
-            workers = default_workers(args.num_threads, device)
-            info["workers"][name] = workers
-            variants = ["plain", "default"] + (["amp"] if cuda else []) + (["compile"] if args.compile else [])
-            # NPR's residual gets every variant; another operator those its cost ratios need.
-            model_variants = {op: variants if op == DEFAULT_OPERATOR else [v for v in variants if v != "compile"]
-                              for op in operators}
-            eval_variants = {op: variants if op == DEFAULT_OPERATOR else
-                             [v for v in variants if v not in ("plain", "compile")] for op in operators}
-            n_eval = args.eval_images or (8 if args.quick else (64 if cuda else 4) * args.batch_size)
-            n_train = args.train_images or (8 if args.quick else (64 if cuda else 2) * args.batch_size)
-            if want("model"):
-                print(f"[{name}] model only ...", flush=True)
-                for size in (224, 40):
-                    for op in operators:
-                        rows += isolated(bench_operator, device, size, args.batch_size, seconds, op)
-                        for v in model_variants[op]:
-                            rows += isolated(bench_model, device, size, args.batch_size, seconds, [v], op)
-            big, small = os.path.join(tmp, name, "eval256"), os.path.join(tmp, name, "eval48")
-            train_root, train48 = os.path.join(tmp, name, "train256"), os.path.join(tmp, name, "train48")
-            if want("e2e") or want("malloc") or want("loader"):
-                write_png_folder(big, n_eval, 256)
-                write_png_folder(small, n_eval * (1 if args.quick else 16), 48)
-                write_png_folder(os.path.join(train_root, "train"), n_train, 256, seed=5)
-                write_png_folder(os.path.join(train48, "train"), n_train * 8, 48, seed=6)
-            if want("e2e"):
-                print(f"[{name}] end-to-end evaluation and training on generated PNGs ...", flush=True)
-                for op in operators:
-                    for v in eval_variants[op]:
-                        rows += isolated(bench_eval, device, big, 256, 224, args.batch_size, workers, [v], 1, op)
-                        rows += isolated(bench_eval, device, small, 48, 40, args.batch_size, workers, [v], 1, op)
-                for v in ["default", "channels_last", "cache"] + (["amp"] if cuda else []):
-                    rows += isolated(bench_train, device, train_root, 256, 224, args.batch_size // 2, workers, [v],
-                                     os.path.join(tmp, name, "cache"))
-                rows += isolated(bench_train, device, train48, 48, 40, args.batch_size // 2, workers, ["default"])
-            if want("loader"):
-                rows += isolated(bench_loader, device, train_root, 256, 224, args.batch_size // 2, workers)
-            if not cuda and want("malloc"):  # with and without util.keep_freed_memory, back to back
-                print("[cpu] with and without keep_freed_memory ...", flush=True)
-                # with the scripts' allocator these rows are the model / e2e groups' own: not measured twice
-                for allocator in ("system",) if want("model") and want("e2e") else ("scripts", "system"):
-                    for size in (224, 40):
-                        rows += isolated(bench_model, device, size, args.batch_size, seconds, ["default"],
-                                         allocator=allocator)
-                    for folder, load, crop in ((big, 256, 224), (small, 48, 40)):
-                        rows += isolated(bench_eval, device, folder, load, crop, args.batch_size, workers,
-                                         ["default"], allocator=allocator)
-                    for folder, load, crop in ((train_root, 256, 224), (train48, 48, 40)):
-                        rows += isolated(bench_train, device, folder, load, crop, args.batch_size // 2, workers,
-                                         ["default"], allocator=allocator)
-            checkpoint = os.path.join(tmp, "model.pth")
-            torch.save({"model": make_model(torch.device("cpu")).state_dict()}, checkpoint)
-            if not cuda and want("scripts"):
-                print("[cpu] test.py and predict.py, whole processes ...", flush=True)
-                n_scripts = 16 if args.quick else 400
-                write_png_folder(os.path.join(tmp, "scripts", "suite", "gen"), n_scripts, 256, seed=7)
-                rows += bench_scripts(os.path.join(tmp, "scripts"), checkpoint, n_scripts, args.batch_size)
-            if not cuda and want("scan"):
-                print("[cpu] predict.py scans ...", flush=True)
-                rows += bench_scan(os.path.join(tmp, "scan"), checkpoint,
-                                   (200, 2000) if args.quick else (10_000, 100_000))
-            if not cuda and want("photo"):
-                print("[cpu] predict.py on one large photo ...", flush=True)
-                rows += bench_photo(os.path.join(tmp, "photo"), checkpoint,
-                                    ((1000, 750), (4000, 3000)) if args.quick else ((4000, 3000), (8000, 6000)))
-            if not cuda and want("tiles"):
-                if not args.model_path:
-                    raise UserError("--only tiles needs --model_path: a trained checkpoint (e.g. python train.py's)")
-                tile_rows = bench_tiles(args.model_path)
-                print(format_table(tile_rows, [("image", "image"), ("size", "size"), ("whole", "P(fake) whole"),
-                                               ("tiled", "P(fake) tiled"), ("abs_diff", "|difference|")],
-                                   floatfmt="{:.4f}"))
-                info["tiles"] = tile_rows
-            if want("scaling"):
-                n_scale = 16 if args.quick else 256
-                for mult in (1, 4):
-                    folder = write_png_folder(os.path.join(tmp, name, f"scale{mult}"), n_scale * mult, 64, seed=mult)
-                    rows += isolated(bench_scaling, device, folder, mult)
-    summary = summarize(rows)
-    print(report(rows, summary, info))
-    scripts = summarize_scripts(rows)
+            run = Run(torch.device(name), args, os.path.join(tmp, name), operators, selected, info)
+            for key in selected:
+                if not (GROUPS[key].cpu_only and run.cuda):
+                    rows += GROUPS[key].run(run)
+    summary, scripts, warnings = summarize(rows), summarize_scripts(rows), inconsistencies(rows)
+    print(report(rows, summary, info, warnings))
     for k, v in scripts.items():
         print(f"{k}: {v:.2f}")
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "bench.json")
-    write_json_atomically({"info": info, "results": rows, "summary": summary, "scripts": scripts}, path)
+    write_json_atomically({"info": info, "results": rows, "summary": summary, "scripts": scripts,
+                           "inconsistencies": warnings}, path)
     print(f"Wrote {path}")
     return 0
 
 
-def find(rows, **kw):
-    for r in rows:
-        if all(r.get(k) == v for k, v in kw.items()):
-            return r
-    return None
+def find(rows, what, **match):
+    """The first row of kind ``what`` whose fields equal ``match``; None if there is none."""
+    return next((r for r in rows if r["what"] == what and all(r.get(k) == v for k, v in match.items())), None)
+
+
+def inconsistencies(rows):
+    """Lines naming figures that contradict each other: a whole path (end-to-end evaluation or
+    training) faster than its model part alone cannot be, so one of the two was measured while
+    the machine was busy; measure again on an idle machine before reading either."""
+    out = []
+    for whole, part, part_variant in ((EVAL_E2E, MODEL_FORWARD, "default"), (TRAIN_E2E, MODEL_TRAIN_STEP, "contiguous")):
+        for r in rows:
+            if r["what"] != whole or r["variant"] != "default":
+                continue
+            alone = find(rows, part, device=r["device"], size=r["size"], operator=r["operator"], variant=part_variant)
+            if alone and r["images_per_s"] > alone["images_per_s"]:
+                out.append(f"{whole} ({r['device']}, {r['size']} px, {r['operator']}: {r['images_per_s']:.1f} images/s) "
+                           f"is faster than {part} alone ({alone['images_per_s']:.1f}): measured on a busy machine, "
+                           "the two figures are not consistent; measure again")
+    return out
 
 
 # (key, row, variant) of the operator cost ratios in the summary
-COST_PATHS = (("operator", "operator only", "default"), ("model", "model forward", "default"),
-              ("train_step", "model train step", "contiguous"), ("eval", "end-to-end eval", "default"))
+COST_PATHS = (("operator", OPERATOR_ONLY, "default"), ("model", MODEL_FORWARD, "default"),
+              ("train_step", MODEL_TRAIN_STEP, "contiguous"), ("eval", EVAL_E2E, "default"))
 
 
 def summarize(rows):
@@ -640,9 +738,9 @@ def summarize(rows):
     for device in dict.fromkeys(r["device"] for r in rows):
         for size in (224, 40):
             s = {"device": device, "size": size}
-            fwd = {v: find(rows, device=device, what="model forward", variant=v, size=size, operator="npr")
+            fwd = {v: find(rows, MODEL_FORWARD, device=device, variant=v, size=size, operator=NPR)
                    for v in ("plain", "default")}
-            ev = {v: find(rows, device=device, what="end-to-end eval", variant=v, size=size, operator="npr")
+            ev = {v: find(rows, EVAL_E2E, device=device, variant=v, size=size, operator=NPR)
                   for v in ("plain", "default")}
             if fwd["plain"] and fwd["default"]:
                 s["model_speedup_default_vs_plain"] = fwd["default"]["images_per_s"] / fwd["plain"]["images_per_s"]
@@ -650,25 +748,25 @@ def summarize(rows):
                 s["eval_speedup_default_vs_plain"] = ev["default"]["images_per_s"] / ev["plain"]["images_per_s"]
             if ev["default"] and fwd["default"]:
                 s["eval_efficiency"] = ev["default"]["images_per_s"] / fwd["default"]["images_per_s"]
-            tr = find(rows, device=device, what="end-to-end train", variant="default", size=size)
-            step = find(rows, device=device, what="model train step", variant="contiguous", size=size, operator="npr")
+            tr = find(rows, TRAIN_E2E, device=device, variant="default", size=size)
+            step = find(rows, MODEL_TRAIN_STEP, device=device, variant="contiguous", size=size, operator=NPR)
             if tr and step:
                 s["train_efficiency"] = tr["images_per_s"] / step["images_per_s"]
-            trc = find(rows, device=device, what="end-to-end train", variant="cache", size=size)
+            trc = find(rows, TRAIN_E2E, device=device, variant="cache", size=size)
             if trc and step:
                 s["train_efficiency_cache"] = trc["images_per_s"] / step["images_per_s"]
             # How much slower each other operator makes each path (NPR's throughput / its own).
             for op in OPERATORS:
                 for key, what, variant in COST_PATHS:
-                    a, b = (find(rows, device=device, what=what, variant=variant, size=size, operator=o)
+                    a, b = (find(rows, what, device=device, variant=variant, size=size, operator=o)
                             for o in (DEFAULT_OPERATOR, op))
                     if op != DEFAULT_OPERATOR and a and b:
                         s[f"{op}_cost_{key}"] = a["images_per_s"] / b["images_per_s"]
             # What util.keep_freed_memory buys (throughput with it / with glibc as is).
-            for key, what, variant in (("malloc_gain_model", "model forward", "default"),
-                                       ("malloc_gain_eval", "end-to-end eval", "default"),
-                                       ("malloc_gain_train", "end-to-end train", "default")):
-                a, b = (find(rows, device=device, what=what, variant=v, size=size, operator="npr")
+            for key, what, variant in (("malloc_gain_model", MODEL_FORWARD, "default"),
+                                       ("malloc_gain_eval", EVAL_E2E, "default"),
+                                       ("malloc_gain_train", TRAIN_E2E, "default")):
+                a, b = (find(rows, what, device=device, variant=v, size=size, operator=NPR)
                         for v in (variant, variant + " (glibc as is)"))
                 if a and b:
                     s[key] = a["images_per_s"] / b["images_per_s"]
@@ -680,10 +778,10 @@ def summarize(rows):
 def summarize_scripts(rows):
     """test.py with / without ``keep_freed_memory``, predict.py against test.py (wall time ratios)
     and the scan's peak memory at the largest count against the smallest."""
-    t_sys, t, p = (find(rows, what=w, variant=v) for w, v in (("test.py", "glibc as is"), ("test.py", "default"),
-                                                              ("predict.py", "default")))
-    scans = [r for r in rows if r["what"] == "predict.py scan"]
-    photos = [r for r in rows if r["what"] == "predict.py photo"]
+    t_sys, t, p = (find(rows, w, variant=v) for w, v in ((TEST_SCRIPT, "glibc as is"), (TEST_SCRIPT, "default"),
+                                                         (PREDICT_SCRIPT, "default")))
+    scans = [r for r in rows if r["what"] == SCAN]
+    photos = [r for r in rows if r["what"] == PHOTO]
     s = {}
     if t_sys and t:
         s["test.py speed-up from keep_freed_memory"] = t_sys["wall_s"] / t["wall_s"]
@@ -697,7 +795,7 @@ def summarize_scripts(rows):
     return s
 
 
-def report(rows, summary, info):
+def report(rows, summary, info, warnings=()):
     cols = [("device", "device"), ("what", "what"), ("operator", "operator"), ("variant", "variant"), ("size", "px"),
             ("batch", "batch"),
             ("images_per_s", "images/s"), ("peak_mem_mb", "peak MiB"), ("wall_s", "wall s"),
@@ -712,6 +810,7 @@ def report(rows, summary, info):
                for op in OPERATORS if op != DEFAULT_OPERATOR for i, (key, _, _) in enumerate(COST_PATHS)],
              ("malloc_gain_model", "malloc gain: model"), ("malloc_gain_eval", "eval"), ("malloc_gain_train", "train")]
     text.append(format_table(summary, scols, floatfmt="{:.2f}"))
+    text += [f"Not consistent: {w}" for w in warnings]
     return "\n\n".join(text)
 
 

@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 
 import torch
 
+from bench import EVAL_E2E, LOADER_ONLY, MODEL_TRAIN_STEP, NPR, TRAIN_E2E, find, inconsistencies
 from options.base_options import OneLineErrorParser
 from report import format_table
 from util import atomic_file, run_cli, write_json_atomically
@@ -72,14 +73,10 @@ def run_bench(device, out_dir, args):
         return json.load(f)["results"], None
 
 
-def pick(rows, what, variant="default", size=224):
-    return next((r for r in rows if r["what"] == what and r["variant"] == variant and r["size"] == size
-                 and r.get("operator", "npr") in ("npr", "-")), None)
-
-
 def projection(rows):
     """Projected hours of the paper's 50-epoch recipe from the measured end-to-end throughput."""
-    train, val = pick(rows, "end-to-end train"), pick(rows, "end-to-end eval")
+    train, val = find(rows, TRAIN_E2E, variant="default", size=224), find(rows, EVAL_E2E, variant="default", size=224,
+                                                                             operator=NPR)
     if not train or not val:
         return None
     seconds = PAPER_EPOCHS * (PAPER_TRAIN_IMAGES / train["images_per_s"] + PAPER_VAL_IMAGES / val["images_per_s"])
@@ -103,8 +100,10 @@ def write_report(out_dir, info, tests, failed, rows, proj, cuda, bench_error=Non
             ("batch", "batch"), ("workers", "workers"), ("images_per_s", "images/s"), ("peak_mem_mb", "peak MiB"),
             ("sys_pct", "sys %")]
     lines += ["```", format_table(rows, cols), "```", ""]
-    loader, step = pick(rows, "train loader only"), pick(rows, "model train step", "contiguous")
-    train = pick(rows, "end-to-end train")
+    lines += [f"- **Not consistent:** {w}." for w in inconsistencies(rows)]
+    loader = find(rows, LOADER_ONLY, variant="default", size=224)
+    step = find(rows, MODEL_TRAIN_STEP, variant="contiguous", size=224, operator=NPR)
+    train = find(rows, TRAIN_E2E, variant="default", size=224)
     if loader and train:
         lines += [f"- Training loader alone: {loader['images_per_s']:.0f} images/s with {loader['workers']} workers; "
                   f"end-to-end training {train['images_per_s']:.0f} images/s"
