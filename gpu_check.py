@@ -4,8 +4,9 @@
 
 1. The CUDA tests (``tests/test_cuda.py``: evaluation against the CPU for the default path,
    ``--amp``, channels-last and SAFE's operator; ``--exact`` bit for bit; ``--amp`` training and
-   resume; ``torchrun`` with NCCL; ``predict.py``, ``predict_proba`` and the demo on the GPU; the
-   decoded-image cache and pinned memory).
+   resume; ``torchrun`` with NCCL; ``--sync_bn`` on two GPUs against one (named in the report);
+   ``predict.py``, ``predict_proba`` and the demo on the GPU; the decoded-image cache and
+   pinned memory).
 2. A short ``bench.py`` run (``--only model,e2e,loader``), on CUDA when there is one (a quick
    one on the CPU otherwise, and the report says so): model forward and training step (plain,
    default, ``--amp``), end-to-end evaluation and training on generated 256 px PNGs, and the
@@ -39,24 +40,31 @@ PAPER_VAL_IMAGES = 4 * 200
 PAPER_EPOCHS = 50
 
 
+SYNC_BN_TEST = "test_sync_bn_on_two_gpus_follows_one_gpu"  # tests/test_cuda.py: --sync_bn on 2 GPUs against 1
+
+
 def run_cuda_tests(out_dir):
-    """(counts of passed / failed / skipped tests, names of failures), from pytest's JUnit XML."""
+    """(counts of passed / failed / skipped tests, names of failures, {test name: its outcome
+    and, when skipped, why}), from pytest's JUnit XML."""
     xml = os.path.join(out_dir, "cuda-tests.xml")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "-rs",
                     os.path.join("tests", "test_cuda.py"), f"--junitxml={xml}"], cwd=ROOT)
     if not os.path.isfile(xml):
-        return {"passed": 0, "failed": 0, "skipped": 0, "error": "pytest wrote no report"}, []
-    failed, counts = [], {"passed": 0, "failed": 0, "skipped": 0}
+        return {"passed": 0, "failed": 0, "skipped": 0, "error": "pytest wrote no report"}, [], {}
+    failed, counts, outcomes = [], {"passed": 0, "failed": 0, "skipped": 0}, {}
     for case in ET.parse(xml).getroot().iter("testcase"):
-        kinds = {child.tag for child in case}
-        if kinds & {"failure", "error"}:
+        kinds = {child.tag: child for child in case}
+        if set(kinds) & {"failure", "error"}:
             counts["failed"] += 1
             failed.append(case.get("name"))
+            outcomes[case.get("name")] = "failed"
         elif "skipped" in kinds:
             counts["skipped"] += 1
+            outcomes[case.get("name")] = f"skipped ({kinds['skipped'].get('message', '')})"
         else:
             counts["passed"] += 1
-    return counts, failed
+            outcomes[case.get("name")] = "passed"
+    return counts, failed, outcomes
 
 
 def run_bench(device, out_dir, args):
@@ -93,7 +101,8 @@ def write_report(out_dir, info, tests, failed, rows, proj, cuda, bench_error=Non
         lines += ["**No CUDA device: the CUDA tests were skipped and the benchmark below ran on the CPU.** "
                   "Run `python gpu_check.py` on a machine with a GPU for the real report.", ""]
     lines += [f"CUDA tests (`tests/test_cuda.py`): {tests['passed']} passed, {tests['failed']} failed, "
-              f"{tests['skipped']} skipped." + (f" Failed: {', '.join(failed)}." if failed else ""), ""]
+              f"{tests['skipped']} skipped." + (f" Failed: {', '.join(failed)}." if failed else ""), "",
+              f"`--sync_bn` on 2 GPUs against one (`{SYNC_BN_TEST}`): {tests.get('sync_bn', 'not run')}.", ""]
     if bench_error:
         lines += [f"The benchmark failed: {bench_error}.", ""]
     cols = [("device", "device"), ("what", "what"), ("operator", "operator"), ("variant", "variant"), ("size", "px"),
@@ -146,7 +155,9 @@ def main(argv=None):
             "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
             "python": platform.python_version()}
     print("[1/3] CUDA tests ...", flush=True)
-    tests, failed = ({"passed": 0, "failed": 0, "skipped": 0}, []) if args.skip_tests else run_cuda_tests(args.output)
+    tests, failed, outcomes = ({"passed": 0, "failed": 0, "skipped": 0}, [], {}) if args.skip_tests else \
+        run_cuda_tests(args.output)
+    tests["sync_bn"] = outcomes.get(SYNC_BN_TEST, "not run")
     print(f"[2/3] benchmark on {device.type} ...", flush=True)
     rows, bench_error = run_bench(device, args.output, args)
     print("[3/3] report ...", flush=True)

@@ -62,6 +62,26 @@ def init_distributed(gpu_ids, batch_size):
     return rank, world, device
 
 
+def sync_batchnorm(model, world, device):
+    """(model, what was done): with several CUDA processes, BatchNorm becomes SyncBatchNorm, so that
+    N processes with global batch B normalise over B images, as the paper's one GPU does."""
+    if world > 1 and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model), \
+            f"--sync_bn: BatchNorm statistics over the global batch of all {world} processes"
+    if world == 1:
+        return model, "--sync_bn does not apply: one process already normalises over the whole batch"
+    return model, (f"--sync_bn does not apply on the CPU (PyTorch's SyncBatchNorm runs on CUDA only): each of the "
+                   f"{world} processes normalises over its own share of the batch")
+
+
+def samples_done(state, batch_size, world):
+    """How many of its samples this process skips in the epoch being resumed: each of the
+    ``state.step_in_epoch`` steps took ``batch_size`` images (the global batch), so the first
+    ``step_in_epoch * batch_size`` positions of the epoch's order are done, whatever the number
+    of processes that took them (``data.loaders.EpochSampler`` deals positions round-robin)."""
+    return state.step_in_epoch * (batch_size // world)
+
+
 def make_train_transform(args):
     """The training transform of the arguments (the reference's, plus the options beyond the paper)."""
     return TrainTransform(load_size=args.loadSize, crop_size=args.cropSize, resize=not args.no_resize,
@@ -112,6 +132,7 @@ def checkpoint_state(model, optimizer, args, state, scaler=None, ema=None):
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
     return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), **state.as_checkpoint(),
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "lr": optimizer.param_groups[0]["lr"], "opt": options, "rng": rng_state(), "arch": "npr_resnet50",
             "operator": unwrap(model).operator, "scaler": scaler.state_dict() if scaler is not None else None,
             **(ema.state() if ema is not None else empty_ema_state())}
@@ -137,6 +158,11 @@ def resume(args, model, optimizer, scaler, ema):
         ema.load(ckpt)
     log.info("Resuming from %s: epoch %d, step %d of the epoch, %d steps in all, lr %.3g",
              path, state.epoch, state.step_in_epoch, state.total_steps, optimizer.param_groups[0]["lr"])
+    world, before = dist.get_world_size() if dist.is_initialized() else 1, ckpt.get("world_size", 1)
+    if world != before:
+        log.info("The checkpoint was written by %d process(es), this run has %d: the epoch goes on with the images "
+                 "not seen yet, each once, in the same order and with the same augmentations; BatchNorm statistics "
+                 "are now over %d image(s) per process (docs/scaling.md)", before, world, args.batch_size // world)
     return state
 
 
@@ -264,6 +290,9 @@ def main(argv=None):
     train_samples, val_samples = start_run(args, argv, rank, world, device)
 
     model = resnet50(operator=args.operator).to(device)
+    if args.sync_bn:
+        model, said = sync_batchnorm(model, world, device)
+        log.info("%s", said)
     if args.train_channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args.optim, args.lr, args.beta1, args.weight_decay)
@@ -297,7 +326,7 @@ def main(argv=None):
     try:
         for epoch in range(state.epoch, args.niter):
             state.epoch = epoch
-            sampler.set_epoch(epoch, start=state.step_in_epoch * (args.batch_size // world))
+            sampler.set_epoch(epoch, start=samples_done(state, args.batch_size, world))
             epoch_start = time.time()
             train_skipped = train_one_epoch(train_model, loader, state, ctx)
             lr = schedule.lr_at(epoch + 1)  # the next epoch's: the reference decays the lr here

@@ -202,6 +202,9 @@ TRAINING_SWITCHES = {
     "deterministic": "deterministic kernels (bit-exact resume on the CPU)",
     "exact": "the reference's numerics on any device: cuDNN disabled and deterministic kernels, as its seed_torch "
              "does; no TF32, AMP, compile or channels-last (slow on a GPU)",
+    "sync_bn": "under torchrun on CUDA: BatchNorm statistics over the whole global batch (SyncBatchNorm), as the "
+               "paper's one GPU computes them; without it each process normalises over its own share "
+               "(docs/scaling.md)",
 }
 
 

@@ -58,33 +58,40 @@ def test_one_type_per_flag():
         parse_train_args(["--blur_sig", "1,2,3"])
 
 
-def readme_commands(text):
-    """(script, argv) of every python / torchrun command in the README's code blocks."""
+def markdown_commands(text):
+    """(script, argv) of every python / torchrun / srun command in a Markdown page's code blocks:
+    the script is what runs (``train``, ``tools.download``), argv what it is given."""
     blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     for line in lines:
         for part in line.split("#")[0].split("&&"):
             words = shlex.split(part.replace("<same arguments>", ""))
-            if words and words[0] == "torchrun":
-                words = ["python"] + [w for w in words[1:] if not w.startswith("--nproc")]
-            if len(words) > 1 and words[0] == "python" and words[1] != "-m":
-                yield words[1][:-3], words[2:]
-            elif len(words) > 2 and words[:2] == ["python", "-m"] and words[2].startswith("tools."):
+            if not words or words[0] not in ("python", "torchrun", "srun"):
+                continue
+            if words[:2] == ["python", "-m"] and words[2].startswith("tools."):
                 yield words[2], words[3:]
+                continue
+            script = next((i for i, w in enumerate(words) if w.endswith(".py")), None)
+            if script is not None:
+                yield os.path.basename(words[script])[:-3], words[script + 1:]
 
 
-def test_every_readme_command_parses():
-    """The README's commands use flags and values the scripts accept (checked by their parsers)."""
+def parse_command(script, argv):
+    """Parse ``argv`` with ``script``'s own parser (a UserError if it refuses them; files named
+    need not exist)."""
     import importlib
 
     from options import test_parser
     parsers = {"train": train_parser, "test": test_parser, "validate": validate_parser, "predict": predict_parser}
+    parser = parsers[script]() if script in parsers else importlib.import_module(script).get_args_parser()
+    return parser.parse_args(argv)
+
+
+def test_every_readme_command_parses():
+    """The README's commands use flags and values the scripts accept (checked by their parsers)."""
     seen = set()
-    for script, argv in readme_commands(open(os.path.join(ROOT, "README.md")).read()):
-        if script in parsers:
-            parsers[script]().parse_args(argv)
-        else:
-            importlib.import_module(script).get_args_parser().parse_args(argv)
+    for script, argv in markdown_commands(open(os.path.join(ROOT, "README.md")).read()):
+        parse_command(script, argv)
         seen.add(script)
     assert {"train", "test", "predict", "tools.download", "tools.verify"} <= seen
 
