@@ -25,6 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header  # 
 from starlette.middleware import Middleware  # noqa: E402
 
 from data.discovery import list_images  # noqa: E402
+from data.images import SKIP_REASONS  # noqa: E402
 from data.transforms import EvalTransform  # noqa: E402
 from engine import score_files  # noqa: E402
 from metrics import THRESHOLD_CHOICES, decide_threshold  # noqa: E402
@@ -42,9 +43,6 @@ MAX_FIELD_BYTES = 64 * 1024         # one form field that is not a file (gradio 
 MAX_BODY_BYTES = 1000 * 1000 * 1000  # one multipart request: 20 files of the largest size at a time
 MAX_OTHER_BYTES = 1024 * 1024       # any other body (the page's JSON calls)
 COLUMNS = ["file", "P(fake)", "verdict", "size seen by the model", "resized", "note"]
-NOTES = {"unreadable": "cannot be read as an image (empty, corrupt or not an image)",
-         "too small": "too small: NPR needs at least 2x2 pixels",
-         "too large": "too large to decode (above Pillow's 89.5 Mpx limit): downscale it first"}
 # System fonts only: gradio's default theme would fetch its fonts from Google Fonts.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
@@ -212,7 +210,7 @@ def build_app(model, stored, model_path, load_size=256):
         transform = EvalTransform(load_size, load_size, resize=resize, crop=False)
         rows = list(score_files(model, paths, transform, threshold, figure=figures))
         table = [[os.path.basename(r["path"]), None if r["prob_fake"] is None else round(r["prob_fake"], 4),
-                  r["verdict"], r["size"] or "-", "yes" if resize else "no", NOTES.get(r["verdict"], "")]
+                  r["verdict"], r["size"] or "-", "yes" if resize else "no", SKIP_REASONS.get(r["verdict"], "")]
                  for r in rows]
         gallery = [(r["figure"], f"{os.path.basename(r['path'])}: P(fake) {r['prob_fake']:.3f}, {r['verdict']}")
                    for r in rows if r["figure"]]

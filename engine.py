@@ -260,16 +260,16 @@ class TrainState:
     threshold: float = None       # best balanced accuracy on the last validation
     ema_threshold: float = None   # the same for the moving average (``networks.ema.THRESHOLD_KEY``)
 
+    # A field's key in the checkpoint, where it differs from the field's name.
+    KEYS = {"ema_threshold": EMA_THRESHOLD_KEY}
+
     def as_checkpoint(self):
-        d = asdict(self)
-        d[EMA_THRESHOLD_KEY] = d.pop("ema_threshold")
-        return d
+        return {self.KEYS.get(k, k): v for k, v in asdict(self).items()}
 
     @classmethod
     def from_checkpoint(cls, ckpt):
-        fresh = cls()
-        kwargs = {k: ckpt.get(k, getattr(fresh, k)) for k in asdict(fresh) if k != "ema_threshold"}
-        return cls(**kwargs, ema_threshold=ckpt.get(EMA_THRESHOLD_KEY))
+        fresh = asdict(cls())
+        return cls(**{k: ckpt.get(cls.KEYS.get(k, k), v) for k, v in fresh.items()})
 
 
 def train_one_epoch(model, loader, state, ctx):

@@ -22,13 +22,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from options import (parse_predict_args, parse_test_args, parse_train_args, parse_validate_args, predict_parser,
-                     test_parser, train_parser, validate_parser)
+                     train_parser, validate_parser)
+from options import test_parser as eval_parser  # not named test_*: pytest would collect it
 from util import atomic_file
 
 # Flags of other programs that messages name: pytest, torchrun, git.
 OTHER_PROGRAMS = {"junitxml", "nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id",
                   "standalone", "short", "help"}
-PARSERS = {"train": train_parser, "test": test_parser, "validate": validate_parser, "predict": predict_parser}
+PARSERS = {"train": train_parser, "test": eval_parser, "validate": validate_parser, "predict": predict_parser}
 PARSE = {"train": parse_train_args, "test": parse_test_args, "validate": parse_validate_args,
          "predict": parse_predict_args}  # with their presets and checks
 
