@@ -22,6 +22,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; python gpu_check.py runs them)")
     config.addinivalue_line("markers", "slow: launches a script, trains or drives the browser (the fast loop, "
                                        "-m 'not slow', leaves it out)")
+    # gradio's queue calls pandas options that pandas 3 deprecates; nothing of ours to change.
+    config.addinivalue_line("filterwarnings", "ignore:'future.no_silent_downcasting' is deprecated")
+    config.addinivalue_line("filterwarnings", "ignore:The copy keyword is deprecated")
 
 
 def run_script(*args, env=None, cwd=ROOT, timeout=600):

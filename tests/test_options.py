@@ -1,8 +1,10 @@
 """Each script's options: --help shows what the script uses, the reference's commands still
 run, one type per flag; and the README stays a front door whose links resolve."""
+import importlib
 import os
 import re
 import shlex
+import subprocess
 
 import pytest
 from conftest import ROOT, run_script
@@ -120,3 +122,13 @@ def test_the_library_imports_no_script_and_the_scripts_no_tool():
     r = run_script("-c", probe)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["[]", "[]"], r.stdout
+
+
+def test_every_product_module_imports():
+    """Every module of the product imports in process, so that the fast loop (-m "not slow") loads
+    all of them, whatever the slow tests cover."""
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    modules = [f[:-3].replace("/", ".").removesuffix(".__init__") for f in files if not f.startswith("tests/")]
+    assert {"train", "test", "predict", "networks", "data.images", "tools.download"} <= set(modules)
+    for name in modules:
+        importlib.import_module(name)
