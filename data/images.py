@@ -72,7 +72,15 @@ def to_rgb(img):
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
         return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "La":  # premultiplied alpha: Pillow converts it to RGB only through LA
+        img = img.convert("LA")
     return img.convert("RGB")
+
+
+def file_released(img):
+    """Whether ``img.load()`` let go of its file, as it does for most single-frame formats;
+    some (ICO, IM) keep it open until ``close()``."""
+    return all(getattr(getattr(img, attr, None), "closed", True) for attr in ("fp", "_fp"))
 
 
 def _decode(path):
@@ -89,9 +97,9 @@ def _decode(path):
                                          f"{MAX_DECODE_PIXELS / 1e6:.1f} Mpx; downscale it first (this discards "
                                          "some of the traces NPR reads)")
             img.load()
-            keep = img.mode == "RGB" and not getattr(img, "is_animated", False)
+            keep = img.mode == "RGB" and not getattr(img, "is_animated", False) and file_released(img)
             if keep:
-                return img  # load() closed the file; convert("RGB") would only copy a photo's pixels
+                return img  # convert("RGB") would only copy a photo's pixels
             return img.convert("RGB") if img.mode == "RGB" else to_rgb(img)  # the first frame, as a copy
         finally:
             if not keep:
