@@ -113,7 +113,10 @@ class RequestLimits:
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             return await self.refuse(send, f"request body of {int(declared)} bytes is over the limit of {limit}")
-        parts = PartLimits(params[b"boundary"]) if multipart else None
+        try:
+            parts = PartLimits(params[b"boundary"]) if multipart else None
+        except Exception as e:  # python-multipart refuses the boundary (RFC 2046: 1 to 70 characters)
+            return await self.refuse(send, f"multipart boundary not valid ({e})", status=400)
         seen, started, refused = 0, False, False
 
         async def limited_receive():
@@ -148,9 +151,9 @@ class RequestLimits:
         await self.app(scope, limited_receive, tracked_send)
 
     @staticmethod
-    async def refuse(send, why):
-        body = f"413: {why}".encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def refuse(send, why, status=413):
+        body = f"{status}: {why}".encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
@@ -158,7 +161,8 @@ class RequestLimits:
 
 class PartLimits:
     """Follows a multipart body as it arrives and raises ``BodyTooLarge`` for a file part over
-    ``MAX_FILE_BYTES`` or another part over ``MAX_FIELD_BYTES``."""
+    ``MAX_FILE_BYTES``, another part over ``MAX_FIELD_BYTES``, or a part's headers over
+    ``MAX_FIELD_BYTES``."""
 
     def __init__(self, boundary):
         self.header, self.size, self.is_file = b"", 0, False
@@ -172,6 +176,8 @@ class PartLimits:
 
     def header_value(self, data, start, end):
         self.field += data[start:end]
+        if len(self.field) > MAX_FIELD_BYTES:  # gradio's parser, too, keeps a part's headers in memory
+            raise BodyTooLarge(f"a part's headers over the limit of {MAX_FIELD_BYTES} bytes")
 
     def header_end(self):
         self.is_file = self.is_file or b"filename=" in self.field.lower()
