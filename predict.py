@@ -92,7 +92,8 @@ def main(argv=None):
     shard = shard_of(args.shard)
     mine = shard_paths(paths, *shard) if shard else paths
     out = shard_name(args.output, *shard) if shard else args.output
-    with claim_output(out):  # before the model loads: a wrong --output or a second run is one line at once
+    # before the model loads: a wrong --output or a second run is one line at once
+    with claim_output(out, args.output if shard else None):
         return scan(args, paths, shard, mine, out)
 
 

@@ -15,10 +15,12 @@ row per input, and a kept row is never changed.
 """
 import csv
 import datetime
+import errno
 import hashlib
 import json
 import os
 import socket
+import stat
 import sys
 
 from data.images import SKIP_REASONS
@@ -30,6 +32,21 @@ except ImportError:  # not POSIX: runs are not locked against each other
     fcntl = None
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
+
+
+def regular_file(path):
+    """Whether ``path`` itself (not what a link there points to) is a regular file: result files
+    that are anything else (a link, a FIFO a read would block on, a folder) are never read or
+    appended to, only replaced."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def failed_path(e, default):
+    """The path an ``OSError`` is about (a rename's target rather than its temporary source)."""
+    return getattr(e, "filename2", None) or getattr(e, "filename", None) or default
 
 
 def printable(path):
@@ -88,9 +105,14 @@ class OutputLock:
         if fcntl is None:
             return self
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a link, never blocking on a FIFO: the file is truncated below.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as e:
-            raise UserError(f"cannot write {self.path} ({e.strerror or e}); choose another --output") from None
+            why = "a link" if e.errno == errno.ELOOP else e.strerror or e
+            raise UserError(f"cannot write {self.path} ({why}); remove it or choose another --output") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UserError(f"cannot write {self.path} (not a regular file); remove it or choose another --output")
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -119,17 +141,21 @@ class OutputLock:
         self.release()
 
 
-def claim_output(out):
-    """Make sure ``<out>.*`` can be written, and take its lock: done before the model loads, so a
-    wrong ``--output`` is one line at once."""
-    folder = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--output {out}: cannot create the folder {folder} ({e.strerror or e}); "
-                        "choose another --output") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--output {out}: the folder {folder} is not writable; choose another --output")
+def claim_output(out, merged=None):
+    """Make sure ``<out>.*`` (and a shard's ``<merged>.*``) can be written, and take ``<out>``'s
+    lock: done before the model loads, so a wrong ``--output`` is one line at once."""
+    for o in (out,) if merged is None else (out, merged):
+        folder = os.path.dirname(os.path.abspath(o))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--output {o}: cannot create the folder {folder} ({e.strerror or e}); "
+                            "choose another --output") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"--output {o}: the folder {folder} is not writable; choose another --output")
+        for path in (o + ".jsonl", o + ".csv", o + ".json"):
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise UserError(f"--output {o}: {path} is a folder; remove it or choose another --output")
     return OutputLock(out).acquire()
 
 
@@ -153,6 +179,8 @@ class PredictionFiles:
 
     def meta(self):
         """The ``<out>.json`` of a run (a dict with its settings), or None."""
+        if not regular_file(self.json):
+            return None
         try:
             with open(self.json, encoding="utf-8") as f:
                 meta = json.load(f)
@@ -172,12 +200,15 @@ class PredictionFiles:
             diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
             log.info("%s holds predictions of another run (different %s): replacing them", self.json, ", ".join(diff))
             meta = None
+        if meta is not None and os.path.lexists(self.jsonl) and not regular_file(self.jsonl):
+            log.warning("%s is not a regular file: it is replaced and every input is scored again", self.jsonl)
+            meta = None
         try:
             done = self.keep_valid_prefix() if meta is not None else self.start_afresh()
             self.attach()
         except OSError as e:
             raise UserError(f"cannot write the results {self.out}.* ({e.strerror or e}: "
-                            f"{getattr(e, 'filename', None) or self.out}); remove what is in the way or choose "
+                            f"{failed_path(e, self.out)}); remove what is in the way or choose "
                             "another --output") from None
         return done
 
@@ -198,9 +229,11 @@ class PredictionFiles:
     def valid_prefix(self, jsonl=None):
         """(rows, bytes) of the valid prefix of ``jsonl`` (default ``<out>.jsonl``; absent: empty),
         and the reason the first other row was refused (None if every row is valid)."""
-        done, keep = 0, 0
+        done, keep, jsonl = 0, 0, jsonl or self.jsonl
+        if os.path.lexists(jsonl) and not regular_file(jsonl):
+            return 0, 0, "it is not a regular file"
         try:
-            f = open(jsonl or self.jsonl, "rb")
+            f = open(jsonl, "rb")
         except FileNotFoundError:
             return 0, 0, None
         with f:
@@ -364,6 +397,10 @@ def merge_shards(output, settings, paths, info, n):
         for row in merged.rows():
             merged.count(row)
         merged.finish(info)
+    except OSError as e:
+        return False, f"not merged: cannot write {output}.* ({e.strerror or e}: " \
+            f"{failed_path(e, output)}); remove what is in the " \
+            "way and run any shard's command again"
     finally:
         lock.release()
     return True, f"merged the {n} shards into {output}.csv / .jsonl / .json"

@@ -202,9 +202,26 @@ def test_a_wrong_output_is_one_line_before_the_model_loads(setup, tmp_path):
     for out, says in ((tmp_path / "file" / "p", "cannot create the folder"), ("/proc/npr-test/p", "--output")):
         with pytest.raises(UserError, match=says):  # the model path does not exist: it was never read
             predict.main([str(imgs), "--model_path", str(tmp_path / "none.pth"), "--output", str(out)])
-    (tmp_path / "p.jsonl").mkdir()  # a folder where a result file goes
-    with pytest.raises(UserError, match="remove what is in the way"):
-        run_predict(imgs, setup[1], str(tmp_path / "p"))
+    (tmp_path / "p.jsonl").mkdir()  # a folder where a result file goes: a shard's or the merged one
+    for extra in ((), ("--shard", "1/2")):
+        with pytest.raises(UserError, match="p.jsonl is a folder"):
+            predict.main([str(imgs), "--model_path", str(tmp_path / "none.pth"), "--output", str(tmp_path / "p"),
+                          *extra])
+
+
+def test_a_merge_that_cannot_write_says_so_and_a_rerun_merges(setup, tmp_path):
+    imgs, ckpt, ref = setup
+    out = str(tmp_path / "p")
+    run_predict(imgs, ckpt, out, "--shard", "1/2")
+    os.mkdir(out + ".csv")  # appears while shard 2 runs
+    real_claim = predict.claim_output
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(predict, "claim_output", lambda out, merged=None: real_claim(out))
+        said = run_predict(imgs, ckpt, out, "--shard", "2/2")
+    assert "not merged: cannot write" in said and "p.csv" in said and "run any shard's command again" in said
+    os.rmdir(out + ".csv")
+    assert "merged the 2 shards" in run_predict(imgs, ckpt, out, "--shard", "1/2")
+    assert_same_as(ref, out)
 
 
 @pytest.mark.slow
@@ -257,3 +274,43 @@ def test_two_runs_started_together_leave_one_row_per_input(setup, tmp_path):
         if code == 2:
             assert "another predict.py is writing" in err and len(err.strip().splitlines()) == 1
     assert_same_as(ref, out)
+
+
+@pytest.mark.parametrize("earlier", ["no earlier run", "a stopped run"])
+@pytest.mark.parametrize("ext", [".lock", ".jsonl", ".csv", ".json"])
+@pytest.mark.parametrize("kind", ["link to a file", "link to an empty file", "dangling link", "fifo", "folder"])
+def test_an_odd_thing_at_a_result_path_is_replaced_or_named_never_written_through(setup, tmp_path, ext, kind,
+                                                                                   earlier):
+    """Whatever sits at one of the fixed names (a link someone planted in a shared folder, a FIFO,
+    a folder), with or without the files of a stopped run beside it: the run ends with its rows,
+    or says in one line what is in the way; it never hangs, and a file outside the output is
+    never written."""
+    imgs, ckpt, ref = setup
+    out = str(tmp_path / "p")
+    if earlier == "a stopped run":
+        for e in (".jsonl", ".csv", ".json"):
+            shutil.copy(ref + e, out + e)
+        meta = json.load(open(out + ".json"))
+        json.dump({"settings": meta["settings"], "complete": False}, open(out + ".json", "w"))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"" if kind == "link to an empty file" else b"keep me\n")
+    before = outside.read_bytes()
+    target = out + ext
+    if os.path.lexists(target):
+        os.remove(target)
+    if kind.startswith("link"):
+        os.symlink(outside, target)
+    elif kind == "dangling link":
+        os.symlink(tmp_path / "nowhere", target)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        os.mkdir(target)
+    try:
+        run_predict(imgs, ckpt, out)
+    except UserError as e:
+        assert "\n" not in str(e) and os.path.basename(target) in str(e)
+    else:
+        assert_same_as(ref, out)
+    assert outside.read_bytes() == before
+    assert not (tmp_path / "nowhere").exists()
