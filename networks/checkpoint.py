@@ -13,6 +13,7 @@ import argparse
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 
 import torch
@@ -59,11 +60,14 @@ def save_checkpoint(obj, path):
 
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint safely (``weights_only=True``); every failure is one readable line."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint '{path}' is a folder; give the .pth file in it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
         # An argparse.Namespace only sets attributes: allowed, so that SAFE's checkpoints load.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4": refused below if unsafe
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # PyTorch's own message suggests weights_only=False, i.e. running the file's code: not repeated here.
@@ -128,5 +132,9 @@ def load_state_dict_strict(model, state, source="checkpoint"):
         raise CheckpointError(f"{source} does not match the NPR network (another architecture?): "
                               f"missing keys: {show(missing)}; unexpected keys: {show(unexpected)}; "
                               f"wrong shapes: {show(wrong_shape)}")
+    broken = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise CheckpointError(f"{source} holds NaN or infinite values in {len(broken)} tensor(s) ({broken[0]} first): "
+                              "the training that wrote it diverged; use an earlier checkpoint")
     model.load_state_dict(state, strict=True)
     return model

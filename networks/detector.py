@@ -192,9 +192,12 @@ MODEL_ERRORS = (RuntimeError, ValueError, MemoryError)
 def probs_or_errors(model, images, channels_last=None, amp=False):
     """(P(fake) per image, {position: error} for the images the model failed on, whose P(fake) is
     None): ``batch_probs`` on the batch; when it raises, on each image alone, so that one image
-    the model cannot score costs only its own row."""
+    the model cannot score costs only its own row. A NaN output (float16 overflow) is a failure
+    too: it would read as "real" at any threshold."""
     try:
-        return batch_probs(model, images, channels_last, amp).tolist(), {}
+        probs = batch_probs(model, images, channels_last, amp).tolist()
+        nan = {i: FloatingPointError("its P(fake) is NaN") for i, p in enumerate(probs) if p != p}
+        return [None if i in nan else p for i, p in enumerate(probs)], nan
     except MODEL_ERRORS as e:
         if len(images) == 1:
             return [None], {0: e}

@@ -84,6 +84,29 @@ def test_corrupt_and_missing_files(tmp_path):
         load_checkpoint(str(bad))
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope.pth"))
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(str(tmp_path))
+
+
+def test_a_pickle_that_is_refused_says_so_in_one_line(tmp_path, recwarn):
+    import pickle
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"model": resnet50().state_dict()}, protocol=4))
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_checkpoint(str(path))
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]  # no library warning above the line
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_of_a_diverged_training_are_refused(tmp_path, bad):
+    """A NaN weight makes every P(fake) NaN, and NaN > threshold is False: every image would read
+    as real."""
+    sd = resnet50(num_classes=1).state_dict()
+    sd["layer2.0.bn1.running_var"][3] = bad
+    path = str(tmp_path / "diverged.pth")
+    torch.save({"model": sd}, path)
+    with pytest.raises(CheckpointError, match="NaN or infinite values in 1 tensor.*layer2.0.bn1.running_var.*diverged"):
+        load_detector(path, device="cpu")
 
 
 def test_predict_proba_inputs(tmp_path):

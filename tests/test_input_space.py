@@ -8,8 +8,9 @@ remainder rule) so that sizes around every multiple of the grid cost millisecond
 paper-scale sizes (1025 x 1024, a 4097 x 3072 photo) run at full scale below and in
 tests/test_door_scans.py."""
 import io
-import os
+import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -190,6 +191,29 @@ def test_a_model_error_on_one_image_is_that_images_skip(models, monkeypatch, tmp
         p = predict_proba(model, paths)
     assert math.isnan(p[1]) and abs(p[0] - alone[0]) < 1e-6 and abs(p[2] - alone[2]) < 1e-6
     assert "model error" in SKIP_REASONS
+
+
+def test_a_nan_output_is_that_images_skip_never_a_verdict(models, monkeypatch, tmp_path):
+    """A NaN logit (float16 overflow on one image) would read as "real" at any threshold and
+    write a row that is not JSON: it is that image's "model error" skip instead."""
+    import predict
+    model = models["npr"]
+    for i, w in enumerate((32, 37, 32)):
+        image_of("RGB", w, 32, i).save(tmp_path / f"{i}.png")
+    forward = type(model).forward
+
+    def nan_on_37(self, x):
+        y = forward(self, x)
+        return y * float("nan") if x.shape[-1] == 37 else y
+    monkeypatch.setattr(type(model), "forward", nan_on_37)
+    with pytest.warns(UserWarning, match="1.png .*model failed on it: its P\\(fake\\) is NaN"):
+        p = predict_proba(model, sorted(str(f) for f in tmp_path.glob("*.png")))
+    assert math.isnan(p[1]) and not math.isnan(p[0]) and not math.isnan(p[2])
+    monkeypatch.setattr(predict, "load_for_evaluation", lambda *a, **k: (model, 0.5))
+    out = str(tmp_path / "out" / "p")
+    assert predict.main([str(tmp_path), "--model_path", "unused.pth", "--gpu_ids", "-1", "--output", out]) == 0
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in a row")) for line in open(out + ".jsonl")]
+    assert [r["verdict"] for r in rows][1] == "model error" and rows[1]["prob_fake"] is None
 
 
 def test_a_file_replaced_between_its_header_read_and_its_decoding_is_scored(models, monkeypatch, tmp_path):
