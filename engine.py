@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from data.benchmarks import locate_generator
-from data.discovery import list_images, make_samples
+from data.benchmarks import find_child, locate_generator
+from data.discovery import DatasetLayoutError, list_images, make_samples
 from data.images import image_name
 from data.loaders import batches, make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
@@ -123,18 +123,29 @@ def evaluate_suite(model, suite, suite_dir, transform, cfg, threshold=None, show
 
     Returns ``(rows, missing)``: one dict per generator (metrics in %, the paper's numbers,
     image counts; with a ``threshold``, also ACC / real ACC / fake ACC at it) and the names of
-    generators whose folder is absent (skipped, not fatal).
+    generators whose folder is absent (skipped, not fatal). A folder without images is skipped
+    with a warning.
     """
     rows, missing = [], []
     for gen in suite.generators:
         path = locate_generator(suite_dir, gen)
         if path is None:
-            missing.append(gen.name)
+            there = next(filter(os.path.isdir, (find_child(suite_dir, f) or "" for f in gen.folders)), None)
+            if there:  # a folder by the generator's name, but no 0_real + 1_fake pair in it
+                log.warning("%s/%s skipped: %s holds no folder pair 0_real and 1_fake (directly or in category "
+                            "folders): both are needed", suite.name, gen.name, there)
+            else:
+                missing.append(gen.name)
             continue
         start = time.time()
         bar = tqdm(desc=f"{suite.name}/{gen.name}", unit="img", leave=False, disable=None if show_bar else True)
-        m = evaluate_folder(model, path, transform, cfg, bar=bar)
-        bar.close()
+        try:
+            m = evaluate_folder(model, path, transform, cfg, bar=bar)
+        except DatasetLayoutError as e:  # an empty folder among 28: the others are still scored
+            log.warning("%s/%s skipped: %s", suite.name, gen.name, e)
+            continue
+        finally:
+            bar.close()
         perturb = transform.perturb
         row = {"suite": suite.name, "generator": gen.name, "folder": path, "in_mean": gen.in_mean,
                "preprocessing": transform.describe(),
@@ -146,6 +157,10 @@ def evaluate_suite(model, suite, suite_dir, transform, cfg, threshold=None, show
         row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped",
                                       "n_truncated", "y_true", "y_prob")})
         row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
+        if not (m["n_real"] and m["n_fake"]):  # AP needs both classes; an ACC of one class is not the paper's
+            row["in_mean"] = False
+            log.warning("%s/%s: no %s image was scored, so its AP is undefined; the row is shown and left out of "
+                        "the Mean", suite.name, gen.name, "real" if m["n_fake"] else "fake")
         rows.append(row)
     return rows, missing
 

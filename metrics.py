@@ -44,7 +44,7 @@ def compute_metrics(y_true, y_prob, threshold=0.5):
     """ACC / AP / real ACC / fake ACC / ROC-AUC / best-threshold ACC and counts, as a dict
     (fractions, not percent). ``balanced_threshold`` is the threshold with the best balanced
     accuracy ((real ACC + fake ACC) / 2, the largest TPR - FPR), which train.py stores in its
-    checkpoints. Metrics undefined for a one-class set (AP without fakes, AUC) are NaN.
+    checkpoints. Metrics undefined for a one-class set (AP, AUC) are NaN.
     """
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
@@ -53,7 +53,8 @@ def compute_metrics(y_true, y_prob, threshold=0.5):
     nan = float("nan")
     out = {
         "acc": accuracy_score(y_true, pred) if len(y_true) else nan,
-        "ap": average_precision_score(y_true, y_prob) if fake.any() else nan,
+        # Fakes only: scikit-learn's AP is 1 whatever the scores, which says nothing.
+        "ap": average_precision_score(y_true, y_prob) if real.any() and fake.any() else nan,
         "r_acc": accuracy_score(y_true[real], pred[real]) if real.any() else nan,
         "f_acc": accuracy_score(y_true[fake], pred[fake]) if fake.any() else nan,
         "auc": roc_auc_score(y_true, y_prob) if real.any() and fake.any() else nan,

@@ -4,6 +4,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -84,9 +85,22 @@ def current_umask():
 
 
 def write_json_atomically(obj, path):
-    """``json.dump`` through ``atomic_file``: a reader never sees half a file."""
+    """``json.dump`` through ``atomic_file``: a reader never sees half a file. NaN and infinities
+    (an AP without fake images) are written as null: the file is strict JSON, which every
+    parser reads."""
     with atomic_file(path) as f:
-        json.dump(obj, f, indent=1)
+        json.dump(finite_or_null(obj), f, indent=1, allow_nan=False)
+
+
+def finite_or_null(obj):
+    """``obj`` with every NaN or infinite float (nested in dicts, lists and tuples) made None."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def run_cli(main, argv=None):

@@ -32,6 +32,8 @@ def test_metrics_match_sklearn():
 def test_metrics_one_class_is_nan_not_crash():
     m = compute_metrics([0, 0, 0], [0.1, 0.7, 0.2])
     assert np.isnan(m["ap"]) and np.isnan(m["auc"]) and m["r_acc"] == pytest.approx(2 / 3)
+    m = compute_metrics([1, 1, 1], [0.1, 0.7, 0.2])  # fakes only: AP would be 1 whatever the scores
+    assert np.isnan(m["ap"]) and np.isnan(m["auc"]) and m["f_acc"] == pytest.approx(1 / 3)
 
 
 def test_discovery_nested_flat_and_classes(tmp_path):

@@ -1,0 +1,59 @@
+"""test.py over a benchmark folder as it is found on a shared disk: generators half copied, empty,
+with one class only. Each is named once, the others are still scored, the Mean averages the
+same generators for every column, and results.json is strict JSON."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from conftest import ROOT, write_leaf
+
+from networks import resnet50
+
+
+def load_test_py():
+    """test.py as a module (its name would resolve to Python's own ``test`` package)."""
+    spec = importlib.util.spec_from_file_location("npr_test_script", os.path.join(ROOT, "test.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def strict_json(path):
+    with open(path) as f:
+        return json.load(f, parse_constant=lambda c: pytest.fail(f"{c} in {path}: not JSON"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "m.pth"
+    torch.save(resnet50().state_dict(), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("n_real,n_fake", [(2, 0), (0, 2)])
+def test_generators_that_cannot_be_scored_are_named_and_the_rest_is_scored(tmp_path, capsys, ckpt, n_real, n_fake):
+    suite = tmp_path / "data" / "ForenSynths"
+    write_leaf(str(suite / "ProGAN"), 3, 3, seed=1)
+    write_leaf(str(suite / "CycleGAN" / "horse"), 2, 2, seed=2)  # category folders, as ProGAN's test set
+    write_leaf(str(suite / "StyleGAN"), 2, 0)
+    os.rmdir(suite / "StyleGAN" / "1_fake")  # half copied: no 1_fake folder at all
+    write_leaf(str(suite / "BigGAN"), 0, 0)  # both folders, no image
+    write_leaf(str(suite / "Deepfake"), n_real, n_fake)  # one class only
+    (suite / "GauGAN").write_text("a file where a folder goes")
+    res = tmp_path / "res"
+    code = load_test_py().main(["--dataroot", str(tmp_path / "data"), "--model_path", ckpt, "--gpu_ids", "-1",
+                                "--num_threads", "0", "--no_resize", "--no_crop", "--results_dir", str(res)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "StyleGAN skipped" in out and "no folder pair 0_real and 1_fake" in out
+    assert "BigGAN skipped: no images" in out
+    assert f"Deepfake: no {'fake' if n_real else 'real'} image was scored" in out and "left out of the Mean" in out
+    rows = {r["generator"]: r for r in strict_json(res / "results.json")["results"]}
+    assert set(rows) == {"ProGAN", "CycleGAN", "Deepfake", "Mean"}
+    assert rows["Deepfake"]["ap"] is None and rows["Deepfake"]["n_scored"] == 2
+    for k in ("acc", "ap", "r_acc", "f_acc", "paper_acc"):  # every column averages the same two generators
+        assert rows["Mean"][k] == pytest.approx((rows["ProGAN"][k] + rows["CycleGAN"][k]) / 2), k
+    assert rows["Mean"]["n_scored"] == 6 + 4 + 2
