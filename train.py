@@ -31,7 +31,7 @@ from data.transforms import EvalTransform, TrainTransform
 from engine import (EvalConfig, GracefulStop, StepConfig, StepContext, StopRequested, TrainState, eval_loader,
                     evaluate_samples, evaluate_suite, ignore_signals_in_worker, suite_transform, train_one_epoch,
                     unwrap)
-from networks import (extract_state_dict, load_checkpoint, load_state_dict_strict, prepare_model, resnet50,
+from networks import (CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_strict, prepare_model, resnet50,
                       save_checkpoint)
 from networks.ema import EMA, empty_state as empty_ema_state
 from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
@@ -108,6 +108,15 @@ def checkpoint_path(args, which):
     return os.path.join(args.checkpoints_dir, args.name, f"model_epoch_{which}.pth")
 
 
+def run_checkpoints(args):
+    """The ``--epoch`` values of the checkpoints in the run's folder, newest first."""
+    folder = os.path.join(args.checkpoints_dir, args.name)
+    found = [(os.path.getmtime(os.path.join(folder, f)), f[len("model_epoch_"):-len(".pth")])
+             for f in os.listdir(folder) if f.startswith("model_epoch_") and f.endswith(".pth")
+             and os.path.isfile(os.path.join(folder, f))] if os.path.isdir(folder) else []
+    return [w for _, w in sorted(found, reverse=True)]
+
+
 def rng_state():
     return {"python": list(random.getstate()[1]),
             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
@@ -144,7 +153,12 @@ def resume(args, model, optimizer, scaler, ema):
     if not os.path.isfile(path):
         raise UserError(f"--continue_train: no checkpoint '{path}' to resume from; "
                         "check --name / --checkpoints_dir / --epoch, or drop --continue_train")
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        others = [w for w in run_checkpoints(args) if w != str(args.epoch)]
+        raise CheckpointError(f"{e}; resume from another checkpoint of this run with --epoch "
+                              f"({', '.join(others)})" if others else str(e)) from None
     if "optimizer" not in ckpt or "epoch" not in ckpt:
         raise UserError(f"'{path}' holds weights only, not a training state; it can be evaluated, not resumed")
     load_state_dict_strict(model, extract_state_dict(ckpt), source=f"checkpoint '{path}'")
@@ -188,6 +202,10 @@ def start_run(args, argv, rank, world, device):
     exp_dir = os.path.join(args.checkpoints_dir, args.name)
     if rank == 0:
         ensure_writable_dir(exp_dir, "checkpoint folder")
+        for which in ("latest", "last", "best", 0):
+            if os.path.isdir(checkpoint_path(args, which)):  # found before an epoch is spent, not after
+                raise UserError(f"{checkpoint_path(args, which)} is a folder, where the run writes a checkpoint; "
+                                "remove it or choose another --name")
     setup_logging(os.path.join(exp_dir, "log.log") if rank == 0 else None, rank)
     log.info("%s", " ".join(["train.py"] + list(argv if argv is not None else sys.argv[1:])))
     set_numerics(tf32=args.tf32, exact=args.exact, deterministic=args.deterministic or args.exact)

@@ -18,7 +18,7 @@ import zipfile
 
 import torch
 
-from util import UserError
+from util import UserError, one_line
 
 from .ema import WEIGHTS_KEY as EMA_WEIGHTS_KEY
 from .operators import operator_for_head
@@ -53,7 +53,8 @@ def save_checkpoint(obj, path):
             pass
         if isinstance(e, (OSError, RuntimeError)):
             kept = "the previous checkpoint is intact" if os.path.exists(path) else "no checkpoint was written"
-            raise CheckpointError(f"could not write checkpoint '{path}' ({e}); {kept}") from e
+            why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+            raise CheckpointError(f"could not write checkpoint '{path}' ({why}); {kept}") from e
         raise
     return path
 
@@ -76,8 +77,8 @@ def load_checkpoint(path, map_location="cpu"):
                               "you trust, re-save its weights there as a plain state dict "
                               "(torch.save(model.state_dict(), 'weights.pth')) and load that file") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None
+        why = str(e).strip().splitlines()[0].split(". ")[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): {why}") from None
 
 
 def extract_state_dict(ckpt, ema=False):

@@ -99,3 +99,23 @@ def test_unwritable_output_folder_reported_before_training(tiny_dataset, tmp_pat
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match="not writable"):
         train.main(["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(blocker), "--gpu_ids", "-1"])
+
+
+def test_a_damaged_latest_checkpoint_names_the_others_and_that_advice_resumes(tiny_dataset, tmp_path):
+    from networks import CheckpointError
+    from util import UserError
+    common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--batch_size", "4",
+              "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0", "--name", "r"]
+    os.makedirs(tmp_path / "r" / "model_epoch_best.pth")  # a folder where a checkpoint goes: before any epoch
+    with pytest.raises(UserError, match="model_epoch_best.pth is a folder"):
+        train.main(common + ["--niter", "1"])
+    os.rmdir(tmp_path / "r" / "model_epoch_best.pth")
+    assert train.main(common + ["--niter", "1"]) == 0
+    latest = tmp_path / "r" / "model_epoch_latest.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])  # damaged on disk after it was written
+    with pytest.raises(CheckpointError, match=r"not a readable .*; resume from another checkpoint of this run with "
+                                              r"--epoch \(.*last") as err:
+        train.main(common + ["--niter", "2", "--continue_train"])
+    assert "\n" not in str(err.value)
+    assert train.main(common + ["--niter", "2", "--continue_train", "--epoch", "last"]) == 0
+    assert torch.load(tmp_path / "r" / "model_epoch_last.pth", weights_only=True)["epoch"] == 2
