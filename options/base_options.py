@@ -29,12 +29,22 @@ REFERENCE_OPTIONS = {
 }
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to an option's help, unless the help says what the default is or the
+    default is None (unset: the help says what happens then)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse whose errors (unknown flags, bad values) are a ``UserError``: the scripts print
     it as one line and exit with status 2, without the usage dump."""
 
     def __init__(self, description):
-        super().__init__(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(description=description, formatter_class=DefaultsFormatter)
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
