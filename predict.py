@@ -34,9 +34,10 @@ LIST_AT_MOST = 50  # rows printed to the terminal without --list
 
 
 def expand_inputs(inputs):
-    """Files, folders and glob patterns -> sorted unique image paths. Entries that are not
-    regular files (a FIFO, a device, a link to one) and folders that cannot be read are named
-    in one warning and left out, never opened."""
+    """Files, folders and glob patterns -> image paths in the order given (a folder's and a
+    pattern's sorted), each file once however it is spelled (``a.png``, ``./a.png``). Entries
+    that are not regular files (a FIFO, a device, a link to one) and folders that cannot be
+    read are named in one warning and left out, never opened."""
     paths, skipped = [], FolderScan()
     for item in inputs:
         if os.path.isdir(item):
@@ -60,7 +61,10 @@ def expand_inputs(inputs):
     line = skipped.skipped_line("the inputs")
     if line:
         log.warning(line)
-    return list(dict.fromkeys(paths))
+    once = {}
+    for p in paths:
+        once.setdefault(os.path.normpath(p), p)
+    return list(once.values())
 
 
 def shard_of(shard):

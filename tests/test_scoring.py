@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from data.images import ImageRule
@@ -186,3 +188,36 @@ def test_non_utf8_file_names_are_written_and_printed(folder, tmp_path):
         assert name in f.read()  # the CSV keeps the file's bytes
     path = json.load(open(out + ".json"))["predictions"][0]["path"]
     assert os.fsencode(path) == name and os.path.exists(path)
+
+
+SPELLINGS = ["imgs", "imgs/", "./imgs", "imgs//", "imgs/a.png", "./imgs/a.png", "imgs//b.png", "imgs/sub/../b.png",
+             "imgs/*.png", "./imgs/[ab].png", "imgs/sub/c.png", "imgs/sub"]
+
+
+@settings(deadline=None)
+@given(inputs=st.lists(st.sampled_from(SPELLINGS), min_size=1, max_size=6))
+def test_every_image_is_scored_once_however_the_inputs_spell_it(tmp_path_factory, inputs):
+    import predict
+    root = tmp_path_factory.getbasetemp() / "spellings"
+    if not root.exists():
+        for name in ("a.png", "b.png", "sub/c.png"):
+            (root / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4)).save(root / "imgs" / name)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        paths = predict.expand_inputs(inputs)
+    finally:
+        os.chdir(cwd)
+    canonical = [os.path.normpath(p) for p in paths]
+    assert len(set(canonical)) == len(canonical)
+    expected = set()
+    for item in inputs:
+        item = os.path.normpath(item)
+        if item in ("imgs", "imgs/sub"):
+            expected |= {f for f in ("imgs/a.png", "imgs/b.png", "imgs/sub/c.png") if f.startswith(item + "/")}
+        elif "*" in item or "[" in item:
+            expected |= {"imgs/a.png", "imgs/b.png"}
+        else:
+            expected.add(item)
+    assert set(canonical) == expected
