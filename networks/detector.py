@@ -7,6 +7,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -274,6 +275,20 @@ def score_images(model, images, transform=None, cfg=EvalConfig(), keep_pixels=Fa
             next_index += 1
 
 
+def as_image(item):
+    """A path or PIL image as it is; a uint8 numpy array as the PIL image of its pixels."""
+    if isinstance(item, (str, os.PathLike, Image.Image)):
+        return item
+    if isinstance(item, np.ndarray):
+        shape_ok = item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (1, 3, 4))
+        if item.dtype != np.uint8 or not shape_ok:
+            raise ValueError(f"predict_proba takes numpy images of uint8 (H, W) or (H, W, 1 / 3 / 4), got "
+                             f"{item.dtype} {item.shape}")
+        return Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item)
+    raise TypeError(f"predict_proba takes file paths, PIL images, uint8 numpy arrays or one tensor, got "
+                    f"{type(item).__name__}")
+
+
 def warn_nan(name, err):
     warnings.warn(f"predict_proba: image {name} gets NaN ({err})", stacklevel=4)
 
@@ -289,14 +304,25 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
       on -- gets NaN and one warning naming it
       (``strict=True`` raises a ``ValueError`` instead); truncated files are scored as far as
       they decode, as the reference does.
-    * a uint8 tensor (N, 3, H, W) is normalised; a float tensor is taken as already normalised.
-    Returns a 1-D float tensor on the CPU.
+    * a numpy array (H, W) or (H, W, 1 / 3 / 4) of uint8, as OpenCV or scikit-image give one,
+      is taken as a PIL image of those pixels (RGB order).
+    * a uint8 tensor (N, 3, H, W) or (3, H, W) is normalised; a float tensor is taken as already
+      normalised.
+    Returns a 1-D float tensor on the CPU. Anything else is a ``TypeError`` or ``ValueError``
+    that says what is accepted.
     """
     if torch.is_tensor(images):
-        x = images if images.dim() == 4 else images.unsqueeze(0)
-        return torch.cat([batch_probs(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+        x = images.unsqueeze(0) if images.dim() == 3 else images
+        if x.dim() != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 2:
+            raise ValueError(f"predict_proba takes a tensor (N, 3, H, W) or (3, H, W) with H, W >= 2, got shape "
+                             f"{tuple(images.shape)}")
+        return torch.cat([torch.zeros(0)] + [batch_probs(model, x[i:i + batch_size])
+                                             for i in range(0, len(x), batch_size)])
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         images = [images]
+    if images is None or isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
+        raise TypeError(f"predict_proba takes an image or a list of them, got {type(images).__name__}")
+    images = [as_image(im) for im in images]
     cfg = EvalConfig(next(model.parameters()).device, batch_size, channels_last=None,  # None: as the model is
                      images=ImageRule(strict=strict, report=warn_nan))
     probs = [float("nan") if s.prob is None else s.prob for s in score_images(model, images, transform, cfg)]

@@ -259,3 +259,29 @@ def test_every_format_pillow_writes_is_scored_or_named_and_closed(models, tmp_pa
         assert torch.isnan(p).all() and any("a.pdf" in str(w.message) for w in caught)
     else:
         assert torch.isfinite(p).all()
+
+
+@given(h=st.integers(2, 40), w=st.integers(2, 40), channels=st.sampled_from([None, 1, 3, 4]),
+       seed=st.integers(0, 2**16))
+def test_a_numpy_image_scores_as_the_pil_image_of_its_pixels(models, h, w, channels, seed):
+    """Notebooks hold images as arrays (OpenCV, scikit-image): one is scored as its PIL image."""
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w) if channels is None else (h, w, channels),
+                                               dtype=np.uint8)
+    pil = Image.fromarray(arr[..., 0] if channels == 1 else arr)
+    for op, model in models.items():
+        assert torch.equal(predict_proba(model, arr), predict_proba(model, pil)), op
+        assert torch.equal(predict_proba(model, [arr, pil]), predict_proba(model, [pil, pil])), op
+
+
+@pytest.mark.parametrize("bad", [
+    None, 5, b"\x89PNG", ["a.png", None], np.zeros((4, 4, 3)), np.zeros((2, 4, 4, 3), np.uint8),
+    np.zeros((4, 4, 2), np.uint8), torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 3, 8, 8), torch.zeros(2, 3, 1, 8),
+], ids=lambda b: type(b).__name__ + str(tuple(getattr(b, "shape", ()))))
+def test_what_predict_proba_cannot_take_is_one_error_that_says_what_it_takes(models, bad):
+    with pytest.raises((TypeError, ValueError), match="predict_proba takes"):
+        predict_proba(models["npr"], bad)
+
+
+def test_an_empty_batch_is_an_empty_answer(models):
+    assert predict_proba(models["npr"], []).shape == (0,)
+    assert predict_proba(models["npr"], torch.zeros(0, 3, 8, 8)).shape == (0,)
