@@ -304,8 +304,8 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
       on -- gets NaN and one warning naming it
       (``strict=True`` raises a ``ValueError`` instead); truncated files are scored as far as
       they decode, as the reference does.
-    * a numpy array (H, W) or (H, W, 1 / 3 / 4) of uint8, as OpenCV or scikit-image give one,
-      is taken as a PIL image of those pixels (RGB order).
+    * a numpy array (H, W) or (H, W, 1 / 3 / 4) of uint8 (scikit-image's layout; RGB order, so
+      OpenCV's BGR arrays need ``[..., ::-1]``) is taken as the PIL image of those pixels.
     * a uint8 tensor (N, 3, H, W) or (3, H, W) is normalised; a float tensor is taken as already
       normalised.
     Returns a 1-D float tensor on the CPU. Anything else is a ``TypeError`` or ``ValueError``

@@ -264,13 +264,16 @@ def test_every_format_pillow_writes_is_scored_or_named_and_closed(models, tmp_pa
 @given(h=st.integers(2, 40), w=st.integers(2, 40), channels=st.sampled_from([None, 1, 3, 4]),
        seed=st.integers(0, 2**16))
 def test_a_numpy_image_scores_as_the_pil_image_of_its_pixels(models, h, w, channels, seed):
-    """Notebooks hold images as arrays (OpenCV, scikit-image): one is scored as its PIL image."""
+    """Notebooks hold images as arrays (scikit-image, imageio): one is scored as its PIL image."""
     arr = np.random.default_rng(seed).integers(0, 256, (h, w) if channels is None else (h, w, channels),
                                                dtype=np.uint8)
     pil = Image.fromarray(arr[..., 0] if channels == 1 else arr)
     for op, model in models.items():
         assert torch.equal(predict_proba(model, arr), predict_proba(model, pil)), op
         assert torch.equal(predict_proba(model, [arr, pil]), predict_proba(model, [pil, pil])), op
+        if channels == 3:  # a view in reversed channel order (OpenCV's BGR made RGB) is no copy
+            bgr = Image.fromarray(np.ascontiguousarray(arr[..., ::-1]))
+            assert torch.equal(predict_proba(model, arr[..., ::-1]), predict_proba(model, bgr)), op
 
 
 @pytest.mark.parametrize("bad", [
