@@ -31,7 +31,7 @@ from engine import score_files  # noqa: E402
 from metrics import THRESHOLD_CHOICES, decide_threshold  # noqa: E402
 from networks import get_operator, load_for_evaluation  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
-from options.base_options import OneLineErrorParser, add_weights_option, size  # noqa: E402
+from options.base_options import OneLineErrorParser, add_weights_option, gpu_ids, size  # noqa: E402
 from figures import ArtifactFigures  # noqa: E402
 from util import UserError, keep_freed_memory, run_cli, select_device, set_numerics  # noqa: E402
 
@@ -259,7 +259,7 @@ def get_args_parser():
     add_weights_option(p)
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
     p.add_argument("--loadSize", type=size, default=256, help="size for the resize option")
-    p.add_argument("--gpu_ids", default="0", help="CUDA device id; -1 for the CPU")
+    p.add_argument("--gpu_ids", type=gpu_ids, default="0", help="CUDA device id; -1 for the CPU")
     return p
 
 

@@ -124,13 +124,30 @@ def one_line(err):
 
 def select_device(gpu_ids="0"):
     """CUDA (the first id of ``--gpu_ids``) when available, else the CPU; ``-1`` forces the CPU."""
-    ids = [int(i) for i in str(gpu_ids).split(",") if i.strip() != ""] if gpu_ids is not None else []
+    try:
+        ids = [int(i) for i in str(gpu_ids).split(",") if i.strip() != ""] if gpu_ids is not None else []
+    except ValueError:
+        raise UserError(f"gpu_ids {gpu_ids!r}: CUDA device ids, e.g. 0 or 0,1; -1 for the CPU") from None
     if not ids or ids[0] < 0 or not torch.cuda.is_available():
         return torch.device("cpu")
     if ids[0] >= torch.cuda.device_count():
         raise UserError(f"--gpu_ids {gpu_ids}: only {torch.cuda.device_count()} CUDA device(s) visible; "
                         "use --gpu_ids -1 for the CPU")
     return torch.device("cuda", ids[0])
+
+
+def usable_device(device):
+    """``torch.device(device)``, once a tensor can be made there: a device this machine does not
+    have ('cuda' without a GPU) is one ``UserError``, not an error from inside the first model
+    move."""
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as e:
+        why = one_line(e).split(". ")[0]
+        raise UserError(f"device {str(device)!r} cannot be used here ({why}); use 'cpu', or None for CUDA when "
+                        "available") from None
+    return device
 
 
 def set_numerics(tf32=False, exact=False, deterministic=False):

@@ -14,7 +14,7 @@ from PIL import Image
 from data.images import ImageRule, image_name
 from data.loaders import batches, make_eval_loader
 from data.transforms import normalize_batch
-from util import AMP_DTYPE, one_line, select_device
+from util import AMP_DTYPE, one_line, select_device, usable_device
 
 from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
                          load_state_dict_strict)
@@ -27,7 +27,7 @@ from .resnet import resnet50
 def load_weights(path, device=None, ema=False):
     """(an eval-mode NPR model with the weights of ``path`` on ``device``, the decision threshold
     the checkpoint stores or None): what ``load_detector`` and ``load_for_evaluation`` share."""
-    device = torch.device(device) if device is not None else select_device("0")
+    device = usable_device(device) if device is not None else select_device("0")
     ckpt = load_checkpoint(path)
     state = extract_state_dict(ckpt, ema=ema)
     operator = checkpoint_operator(ckpt, state)

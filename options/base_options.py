@@ -148,6 +148,17 @@ def _shard(text):
     return k, n
 
 
+def _gpu_ids(text):
+    """'0' / '0,1' / '-1' as given, once each part is checked to be an integer."""
+    try:
+        ids = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"'{text}': CUDA device ids, e.g. 0 or 0,1; -1 for the CPU") from None
+    if len(ids) > 1 and min(ids) < 0:
+        raise ValueError(f"'{text}': -1 (the CPU) stands alone")
+    return str(text).strip()
+
+
 def _comma_list(text):
     return tuple(c.strip() for c in str(text).split(",") if c.strip())
 
@@ -163,6 +174,7 @@ learning_rate = _type("learning rate", _in_range(float, 0, None, "the learning r
 sigma_range = _type("sigma", _range_or_value(0, None))
 ratio_range = _type("ratio", _range_or_value(0, 1))
 jpeg_qualities = _type("JPEG qualities", _jpeg_qualities)
+gpu_ids = _type("GPU ids", _gpu_ids)
 jpeg_methods = _type("JPEG encoders", _choices_list(("cv2", "pil")))
 interpolations = _type("interpolations", _choices_list(("bilinear", "bicubic", "lanczos", "nearest")))
 threshold = _type("threshold", _threshold)
@@ -221,7 +233,7 @@ TRAINING_SWITCHES = {
 def add_device_options(p, training=False):
     """--gpu_ids and the speed switches (with ``training``, also the training-step ones)."""
     g = p.add_argument_group("device and speed")
-    g.add_argument("--gpu_ids", default="0", help="CUDA device id, e.g. 0; -1 runs on the CPU")
+    g.add_argument("--gpu_ids", type=gpu_ids, default="0", help="CUDA device id, e.g. 0; -1 runs on the CPU")
     for name, text in {**SPEED_SWITCHES, **(TRAINING_SWITCHES if training else {})}.items():
         g.add_argument(f"--{name}", action="store_true", help=text)
     return g

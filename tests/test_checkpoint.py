@@ -121,3 +121,12 @@ def test_predict_proba_inputs(tmp_path):
     by_tensor = predict_proba(m, torch.from_numpy(arr).permute(2, 0, 1))
     assert torch.allclose(by_path, by_pil) and torch.allclose(by_path, by_tensor)
     assert by_path.shape == (1,) and 0 <= by_path.item() <= 1
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "tpu", "no-such-device"])
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, device):
+    from util import UserError
+    path = str(tmp_path / "m.pth")
+    torch.save(resnet50().state_dict(), path)
+    with pytest.raises(UserError, match=f"device '{device}' cannot be used here .*use 'cpu'"):
+        load_detector(path, device=device)

@@ -60,6 +60,18 @@ def test_one_type_per_flag():
         parse_train_args(["--blur_sig", "1,2,3"])
 
 
+
+@pytest.mark.parametrize("parser", [train_parser, options.test_parser, validate_parser, predict_parser,
+                                    lambda: importlib.import_module("demo").get_args_parser()])
+def test_gpu_ids_that_are_not_ids_are_refused_by_every_script(parser):
+    p = parser()
+    must = {train_parser: ["--dataroot", "x"], validate_parser: ["--dataroot", "x"], predict_parser: ["x"]}.get(parser, [])
+    assert p.parse_args(must + ["--gpu_ids", "0,1"]).gpu_ids == "0,1"
+    for bad in ("abc", "0,-1", "", "1.5"):
+        with pytest.raises(UserError, match="--gpu_ids"):
+            p.parse_args(must + ["--gpu_ids", bad])
+
+
 def markdown_commands(text):
     """(script, argv) of every python / torchrun / srun command in a Markdown page's code blocks:
     the script is what runs (``train``, ``tools.download``), argv what it is given."""
