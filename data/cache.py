@@ -13,11 +13,13 @@ so a changed dataset or option gets a new cache and never a stale one):
     images.u8    the pixels, written in place
     state.npy    per image: 0 to do, 1 cached, 2 unreadable (skipped at load time)
     meta.json    what the cache holds
+    build.lock   held while one process builds (others that share the folder wait)
 
 Building writes pixels first and ``state.npy`` second (atomically) every few hundred images,
 so an interrupted build resumes where the last ``state.npy`` says. Size on disk:
 N x loadSize^2 x 3 bytes (ProGAN 4-class at 256 px: 144k images, about 28 GB).
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,11 +27,16 @@ import os
 import random
 import shutil
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from util import UserError, write_json_atomically
+from util import UserError, atomic_file, write_json_atomically
 
 from .images import ImageDecodeError, ImageRule, load_rgb
 from .transforms import resize_square
@@ -96,17 +103,22 @@ class TrainCache:
         return bool((self.state() != TODO).all()) and os.path.isfile(self.images_path)
 
     def _save_state(self, state):
-        tmp = self.state_path + ".tmp.npy"
-        np.save(tmp, state)
-        os.replace(tmp, self.state_path)
+        with atomic_file(self.state_path, "wb") as f:
+            np.save(f, state)
 
     def build(self, num_workers=0, progress=True):
         """Decode and resize every image not cached yet; safe to interrupt and call again.
-        Unreadable images are reported and marked; the dataset skips them."""
+        Unreadable images are reported and marked; the dataset skips them. Runs that share the
+        folder (a sweep started at once) build it one at a time: the others wait, then find it
+        built."""
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as e:
             raise UserError(f"--cache_dir '{self.dir}': cannot create it ({e.strerror or e})") from None
+        with build_lock(os.path.join(self.dir, "build.lock")):
+            return self._build(num_workers, progress)
+
+    def _build(self, num_workers, progress):
         state = self.state()
         todo = np.flatnonzero(state == TODO).tolist()
         if not todo and os.path.isfile(self.images_path):
@@ -187,6 +199,29 @@ class CachedImageDataset(Dataset):
             self._images = np.memmap(self.cache.images_path, dtype=np.uint8, mode="r", shape=self.cache.shape)
         img = self.transform.augment(self._images[index], random.Random(seed))
         return img, label, index, False
+
+
+@contextlib.contextmanager
+def build_lock(path):
+    """Hold the kernel's exclusive lock on ``path`` (waiting, with one log line, while another
+    process holds it); released when the block ends or the process dies. No lock where the
+    platform has no ``fcntl``."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise UserError(f"--cache_dir: cannot open {path} ({e.strerror or e}); choose another folder") from None
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("Another process is building the cache in %s: waiting for it", os.path.dirname(path))
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_cacheable(transform):

@@ -144,6 +144,36 @@ def test_cache_build_resumes_and_skips_unreadable(tiny_dataset, tmp_path, monkey
     assert torch.equal(img, BinaryImageDataset(samples, transform)[(0, 3)][0])
 
 
+@pytest.mark.parametrize("runs", [2, 4])
+def test_runs_that_build_one_cache_at_once_end_with_the_one_cache(tiny_dataset, tmp_path, monkeypatch, runs):
+    """A sweep started at once with one --cache_dir: every run ends with the cache a lone build
+    writes (none crashes on another's files, no pixel is zeroed by a late start)."""
+    import multiprocessing
+
+    import data.cache as cache_mod
+    monkeypatch.setattr(cache_mod, "FLUSH_EVERY", 1)  # a progress mark per image: the most chances to collide
+    samples = make_samples(str(tiny_dataset / "train"))
+    alone = TrainCache(str(tmp_path / "alone"), samples, 32).build(progress=False)
+    shared = str(tmp_path / "shared")
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+
+    def build():
+        go.wait()
+        TrainCache(shared, samples, 32).build(progress=False)
+    procs = [ctx.Process(target=build) for _ in range(runs)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * runs
+    cache = TrainCache(shared, samples, 32)
+    assert cache.is_complete() and (cache.state() == alone.state()).all()
+    with open(cache.images_path, "rb") as a, open(alone.images_path, "rb") as b:
+        assert a.read() == b.read()
+
+
 def test_cache_refuses_several_interpolations(tiny_dataset, tmp_path):
     samples = make_samples(str(tiny_dataset / "train"))
     with pytest.raises(UserError, match="single --rz_interp"):
