@@ -13,6 +13,11 @@ import tempfile
 import numpy as np
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 log = logging.getLogger("npr")
 
 # --amp: float16 autocast on CUDA (with a GradScaler when training). float16, not bfloat16:
@@ -76,6 +81,30 @@ def atomic_file(path, mode="w", **open_kwargs):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def waiting_lock(path, what):
+    """Hold the kernel's exclusive lock on the file ``path`` for the block, waiting (with one log
+    line naming ``what`` the holder does) while another process holds it. Released when the
+    block ends or the process dies, however it dies: never stale. No lock where the platform
+    has no ``fcntl``."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot open the lock file {path} ({e.strerror or e}); remove what is in the way") from None
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("Another process is %s: waiting for it", what)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def current_umask():

@@ -19,7 +19,6 @@ Building writes pixels first and ``state.npy`` second (atomically) every few hun
 so an interrupted build resumes where the last ``state.npy`` says. Size on disk:
 N x loadSize^2 x 3 bytes (ProGAN 4-class at 256 px: 144k images, about 28 GB).
 """
-import contextlib
 import hashlib
 import json
 import logging
@@ -27,16 +26,11 @@ import os
 import random
 import shutil
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from util import UserError, atomic_file, write_json_atomically
+from util import UserError, atomic_file, waiting_lock, write_json_atomically
 
 from .images import ImageDecodeError, ImageRule, load_rgb
 from .transforms import resize_square
@@ -115,7 +109,7 @@ class TrainCache:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as e:
             raise UserError(f"--cache_dir '{self.dir}': cannot create it ({e.strerror or e})") from None
-        with build_lock(os.path.join(self.dir, "build.lock")):
+        with waiting_lock(os.path.join(self.dir, "build.lock"), f"building the cache in {self.dir}"):
             return self._build(num_workers, progress)
 
     def _build(self, num_workers, progress):
@@ -199,29 +193,6 @@ class CachedImageDataset(Dataset):
             self._images = np.memmap(self.cache.images_path, dtype=np.uint8, mode="r", shape=self.cache.shape)
         img = self.transform.augment(self._images[index], random.Random(seed))
         return img, label, index, False
-
-
-@contextlib.contextmanager
-def build_lock(path):
-    """Hold the kernel's exclusive lock on ``path`` (waiting, with one log line, while another
-    process holds it); released when the block ends or the process dies. No lock where the
-    platform has no ``fcntl``."""
-    if fcntl is None:
-        yield
-        return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise UserError(f"--cache_dir: cannot open {path} ({e.strerror or e}); choose another folder") from None
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log.info("Another process is building the cache in %s: waiting for it", os.path.dirname(path))
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def check_cacheable(transform):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from util import write_json_atomically
+from util import waiting_lock, write_json_atomically
 
 from .benchmarks import MINI_GENERATORS, MINI_TEST_PER_GENERATOR, MINI_THIRD_PARTY
 
@@ -281,14 +281,35 @@ def build_mini(root, seed=0, size=48, train_per_class=320, val_per_class=50, tes
     """
     config = {"seed": seed, "size": size, "train_per_class": train_per_class, "val_per_class": val_per_class,
               "test_per_generator": test_per_generator, "generator_steps": generator_steps}
-    if not rebuild and is_built(root, config):
-        with open(os.path.join(root, "manifest.json")) as f:
-            manifest = json.load(f)
-        if all(name in manifest["generators"] for name in MINI_THIRD_PARTY):
-            return manifest
-        return add_third_party(root, manifest)
-    if os.path.exists(root):
-        shutil.rmtree(root)
+    root = os.path.normpath(root)
+    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
+    # Two commands started at once on a fresh machine (test.py and train.py): one builds, the
+    # other waits and finds it built.
+    with waiting_lock(os.path.join(os.path.dirname(os.path.abspath(root)), f".{os.path.basename(root)}.lock"),
+                      f"building NPR-mini in {root}"):
+        if not rebuild and is_built(root, config):
+            with open(os.path.join(root, "manifest.json")) as f:
+                manifest = json.load(f)
+            if all(name in manifest["generators"] for name in MINI_THIRD_PARTY):
+                return manifest
+            return add_third_party(root, manifest)
+        # Written beside the old build and swapped in whole: a killed build leaves no half
+        # dataset where the scripts look, and the old one stays until the new one is complete.
+        partial = root + ".partial"
+        if os.path.exists(partial):
+            shutil.rmtree(partial)
+        manifest = write_mini(partial, config, quiet)
+        if os.path.exists(root):
+            shutil.rmtree(root)
+        os.rename(partial, root)
+        return manifest
+
+
+def write_mini(root, config, quiet):
+    """Write a fresh NPR-mini with ``config`` to ``root``; returns its manifest."""
+    seed, size, generator_steps = config["seed"], config["size"], config["generator_steps"]
+    train_per_class, val_per_class = config["train_per_class"], config["val_per_class"]
+    test_per_generator = config["test_per_generator"]
     rng = random.Random(seed)
     photos = load_photos()
     cats = sorted(photos)

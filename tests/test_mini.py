@@ -77,3 +77,36 @@ def test_missing_package_is_one_line_and_the_rest_builds_then_it_is_added(tmp_pa
     build_mini(str(tmp_path / "b"), seed=1, **TINY)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
 
+
+
+def test_builds_started_at_once_or_killed_leave_one_complete_benchmark(tmp_path, monkeypatch):
+    """test.py and train.py started together on a fresh machine build NPR-mini once; a build
+    killed half way leaves nothing where the scripts look, and the next one completes."""
+    import subprocess
+    import sys
+
+    import data.mini as mini
+    from conftest import ROOT
+    shared = str(tmp_path / "shared")
+    code = f"from data.mini import build_mini; build_mini({shared!r}, seed=1, **{TINY!r})"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert not os.path.exists(shared + ".partial")
+
+    killed = str(tmp_path / "killed")
+    save, calls = mini.save_pngs, []
+
+    def killed_after_two(folder, prefix, images):
+        calls.append(folder)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return save(folder, prefix, images)
+    monkeypatch.setattr(mini, "save_pngs", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        build_mini(killed, seed=1, **TINY)
+    assert not os.path.exists(killed)  # no half benchmark where test.py looks
+    monkeypatch.setattr(mini, "save_pngs", save)
+    build_mini(killed, seed=1, **TINY)
+    assert digest(killed) == digest(shared)
