@@ -14,22 +14,13 @@ scored again, so whatever happened to the files (cut, edited, deleted), a rerun 
 row per input, and a kept row is never changed.
 """
 import csv
-import datetime
-import errno
 import hashlib
 import json
 import os
-import socket
 import stat
-import sys
 
 from data.images import SKIP_REASONS
-from util import UserError, atomic_file, log, write_json_atomically
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: runs are not locked against each other
-    fcntl = None
+from util import RunLock, UserError, atomic_file, log, write_json_atomically
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
@@ -82,63 +73,13 @@ def row_problem(row, path, threshold):
 
 # ----------------------------------------------------------------------------- the lock
 
-class OutputLock:
-    """The exclusive right to write ``<out>.*``: a POSIX record lock (``fcntl.lockf``) on
-    ``<out>.lock``, which the kernel releases when the holder ends, however it ends, so a lock is
-    never stale. The file stays (it names the last holder); it holds no lock by itself. Network
+class OutputLock(RunLock):
+    """The exclusive right to write ``<out>.*``: a ``util.RunLock`` on ``<out>.lock``. Network
     filesystems lock this way when their locks reach the server (NFSv4; NFSv3 with lockd, not
     mounted ``nolock``): docs/scaling.md."""
 
     def __init__(self, out):
-        self.path = out + ".lock"
-        self.fd = None
-
-    def holder(self):
-        try:
-            with open(self.path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-
-    def acquire(self):
-        """Take the lock, or raise ``UserError`` naming the process that holds it."""
-        if fcntl is None:
-            return self
-        try:
-            # Never through a link, never blocking on a FIFO: the file is truncated below.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-        except OSError as e:
-            why = "a link" if e.errno == errno.ELOOP else e.strerror or e
-            raise UserError(f"cannot write {self.path} ({why}); remove it or choose another --output") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UserError(f"cannot write {self.path} (not a regular file); remove it or choose another --output")
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            h = self.holder()
-            who = f"pid {h.get('pid', '?')} on {h.get('host', '?')}, since {h.get('since', '?')}" if h else \
-                "another process"
-            raise UserError(f"{self.path} is held by {who}: another predict.py is writing these files; wait for "
-                            "it to end, or choose another --output") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": datetime.datetime.now().isoformat(timespec="seconds"),
-                                 "command": " ".join(sys.argv)}).encode())
-        self.fd = fd
-        return self
-
-    def release(self):
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
+        super().__init__(out + ".lock", "another predict.py is writing these files", "--output")
 
 
 def claim_output(out, merged=None):

@@ -9,6 +9,7 @@ Read top to bottom: ``main`` sets up data, model and optimiser, resumes if asked
 one checkpoint dict (see ``checkpoint_state``). ``torchrun --nproc_per_node=N train.py ...`` trains
 with DistributedDataParallel; ``--batch_size`` is then the global batch, split over processes.
 """
+import contextlib
 import datetime
 import os
 import random
@@ -38,7 +39,7 @@ from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
 from recipe import LRSchedule, build_loss, build_optimizer, set_lr
 from report import suite_table
 from data.mini import build_mini
-from util import (UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, seed_everything,
+from util import (RunLock, UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, seed_everything,
                   select_device, set_numerics, setup_logging)
 
 
@@ -305,6 +306,23 @@ def main(argv=None):
     args = parse_train_args(argv)
     keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
     rank, world, device = init_distributed(args.gpu_ids, args.batch_size)
+    with hold_run(args, rank):
+        return run(args, argv, rank, world, device)
+
+
+def hold_run(args, rank):
+    """Rank 0 holds the run folder's ``train.lock`` while it trains: a second train.py on the same
+    --name (the command started again in another terminal) is one line, not two runs writing
+    the same checkpoints in turn."""
+    if rank != 0:
+        return contextlib.nullcontext()
+    exp_dir = os.path.join(args.checkpoints_dir, args.name)
+    ensure_writable_dir(exp_dir, "checkpoint folder")
+    return RunLock(os.path.join(exp_dir, "train.lock"), "another train.py is training this run", "--name")
+
+
+def run(args, argv, rank, world, device):
+    """The training of ``main``, from the run folder to the last checkpoint."""
     train_samples, val_samples = start_run(args, argv, rank, world, device)
 
     model = resnet50(operator=args.operator).to(device)

@@ -1,12 +1,16 @@
 """Small helpers shared by the scripts: user-facing errors, devices, seeding, logging."""
 import contextlib
 import ctypes
+import datetime
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
 import random
+import socket
+import stat
 import sys
 import tempfile
 
@@ -81,6 +85,66 @@ def atomic_file(path, mode="w", **open_kwargs):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+class RunLock:
+    """The exclusive right of one process to a set of files: a POSIX record lock
+    (``fcntl.lockf``) on ``path``, which the kernel releases when the holder ends, however it
+    ends, so a lock is never stale. The file stays (it names the last holder: pid, host, start,
+    command); it holds no lock by itself. A second process is refused with one line that names
+    the holder, ``what`` it is doing and the ``option`` that picks other files."""
+
+    def __init__(self, path, what, option):
+        self.path, self.what, self.option = path, what, option
+        self.fd = None
+
+    def holder(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self):
+        """Take the lock, or raise ``UserError`` naming the process that holds it."""
+        if fcntl is None:
+            return self
+        try:
+            # Never through a link, never blocking on a FIFO: the file is truncated below.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            why = "a link" if e.errno == errno.ELOOP else e.strerror or e
+            raise UserError(f"cannot write {self.path} ({why}); remove it or choose another {self.option}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UserError(f"cannot write {self.path} (not a regular file); remove it or choose another "
+                            f"{self.option}")
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            h = self.holder()
+            who = f"pid {h.get('pid', '?')} on {h.get('host', '?')}, since {h.get('since', '?')}" if h else \
+                "another process"
+            raise UserError(f"{self.path} is held by {who}: {self.what}; wait for it to end, or choose another "
+                            f"{self.option}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": datetime.datetime.now().isoformat(timespec="seconds"),
+                                 "command": " ".join(sys.argv)}).encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 @contextlib.contextmanager

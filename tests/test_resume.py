@@ -119,3 +119,30 @@ def test_a_damaged_latest_checkpoint_names_the_others_and_that_advice_resumes(ti
     assert "\n" not in str(err.value)
     assert train.main(common + ["--niter", "2", "--continue_train", "--epoch", "last"]) == 0
     assert torch.load(tmp_path / "r" / "model_epoch_last.pth", weights_only=True)["epoch"] == 2
+
+
+def test_a_second_train_py_on_one_run_is_refused_while_the_first_trains(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from util import UserError
+    common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--batch_size", "4",
+              "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0", "--name", "r",
+              "--niter", "1"]
+    os.makedirs(tmp_path / "r")
+    lock = str(tmp_path / "r" / "train.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from util import RunLock; "
+                               f"RunLock({lock!r}, 'x', '--name').acquire(); print('held', flush=True); "
+                               "time.sleep(60)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"held by pid {holder.pid} .*another train.py is training this run; "
+                                            "wait for it to end, or choose another --name"):
+            train.main(common)
+        assert not os.path.exists(tmp_path / "r" / "model_epoch_last.pth")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train.main(common) == 0  # the holder is gone: its lock went with it
