@@ -272,7 +272,7 @@ def serve(app, port, **kwargs):
 
 def load_model(model_path, gpu_ids="0", ema=False):
     """(the prepared model, its stored threshold or None); one line when there is no checkpoint."""
-    if not os.path.isfile(model_path):
+    if not os.path.exists(model_path):
         hint = "run `python train.py` first, or pass --model_path" if model_path == MINI_CHECKPOINT else \
             "check --model_path"
         raise UserError(f"no checkpoint at {model_path}; {hint}")
