@@ -6,6 +6,7 @@ Every value is converted and checked by its ``type=`` (one readable line when it
 only checks that involve two options run after parsing.
 """
 import argparse
+import math
 import sys
 
 from data.benchmarks import MINI_ROOT
@@ -86,9 +87,12 @@ def _type(name, convert):
 
 def _numbers(text, kind=float):
     try:
-        return tuple(kind(v) for v in str(text).split(",") if v.strip())
+        vals = tuple(kind(v) for v in str(text).split(",") if v.strip())
     except ValueError:
         raise ValueError(f"'{text}': expected {'integers' if kind is int else 'numbers'} separated by commas") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"'{text}': nan and inf are not values here")
+    return vals
 
 
 def _in_range(kind, lo, hi, what, lo_open=False, hi_open=False):
@@ -97,6 +101,8 @@ def _in_range(kind, lo, hi, what, lo_open=False, hi_open=False):
             v = kind(text)
         except ValueError:
             raise ValueError(f"'{text}' is not a {'whole ' if kind is int else ''}number") from None
+        if not math.isfinite(v):  # nan passes every comparison below
+            raise ValueError(f"'{text}': nan and inf are not values here")
         if (v <= lo if lo_open else v < lo) or (hi is not None and (v >= hi if hi_open else v > hi)):
             raise ValueError(f"{v}: {what}")
         return v

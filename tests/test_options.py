@@ -61,6 +61,21 @@ def test_one_type_per_flag():
 
 
 
+@pytest.mark.parametrize("parser", [train_parser, options.test_parser, validate_parser, predict_parser])
+def test_no_numeric_option_takes_nan_or_inf(parser):
+    """nan passes every range check (nan < 0 and nan > 1 are both False): a --threshold nan
+    called every image real."""
+    p = parser()
+    must = {train_parser: ["--dataroot", "x"], validate_parser: ["--dataroot", "x"], predict_parser: ["x"]}.get(parser, [])
+    numeric = [a for a in p._actions if a.option_strings and getattr(a.type, "__name__", "") not in ("", "str", "GPU ids",
+               "list", "shard", "comma_list")]
+    assert len(numeric) >= 3
+    for action in numeric:
+        for bad in ("nan", "inf", "-inf", "0,nan"):
+            with pytest.raises(UserError):
+                p.parse_args(must + [action.option_strings[0], bad])
+
+
 @pytest.mark.parametrize("parser", [train_parser, options.test_parser, validate_parser, predict_parser,
                                     lambda: importlib.import_module("demo").get_args_parser()])
 def test_gpu_ids_that_are_not_ids_are_refused_by_every_script(parser):
