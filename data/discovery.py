@@ -4,6 +4,7 @@ A *leaf* is a folder holding ``0_real`` and ``1_fake``. A dataset folder is a le
 holds category folders that are leaves (``progan/airplane/0_real``). Labels come from the
 folder: 0 = real, 1 = fake.
 """
+import collections
 import logging
 import os
 import stat
@@ -57,18 +58,27 @@ class FolderScan:
     images: list = field(default_factory=list)       # regular image files (links to them included)
     not_regular: list = field(default_factory=list)  # (path, what it is): image names that are no file to read
     unreadable: list = field(default_factory=list)   # (folder, why): subfolders that could not be listed
+    repeated: list = field(default_factory=list)     # links to a folder already listed (a loop, a second way in)
+
+    def add(self, other):
+        """Take in another scan's findings (several folders reported as one)."""
+        for name in ("images", "not_regular", "unreadable", "repeated"):
+            getattr(self, name).extend(getattr(other, name))
 
     def skipped_line(self, folder):
         """One line on what was skipped, or '' when nothing was."""
+        def some(items, show=str):
+            return ", ".join(show(i) for i in items[:3]) + (", ..." if len(items) > 3 else "")
         parts = []
         if self.not_regular:
-            shown = ", ".join(f"{p} ({what})" for p, what in self.not_regular[:3])
-            parts.append(f"{len(self.not_regular)} image name(s) that are not regular files, never opened: {shown}"
-                         + (", ..." if len(self.not_regular) > 3 else ""))
+            parts.append(f"{len(self.not_regular)} image name(s) that are not regular files, never opened: "
+                         + some(self.not_regular, lambda i: f"{i[0]} ({i[1]})"))
         if self.unreadable:
-            shown = ", ".join(f"{p} ({why})" for p, why in self.unreadable[:3])
-            parts.append(f"{len(self.unreadable)} folder(s) that could not be read: {shown}"
-                         + (", ..." if len(self.unreadable) > 3 else ""))
+            parts.append(f"{len(self.unreadable)} folder(s) that could not be read: "
+                         + some(self.unreadable, lambda i: f"{i[0]} ({i[1]})"))
+        if self.repeated:
+            parts.append(f"{len(self.repeated)} link(s) to a folder already listed, not listed twice: "
+                         + some(self.repeated))
         return f"skipped under {folder}: " + "; ".join(parts) if parts else ""
 
 
@@ -98,24 +108,54 @@ def unopenable(path):
 
 
 def scan_images(folder):
-    """A ``FolderScan`` of the image files below ``folder`` (recursively, sorted for a reproducible
-    order): entries with an image name that are not regular files (FIFOs, devices, sockets, links
-    to them), and subfolders that cannot be listed, are set aside and named, never opened or
-    silently dropped. A broken link stays in: opening it fails at once, and it is counted as an
-    unreadable image."""
-    scan = FolderScan()
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=lambda e: scan.unreadable.append(
-            (e.filename, e.strerror or str(e)))):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if f.lower().endswith(IMG_EXTENSIONS):
-                path = os.path.join(dirpath, f)
-                kind = unopenable(path)
-                if kind is None:
-                    scan.images.append(path)
-                else:
-                    scan.not_regular.append((path, kind))
+    """A ``FolderScan`` of the image files below ``folder``, in the reference's order (torchvision's
+    ``ImageFolder``: folders sorted by path, files by name, links to folders followed). Each folder
+    is listed once: a link back to a folder above it, or a second link to one folder, is named
+    and not followed again (the reference follows a loop 40 levels deep). Entries with an image
+    name that are not regular files (FIFOs, devices, sockets, links to them), and subfolders that
+    cannot be listed, are set aside and named, never opened or silently dropped. A broken link
+    stays in: opening it fails at once, and it is counted as an unreadable image. The walk keeps
+    its own stack, so a tree of any depth is listed; links to folders are followed after the
+    folders themselves, so a folder reached both ways is listed under its own path."""
+    scan, seen, listed, pending, links = FolderScan(), set(), [], [folder], collections.deque()
+    while pending or links:
+        path = pending.pop() if pending else links.popleft()
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                scan.repeated.append(path)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as e:
+            scan.unreadable.append((path, e.strerror or str(e)))
+            continue
+        subfolders, names = [], []
+        for entry in sorted(entries, key=lambda e: e.name):
+            if is_folder(entry):
+                (links.append if entry.is_symlink() else subfolders.append)(entry.path)
+            elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                names.append(entry.name)
+        listed.append((path, names))
+        pending += reversed(subfolders)  # depth first, smallest name first
+    for path, names in sorted(listed):
+        for name in names:
+            image = os.path.join(path, name)
+            kind = unopenable(image)
+            if kind is None:
+                scan.images.append(image)
+            else:
+                scan.not_regular.append((image, kind))
     return scan
+
+
+def is_folder(entry):
+    """Whether a ``DirEntry`` is a folder or a link to one (as ``os.walk(followlinks=True)`` sees it)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def list_images(folder):

@@ -151,8 +151,8 @@ def class_files(folder):
         for name, label in LABEL_FOLDERS:
             scan = scan_images(os.path.join(leaf, name))
             out[label] += scan.images
-            skipped.not_regular += scan.not_regular
-            skipped.unreadable += scan.unreadable
+            scan.images = []
+            skipped.add(scan)
     return out, skipped
 
 
