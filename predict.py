@@ -28,7 +28,8 @@ from networks import load_for_evaluation
 from options import parse_predict_args
 from prediction_store import PredictionFiles, claim_output, merge_shards, printable, shard_name, shard_paths
 from figures import ArtifactFigures
-from util import UserError, keep_freed_memory, log, run_cli, select_device, set_numerics, setup_logging
+from util import (Interrupted, UserError, keep_freed_memory, launch_env, log, run_cli, select_device, set_numerics,
+                  setup_logging)
 
 LIST_AT_MOST = 50  # rows printed to the terminal without --list
 
@@ -38,13 +39,10 @@ def expand_inputs(inputs):
     pattern's sorted), each file once however it is spelled (``a.png``, ``./a.png``). Entries
     that are not regular files (a FIFO, a device, a link to one) and folders that cannot be
     read are named in one warning and left out, never opened."""
-    paths, skipped = [], FolderScan()
+    found = FolderScan()
     for item in inputs:
         if os.path.isdir(item):
-            scan = scan_images(item)
-            paths += scan.images
-            skipped.not_regular += scan.not_regular
-            skipped.unreadable += scan.unreadable
+            found.add(scan_images(item))
             continue
         explicit = os.path.lexists(item)
         matches = [item] if explicit else sorted(glob.glob(item, recursive=True))
@@ -55,14 +53,14 @@ def expand_inputs(inputs):
                 continue
             kind = unopenable(m)
             if kind is None:
-                paths.append(m)
+                found.images.append(m)
             else:
-                skipped.not_regular.append((m, kind))
-    line = skipped.skipped_line("the inputs")
+                found.not_regular.append((m, kind))
+    line = found.skipped_line("the inputs")
     if line:
         log.warning(line)
     once = {}
-    for p in paths:
+    for p in found.images:
         once.setdefault(os.path.normpath(p), p)
     return list(once.values())
 
@@ -71,8 +69,8 @@ def shard_of(shard):
     """(k, n) from --shard k/n, or from torchrun's RANK / WORLD_SIZE; None for a single process."""
     if shard is not None:
         return shard
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")) + 1, world) if world > 1 else None
+    rank, world, _ = launch_env()
+    return (rank + 1, world) if world > 1 else None
 
 
 def print_rows(files):
@@ -102,8 +100,8 @@ def main(argv=None):
 
 
 def scan(args, paths, shard, mine, out):
-    gpu_ids = os.environ.get("LOCAL_RANK", args.gpu_ids) if shard and args.shard is None and args.gpu_ids != "-1" \
-        else args.gpu_ids
+    under_torchrun = shard and args.shard is None and "LOCAL_RANK" in os.environ
+    gpu_ids = launch_env()[2] if under_torchrun and args.gpu_ids != "-1" else args.gpu_ids
     device = select_device(gpu_ids)
     set_numerics()  # float32 on CUDA (no TF32), as the reference computed
     model, stored = load_for_evaluation(args.model_path, device, args.ema_weights)
@@ -127,7 +125,11 @@ def scan(args, paths, shard, mine, out):
     try:
         for row in score_files(model, mine[done:], transform, threshold, cfg, figure, first):
             files.write([row])
+            done += 1
             bar.update(1)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{done} of {len(mine)} images scored, kept in {files.jsonl}; run the same command again "
+                          "to score the rest") from None
     finally:
         bar.close()
         files.close()

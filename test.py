@@ -29,7 +29,7 @@ from report import groups, suite_table, summary_table, write_results
 from data.mini import build_mini
 from data.verification import format_report
 from data.verification import verify as verify_suites
-from util import (UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, select_device,
+from util import (Interrupted, UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, select_device,
                   set_numerics, setup_logging, write_json_atomically)
 
 
@@ -87,9 +87,13 @@ def main(argv=None):
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
                      not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))
     all_rows, thresholds = [], {}
-    for model_path in args.model_path:
-        rows, thresholds[model_path] = evaluate_checkpoint(model_path, suites, perturbations, args, cfg)
-        all_rows += rows
+    try:
+        for model_path in args.model_path:
+            rows, thresholds[model_path] = evaluate_checkpoint(model_path, suites, perturbations, args, cfg)
+            all_rows += rows
+    except KeyboardInterrupt:
+        raise Interrupted(f"nothing written to {args.results_dir}: the results are written once every "
+                          "suite is scored") from None
     if not all_rows:
         raise UserError("no generator folders found in the selected suites; nothing was evaluated")
     summary = summarize_checkpoints(all_rows) if len(args.model_path) > 1 else []

@@ -39,8 +39,8 @@ from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
 from recipe import LRSchedule, build_loss, build_optimizer, set_lr
 from report import suite_table
 from data.mini import build_mini
-from util import (RunLock, UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, seed_everything,
-                  select_device, set_numerics, setup_logging)
+from util import (RunLock, UserError, atomic_file, ensure_writable_dir, keep_freed_memory, launch_env, log, run_cli,
+                  seed_everything, select_device, set_numerics, setup_logging)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -48,10 +48,9 @@ from util import (RunLock, UserError, atomic_file, ensure_writable_dir, keep_fre
 def init_distributed(gpu_ids, batch_size):
     """(rank, world_size, device). Under torchrun: NCCL on CUDA, gloo on the CPU (a process group
     even for one process, so that a one-GPU torchrun checks the launch a multi-GPU run needs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world, local_rank = launch_env()
     if "RANK" not in os.environ:  # not started by torchrun
         return 0, 1, select_device(gpu_ids)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and str(gpu_ids).strip() != "-1"
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:

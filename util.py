@@ -196,13 +196,30 @@ def finite_or_null(obj):
     return obj
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the script kept and how to go on; ``run_cli`` prints it as one line."""
+
+
 def run_cli(main, argv=None):
-    """Run ``main(argv)`` and turn a ``UserError`` into one readable line and exit code 2."""
+    """Run ``main(argv)`` as a script. A ``UserError`` is one readable line and exit code 2;
+    Ctrl-C is one line (``Interrupted`` says what was kept) and 130; a reader that stops reading
+    (``predict.py ... | head``) ends the script quietly with 141, as it ends ``cat``; a character
+    the terminal cannot encode (a photo's name in an ASCII console) is printed escaped."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # not a text stream (a test's capture)
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not as a warning at exit
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        sys.exit(141)
     sys.exit(code or 0)
 
 
@@ -227,6 +244,25 @@ def select_device(gpu_ids="0"):
         raise UserError(f"--gpu_ids {gpu_ids}: only {torch.cuda.device_count()} CUDA device(s) visible; "
                         "use --gpu_ids -1 for the CPU")
     return torch.device("cuda", ids[0])
+
+
+def launch_env():
+    """``(rank, world_size, local_rank)`` from the variables that ``torchrun`` (or a scheduler's
+    launch script) sets, ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; ``(0, 1, 0)`` where none is
+    set. Values that cannot describe one process of a run (``RANK=x``, a rank outside
+    0..WORLD_SIZE-1) are one ``UserError`` that names them."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    given = {k: os.environ[k] for k in names if k in os.environ}
+    try:
+        rank, world, local = (int(given.get(k, d)) for k, d in zip(names, ("0", "1", "0")))
+    except ValueError:
+        rank = world = local = -1
+    if not (world >= 1 and 0 <= rank < world and local >= 0):
+        shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise UserError(f"the environment's {shown} cannot describe one process of a run (RANK must be a whole "
+                        "number in 0..WORLD_SIZE-1, LOCAL_RANK one >= 0): use the values torchrun sets, or unset "
+                        "them to run a single process")
+    return rank, world, local
 
 
 def usable_device(device):
