@@ -113,8 +113,9 @@ class RunLock:
             # Never through a link, never blocking on a FIFO: the file is truncated below.
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as e:
-            why = "a link" if e.errno == errno.ELOOP else e.strerror or e
-            raise UserError(f"cannot write {self.path} ({why}); remove it or choose another {self.option}") from None
+            if e.errno == errno.ELOOP:
+                raise UserError(f"cannot write {self.path} (a link); remove it or choose another {self.option}") from None
+            raise UserError(f"cannot write {self.path} ({e.strerror or e}); choose another {self.option}") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise UserError(f"cannot write {self.path} (not a regular file); remove it or choose another "

@@ -7,6 +7,7 @@ only checks that involve two options run after parsing.
 """
 import argparse
 import math
+import os
 import sys
 
 from data.benchmarks import MINI_ROOT
@@ -165,6 +166,16 @@ def _gpu_ids(text):
     return str(text).strip()
 
 
+def _output_stem(text):
+    """A path to which the extensions are added; a folder (a path ending in '/', or one that exists)
+    gets ``predictions`` inside it, so that ``--output out/`` writes ``out/predictions.csv``."""
+    if not str(text).strip():
+        raise ValueError("an empty name: give a path such as results/predictions")
+    if text.endswith(("/", os.sep)) or os.path.isdir(text):
+        return os.path.join(text, "predictions")
+    return text
+
+
 def _comma_list(text):
     return tuple(c.strip() for c in str(text).split(",") if c.strip())
 
@@ -186,6 +197,7 @@ interpolations = _type("interpolations", _choices_list(("bilinear", "bicubic", "
 threshold = _type("threshold", _threshold)
 comma_list = _type("list", _comma_list)
 shard = _type("shard", _shard)
+output_stem = _type("output", _output_stem)
 
 
 # ----------------------------------------------------------------------------- shared groups

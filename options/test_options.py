@@ -6,7 +6,7 @@ from util import UserError
 
 from .base_options import (MINI_ROOT, OneLineErrorParser, accept_reference_options, add_data_options,
                            add_device_options, add_image_options, add_threshold_options, check_sizes, comma_list,
-                           gpu_ids, non_negative_int, positive_int, shard, size)
+                           gpu_ids, non_negative_int, output_stem, positive_int, shard, size)
 from .train_options import MINI_RECIPE
 
 MINI_CHECKPOINT = "checkpoints/npr-mini/model_epoch_last.pth"
@@ -98,8 +98,9 @@ def predict_parser():
     p.add_argument("--model_path", default=MINI_CHECKPOINT, help="checkpoint")
     p.add_argument("--resize", action="store_true", help="resize to --loadSize first (the reference's test-time resize)")
     p.add_argument("--loadSize", type=size, default=256, help="size for --resize")
-    p.add_argument("--output", default="results/predictions",
-                   help="writes <output>.csv, <output>.jsonl and <output>.json (and holds <output>.lock while it runs)")
+    p.add_argument("--output", type=output_stem, default="results/predictions",
+                   help="writes <output>.csv, <output>.jsonl and <output>.json (and holds <output>.lock while it "
+                        "runs); a folder (out/, or one that exists) gets predictions.* inside it")
     p.add_argument("--visualize", default=None, help="folder for one PNG per image: image, NPR residual, probability")
     p.add_argument("--gpu_ids", type=gpu_ids, default="0", help="CUDA device id; -1 for the CPU")
     p.add_argument("--batch_size", type=positive_int, default=32, help="images per batch (equal sizes are batched)")

@@ -209,6 +209,22 @@ def test_a_wrong_output_is_one_line_before_the_model_loads(setup, tmp_path):
                           *extra])
 
 
+@pytest.mark.parametrize("spelling", ["new/", "existing", "existing/", "."])
+def test_an_output_that_names_a_folder_gets_the_files_inside_it(setup, tmp_path, monkeypatch, spelling):
+    imgs, ckpt, ref = setup
+    (tmp_path / "existing").mkdir()
+    monkeypatch.chdir(tmp_path)  # "." wrote ..csv, ..jsonl, ..json; "new/" failed on new/.lock
+    run_predict(imgs, ckpt, spelling)
+    folder = tmp_path / spelling
+    assert set(os.listdir(folder)) - {"existing"} == {f"predictions.{e}" for e in ("csv", "json", "jsonl", "lock")}
+    assert_same_as(ref, str(folder / "predictions"))
+
+
+def test_an_empty_output_is_refused_by_the_parser():
+    with pytest.raises(UserError, match="argument --output: an empty name"):  # it wrote .csv, .jsonl, .json
+        predict.main(["x.png", "--output", ""])
+
+
 def test_a_merge_that_cannot_write_says_so_and_a_rerun_merges(setup, tmp_path):
     imgs, ckpt, ref = setup
     out = str(tmp_path / "p")
