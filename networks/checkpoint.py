@@ -99,6 +99,9 @@ def extract_state_dict(ckpt, ema=False):
             break
     state = {}
     for k, v in ckpt.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"the checkpoint's keys are not parameter names (found {type(k).__name__} {k!r}): "
+                                  "not a model state dict")
         for prefix in KEY_PREFIXES:
             while k.startswith(prefix):
                 k = k[len(prefix):]
@@ -120,6 +123,19 @@ def checkpoint_operator(ckpt, state):
     return operator_for_head(fc.shape[0] if torch.is_tensor(fc) and fc.dim() == 2 else 1)
 
 
+def unusable_tensor(value):
+    """Why ``value`` cannot be a weight of the model (not a tensor, no values, sparse, complex,
+    quantized), or None for an ordinary dense tensor."""
+    if not torch.is_tensor(value):
+        return f"a {type(value).__name__}, not a tensor"
+    for wrong, why in ((value.is_meta, "a tensor without values (meta)"),
+                       (value.layout != torch.strided, f"a {str(value.layout).replace('torch.', '')} tensor"),
+                       (value.is_complex(), "complex values"), (value.is_quantized, "a quantized tensor")):
+        if wrong:
+            return why
+    return None
+
+
 def load_state_dict_strict(model, state, source="checkpoint"):
     """``load_state_dict(strict=True)`` with an error that lists what does not match."""
     own = model.state_dict()
@@ -133,7 +149,11 @@ def load_state_dict_strict(model, state, source="checkpoint"):
         raise CheckpointError(f"{source} does not match the NPR network (another architecture?): "
                               f"missing keys: {show(missing)}; unexpected keys: {show(unexpected)}; "
                               f"wrong shapes: {show(wrong_shape)}")
-    broken = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    odd = [(k, why) for k, why in ((k, unusable_tensor(v)) for k, v in state.items()) if why]
+    if odd:
+        raise CheckpointError(f"{source} holds {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} that cannot be "
+                              f"weights (the first: {odd[0][0]}, {odd[0][1]}): not a model state dict")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
     if broken:
         raise CheckpointError(f"{source} holds NaN or infinite values in {len(broken)} tensor(s) ({broken[0]} first): "
                               "the training that wrote it diverged; use an earlier checkpoint")

@@ -1,7 +1,10 @@
 import os
+import tempfile
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from networks import CheckpointError, load_detector, predict_proba, resnet50, save_checkpoint
 from networks.checkpoint import load_checkpoint
@@ -107,6 +110,43 @@ def test_weights_of_a_diverged_training_are_refused(tmp_path, bad):
     torch.save({"model": sd}, path)
     with pytest.raises(CheckpointError, match="NaN or infinite values in 1 tensor.*layer2.0.bn1.running_var.*diverged"):
         load_detector(path, device="cpu")
+
+
+# What a checkpoint from the internet may hold in place of a weight, or of a weight's name.
+ODD_VALUES = {
+    "a list": lambda v: [v], "a number": lambda v: 1.5, "None": lambda v: None, "a string": lambda v: "w",
+    "meta": lambda v: torch.empty_like(v, device="meta"), "complex": lambda v: v.to(torch.complex64),
+    "sparse": lambda v: v.reshape(v.shape[0], -1).to_sparse() if v.dim() else v.reshape(1).to_sparse(),
+    "half": lambda v: v.half(), "whole numbers": lambda v: v.long(), "empty": lambda v: torch.empty(0),
+    "0-d": lambda v: torch.tensor(1.0), "bool": lambda v: v > 0,
+}
+ODD_KEYS = {"an int": lambda k: 7, "a tuple": lambda k: (k,), "prefixed": lambda k: "module." + k,
+            "dropped": None, "bytes": lambda k: k.encode()}
+
+
+@given(values=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(sorted(ODD_VALUES))), max_size=3),
+       keys=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(sorted(ODD_KEYS))), max_size=2),
+       wrapper=st.sampled_from([None, "model", "state_dict"]))
+def test_any_edit_of_a_checkpoint_loads_a_working_model_or_is_one_error(values, keys, wrapper):
+    original = resnet50(num_classes=1).state_dict()
+    sd, names = dict(original), list(original)
+    for i, what in values:  # each edit replaces an original weight
+        sd[names[i % len(names)]] = ODD_VALUES[what](original[names[i % len(names)]])
+    for i, what in keys:
+        name = names[i % len(names)]
+        if name in sd:
+            value = sd.pop(name)
+            if ODD_KEYS[what] is not None:
+                sd[ODD_KEYS[what](name)] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "edited.pth")
+        torch.save(sd if wrapper is None else {wrapper: sd}, path)
+        try:
+            model = load_detector(path, device="cpu")
+        except CheckpointError as e:
+            assert "\n" not in str(e) and "checkpoint" in str(e)
+            return
+    assert torch.isfinite(predict_proba(model, torch.rand(2, 3, 32, 32))).all()
 
 
 def test_predict_proba_inputs(tmp_path):
