@@ -226,6 +226,12 @@ def start_run(args, argv, rank, world, device):
             print_options(args, file=f)
     log.info("#training images = %d, #validation images = %d, device = %s, processes = %d",
              len(train_samples), len(val_samples), device, world)
+    for split, samples in ((args.train_split, train_samples), (args.val_split, val_samples)):
+        fakes = sum(label for _, label in samples)
+        if fakes in (0, len(samples)):  # a half-copied dataset: the run would learn, or be judged on, one class
+            log.warning("the %s split holds %d real and %d fake images: %s", split, len(samples) - fakes, fakes,
+                        "the detector learns one class only" if split == args.train_split else
+                        "its AP and the threshold chosen on it mean little")
     log.info("Operator %s, recipe %s: %s, lr %.3g, %s schedule, %d epochs, batch %d, label smoothing %g",
              args.operator, args.recipe, args.optim, args.lr, args.lr_schedule, args.niter, args.batch_size,
              args.label_smoothing)

@@ -57,3 +57,18 @@ def test_generators_that_cannot_be_scored_are_named_and_the_rest_is_scored(tmp_p
     for k in ("acc", "ap", "r_acc", "f_acc", "paper_acc"):  # every column averages the same two generators
         assert rows["Mean"][k] == pytest.approx((rows["ProGAN"][k] + rows["CycleGAN"][k]) / 2), k
     assert rows["Mean"]["n_scored"] == 6 + 4 + 2
+
+
+@pytest.mark.parametrize("missing", ["1_fake", "0_real"])
+def test_training_on_a_split_with_one_class_says_so(tmp_path, capsys, missing):
+    import train
+    data = tmp_path / "data"
+    write_leaf(str(data / "train" / "car"), *((3, 0) if missing == "1_fake" else (0, 3)), size=(24, 24))
+    write_leaf(str(data / "val" / "car"), 2, 2, size=(24, 24), seed=1)
+    assert train.main(["--dataroot", str(data), "--checkpoints_dir", str(tmp_path / "ck"), "--name", "one",
+                       "--niter", "1", "--batch_size", "4", "--loadSize", "24", "--cropSize", "16", "--gpu_ids", "-1",
+                       "--num_threads", "0"]) == 0
+    real, fake = (3, 0) if missing == "1_fake" else (0, 3)
+    out = capsys.readouterr().out
+    assert f"the train split holds {real} real and {fake} fake images: the detector learns one class only" in out
+    assert "the val split holds" not in out
