@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from util import UserError
 
-from .discovery import find_child, is_leaf
+from .discovery import find_child, is_leaf, require_folder
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,7 @@ def custom_suite(path):
 def find_suites(dataroot, wanted=()):
     """[(suite, folder)] to evaluate and the names of the suites asked for with --suites that are
     absent (suites nobody asked for are not mentioned)."""
-    if not os.path.isdir(dataroot):
-        raise UserError(f"--dataroot '{dataroot}' does not exist")
+    require_folder(dataroot, "--dataroot")
     found, used = [], set()
     for suite in SUITES:
         path = locate_suite(dataroot, suite)

@@ -29,13 +29,21 @@ def is_leaf(path):
     return all(os.path.isdir(os.path.join(path, name)) for name, _ in LABEL_FOLDERS)
 
 
+def require_folder(path, what):
+    """A ``DatasetLayoutError`` unless ``path`` is a folder: it does not exist, or what it is."""
+    if os.path.isdir(path):
+        return
+    kind = file_kind(path) if os.path.lexists(path) else None
+    raise DatasetLayoutError(f"{what} '{path}' " + ("does not exist" if kind is None else
+                                                    f"is {'a file' if kind == 'file' else kind}, not a folder"))
+
+
 def discover_leaves(root, classes=None):
     """Return ``[(category, leaf_path), ...]`` under ``root`` (category '' when root is a leaf).
 
     ``classes`` keeps only those category folders (a missing one is an error).
     """
-    if not os.path.isdir(root):
-        raise DatasetLayoutError(f"dataset folder '{root}' does not exist")
+    require_folder(root, "dataset folder")
     if is_leaf(root):
         if classes:
             raise DatasetLayoutError(f"--classes {','.join(classes)} given but '{root}' holds 0_real/1_fake directly "

@@ -72,3 +72,17 @@ def test_training_on_a_split_with_one_class_says_so(tmp_path, capsys, missing):
     out = capsys.readouterr().out
     assert f"the train split holds {real} real and {fake} fake images: the detector learns one class only" in out
     assert "the val split holds" not in out
+
+
+@pytest.mark.parametrize("kind", ["a file", "a FIFO", "nothing"])
+def test_a_dataroot_that_is_not_a_folder_says_what_it_is(tmp_path, kind):
+    from data.benchmarks import find_suites
+    from util import UserError
+    root = tmp_path / "data"
+    if kind == "a file":
+        root.write_text("x")
+    elif kind == "a FIFO":
+        os.mkfifo(root)
+    said = "does not exist" if kind == "nothing" else f"is {kind}, not a folder"  # a file "did not exist"
+    with pytest.raises(UserError, match=f"--dataroot '{root}' {said}"):
+        find_suites(str(root))
