@@ -2,6 +2,7 @@
 for evaluation, and score images: ``batch_probs`` runs the model on a batch (every evaluation
 path), ``score_images`` streams images through the evaluation loader (``predict.py``, the demo
 and ``predict_proba``)."""
+import contextlib
 import copy
 import os
 import warnings
@@ -101,11 +102,25 @@ def is_channels_last(model):
     return next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model`` in evaluation mode for the block, each submodule's mode restored after: scoring
+    a model that is training (a notebook between epochs) neither uses the batch's statistics nor
+    moves BatchNorm's running ones."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _forward(model, x, device, channels_last, amp, features=False):
     x = x.to(device, non_blocking=True)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=amp and device.type == "cuda"):
-        x = x if x.is_floating_point() else normalize_batch(x)
+        x = (x if x.is_floating_point() else normalize_batch(x)).to(next(model.parameters()).dtype)  # .double() models
         return (model.features(x) if features else model(x)).float()
 
 
@@ -153,7 +168,7 @@ def tiled_logit(model, image, device, channels_last, amp):
             total = total + n * _forward(model, x, device, channels_last, amp, True).sum(0, keepdim=True)
             weight += n * len(x)
     with torch.autocast(device.type, enabled=False):
-        return model.head(total / weight).float()
+        return model.head((total / weight).to(next(model.parameters()).dtype)).float()
 
 
 @torch.inference_mode()
@@ -168,12 +183,13 @@ def batch_probs(model, images, channels_last=None, amp=False):
     device = next(model.parameters()).device
     channels_last = is_channels_last(model) if channels_last is None else channels_last
     pixels = images.shape[-1] * images.shape[-2]
-    if pixels > PIXEL_BUDGET:
-        logits = [tiled_logit(model, im, device, channels_last, amp) for im in images]
-        return torch.sigmoid(torch.cat(logits)).flatten().cpu() if logits else torch.zeros(0)
-    step = forward_step(device, pixels, len(images))
-    out = [torch.sigmoid(_forward(model, images[i:i + step], device, channels_last, amp)).flatten().cpu()
-           for i in range(0, len(images), step)]
+    with eval_mode(model):
+        if pixels > PIXEL_BUDGET:
+            logits = [tiled_logit(model, im, device, channels_last, amp) for im in images]
+            return torch.sigmoid(torch.cat(logits)).flatten().cpu() if logits else torch.zeros(0)
+        step = forward_step(device, pixels, len(images))
+        out = [torch.sigmoid(_forward(model, images[i:i + step], device, channels_last, amp)).flatten().cpu()
+               for i in range(0, len(images), step)]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -182,7 +198,8 @@ def artifact_map(model, pixels):
     """What ``model``'s artifact operator makes of one image's uint8 pixels (3, H, W): a float
     (1, 3, H', W') tensor on the CPU (the NPR residual; SAFE's sub-band), for figures."""
     device = next(model.parameters()).device
-    return model.artifact(normalize_batch(pixels.unsqueeze(0).to(device))).float().cpu()
+    with eval_mode(model):
+        return model.artifact(normalize_batch(pixels.unsqueeze(0).to(device))).float().cpu()
 
 
 # What a forward pass may raise for one image (a shape the operator refuses, memory): that
