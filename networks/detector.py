@@ -333,8 +333,17 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
         if x.dim() != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 2:
             raise ValueError(f"predict_proba takes a tensor (N, 3, H, W) or (3, H, W) with H, W >= 2, got shape "
                              f"{tuple(images.shape)}")
-        return torch.cat([torch.zeros(0)] + [batch_probs(model, x[i:i + batch_size])
-                                             for i in range(0, len(x), batch_size)])
+        if x.dtype != torch.uint8 and not x.is_floating_point():  # int64 pixels above 255, bool, complex
+            raise ValueError(f"predict_proba takes a uint8 tensor (pixels 0..255) or a normalised float tensor, got "
+                             f"{x.dtype}")
+        probs = torch.cat([torch.zeros(0)] + [batch_probs(model, x[i:i + batch_size])
+                                              for i in range(0, len(x), batch_size)])
+        for i in (~x.isfinite().flatten(1).all(1)).nonzero().flatten().tolist() if x.is_floating_point() else []:
+            if strict:
+                raise ValueError(f"predict_proba: image {i} of the tensor holds NaN or inf")
+            probs[i] = float("nan")
+            warn_nan(f"{i} of the tensor", "it holds NaN or inf")
+        return probs
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         images = [images]
     if images is None or isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):

@@ -279,6 +279,7 @@ def test_a_numpy_image_scores_as_the_pil_image_of_its_pixels(models, h, w, chann
 @pytest.mark.parametrize("bad", [
     None, 5, b"\x89PNG", ["a.png", None], np.zeros((4, 4, 3)), np.zeros((2, 4, 4, 3), np.uint8),
     np.zeros((4, 4, 2), np.uint8), torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 3, 8, 8), torch.zeros(2, 3, 1, 8),
+    torch.full((1, 3, 8, 8), 300), torch.zeros(1, 3, 8, 8, dtype=torch.bool), torch.zeros(1, 3, 8, 8, dtype=torch.cfloat),
 ], ids=lambda b: type(b).__name__ + str(tuple(getattr(b, "shape", ()))))
 def test_what_predict_proba_cannot_take_is_one_error_that_says_what_it_takes(models, bad):
     with pytest.raises((TypeError, ValueError), match="predict_proba takes"):
@@ -288,3 +289,19 @@ def test_what_predict_proba_cannot_take_is_one_error_that_says_what_it_takes(mod
 def test_an_empty_batch_is_an_empty_answer(models):
     assert predict_proba(models["npr"], []).shape == (0,)
     assert predict_proba(models["npr"], torch.zeros(0, 3, 8, 8)).shape == (0,)
+
+
+@given(bad=st.lists(st.booleans(), min_size=1, max_size=4), value=st.sampled_from([float("nan"), float("inf")]))
+def test_a_tensor_image_holding_nan_or_inf_gets_nan_and_a_warning(models, bad, value):
+    x = torch.rand(len(bad), 3, 8, 8)
+    for i, b in enumerate(bad):
+        if b:
+            x[i, 1, 2, 3] = value
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = predict_proba(models["npr"], x)
+    assert p.isnan().tolist() == bad  # an inf pixel gave a finite P(fake), read as a verdict
+    assert len([w for w in caught if "holds NaN or inf" in str(w.message)]) == sum(bad)
+    if any(bad):
+        with pytest.raises(ValueError, match="holds NaN or inf"):
+            predict_proba(models["npr"], x, strict=True)
