@@ -10,6 +10,7 @@ Loading: any of the formats seen in the wild -- a plain state dict
 pickle its ``argparse.Namespace`` of options) -- always with ``weights_only=True``.
 """
 import argparse
+import math
 import os
 import pickle
 import tempfile
@@ -18,7 +19,7 @@ import zipfile
 
 import torch
 
-from util import UserError, one_line
+from util import UserError, log, one_line
 
 from .ema import WEIGHTS_KEY as EMA_WEIGHTS_KEY
 from .operators import operator_for_head
@@ -121,6 +122,22 @@ def checkpoint_operator(ckpt, state):
         return stored
     fc = state.get("fc1.weight")
     return operator_for_head(fc.shape[0] if torch.is_tensor(fc) and fc.dim() == 2 else 1)
+
+
+def stored_threshold(ckpt, key, path):
+    """The decision threshold a checkpoint stores under ``key`` (train.py's, a probability), or
+    None. A value that is no probability (NaN, 2.0, text: a hand-edited or foreign file) is
+    ignored with one warning, never used as a verdict's rule."""
+    value = ckpt.get(key) if isinstance(ckpt, dict) else None
+    if value is None:
+        return None
+    number = value.item() if torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point() else value
+    if isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number) \
+            and 0 <= number <= 1:
+        return float(number)
+    log.warning("checkpoint '%s' stores a threshold that is not a probability (%s): ignored, as if it stored none",
+                path, str(value)[:40])
+    return None
 
 
 def unusable_tensor(value):

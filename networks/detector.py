@@ -18,7 +18,7 @@ from data.transforms import normalize_batch
 from util import AMP_DTYPE, one_line, select_device, usable_device
 
 from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
-                         load_state_dict_strict)
+                         load_state_dict_strict, stored_threshold)
 from .ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
 from .fuse import fuse_for_inference
 from .operators import OPERATORS
@@ -37,8 +37,7 @@ def load_weights(path, device=None, ema=False):
                               f"version does not know ({', '.join(OPERATORS)})")
     model = resnet50(operator=operator)
     load_state_dict_strict(model, state, source=f"checkpoint '{path}'")
-    stored = ckpt.get(EMA_THRESHOLD_KEY if ema else "threshold") if isinstance(ckpt, dict) else None
-    return model.to(device).eval(), stored
+    return model.to(device).eval(), stored_threshold(ckpt, EMA_THRESHOLD_KEY if ema else "threshold", path)
 
 
 def load_detector(path, device=None, ema=False):

@@ -170,3 +170,16 @@ def test_a_device_this_machine_lacks_is_one_line(tmp_path, device):
     torch.save(resnet50().state_dict(), path)
     with pytest.raises(UserError, match=f"device '{device}' cannot be used here .*use 'cpu'"):
         load_detector(path, device=device)
+
+
+@pytest.mark.parametrize("value, kept", [
+    (0.7, 0.7), (torch.tensor(0.25), 0.25), (0, 0.0), (1, 1.0), (float("nan"), None), (2.0, None), (-1.0, None),
+    ("abc", None), ([0.5], None), (True, None), (torch.tensor([0.5, 0.6]), None)])
+def test_a_stored_threshold_that_is_no_probability_is_ignored_with_a_warning(tmp_path, caplog, value, kept):
+    """NaN called every image real, 2.0 every image real, -1 every image fake; text crashed."""
+    path = str(tmp_path / "t.pth")
+    torch.save({"model": resnet50(num_classes=1).state_dict(), "threshold": value}, path)
+    with caplog.at_level("WARNING", logger="npr"):
+        model = load_detector(path, device="cpu")
+    assert model.threshold == kept
+    assert ("stores a threshold that is not a probability" in caplog.text) == (kept is None)
