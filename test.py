@@ -22,7 +22,7 @@ from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
 from engine import EvalConfig, eval_threshold, evaluate_suite, suite_transform
 from metrics import mean_row, summarize_checkpoints
-from networks import load_for_evaluation
+from networks import load_detector, load_for_evaluation
 from options import MINI_ROOT, parse_test_args, print_options
 from figures import make_figures
 from report import groups, suite_table, summary_table, write_results
@@ -86,6 +86,8 @@ def main(argv=None):
     device = select_device(args.gpu_ids)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
                      not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))
+    for model_path in args.model_path[1:]:  # a bad last checkpoint is one line now, not after the others are scored
+        load_detector(model_path, "cpu", args.ema_weights)
     all_rows, thresholds = [], {}
     try:
         for model_path in args.model_path:

@@ -86,3 +86,16 @@ def test_a_dataroot_that_is_not_a_folder_says_what_it_is(tmp_path, kind):
     said = "does not exist" if kind == "nothing" else f"is {kind}, not a folder"  # a file "did not exist"
     with pytest.raises(UserError, match=f"--dataroot '{root}' {said}"):
         find_suites(str(root))
+
+
+def test_a_bad_checkpoint_among_several_is_one_line_before_any_is_scored(tmp_path, ckpt, monkeypatch):
+    from util import UserError
+    write_leaf(str(tmp_path / "data" / "suite" / "gen"), 2, 2)
+    (tmp_path / "cut.pth").write_bytes(open(ckpt, "rb").read()[:1000])  # a copy cut short
+    test_py = load_test_py()
+    scored = []
+    monkeypatch.setattr(test_py, "evaluate_checkpoint", lambda path, *a: scored.append(path) or ([], (None, "none")))
+    with pytest.raises(UserError, match="cut.pth' is not a readable PyTorch checkpoint"):
+        test_py.main(["--dataroot", str(tmp_path / "data"), "--model_path", ckpt, ckpt, str(tmp_path / "cut.pth"),
+                      "--gpu_ids", "-1", "--results_dir", str(tmp_path / "res")])
+    assert scored == []  # the first two were scored (an hour each on the benchmark), then the third failed
