@@ -274,6 +274,7 @@ class TrainState:
     epochs_no_improve: int = 0
     threshold: float = None       # best balanced accuracy on the last validation
     ema_threshold: float = None   # the same for the moving average (``networks.ema.THRESHOLD_KEY``)
+    train_images: str = None      # "<count>:<fingerprint>" of the training list, which a resume compares
 
     # A field's key in the checkpoint, where it differs from the field's name.
     KEYS = {"ema_threshold": EMA_THRESHOLD_KEY}

@@ -14,13 +14,12 @@ scored again, so whatever happened to the files (cut, edited, deleted), a rerun 
 row per input, and a kept row is never changed.
 """
 import csv
-import hashlib
 import json
 import os
 import stat
 
 from data.images import SKIP_REASONS
-from util import RunLock, UserError, atomic_file, log, write_json_atomically
+from util import RunLock, UserError, atomic_file, fingerprint, log, write_json_atomically
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
@@ -44,13 +43,6 @@ def printable(path):
     """A file name as the terminal can show it: bytes that are not UTF-8 (kept by Python as
     surrogates) become U+FFFD instead of raising."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def inputs_fingerprint(paths):
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.encode("utf-8", "surrogateescape") + b"\0")
-    return h.hexdigest()[:16]
 
 
 def row_problem(row, path, threshold):
@@ -112,7 +104,7 @@ class PredictionFiles:
     def __init__(self, out, settings, paths, all_paths=None, shard=None):
         self.out, self.paths = out, paths
         everything = paths if all_paths is None else all_paths
-        self.settings = dict(settings, inputs=inputs_fingerprint(everything), n_inputs=len(everything),
+        self.settings = dict(settings, inputs=fingerprint(everything), n_inputs=len(everything),
                              shard=None if shard is None else "{}/{}".format(*shard))
         self.threshold = settings["threshold"]
         self.jsonl, self.csv, self.json = out + ".jsonl", out + ".csv", out + ".json"

@@ -39,8 +39,8 @@ from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
 from recipe import LRSchedule, build_loss, build_optimizer, set_lr
 from report import suite_table
 from data.mini import build_mini
-from util import (RunLock, UserError, atomic_file, ensure_writable_dir, keep_freed_memory, launch_env, log, run_cli,
-                  seed_everything, select_device, set_numerics, setup_logging)
+from util import (RunLock, UserError, atomic_file, ensure_writable_dir, fingerprint, keep_freed_memory, launch_env, log,
+                  run_cli, seed_everything, select_device, set_numerics, setup_logging)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -147,8 +147,32 @@ def checkpoint_state(model, optimizer, args, state, scaler=None, ema=None):
             **(ema.state() if ema is not None else empty_ema_state())}
 
 
-def resume(args, model, optimizer, scaler, ema):
-    """Load the training state of ``--epoch`` into the objects; returns its ``TrainState``."""
+def training_list(samples):
+    """``TrainState.train_images`` of a list of training samples."""
+    return f"{len(samples)}:{fingerprint([path for path, _ in samples])}"
+
+
+def check_resume_position(args, ckpt, state, images):
+    """A run stopped inside an epoch goes on from the image it stopped at, counted in batches of
+    the batch size it ran with: another ``--batch_size`` is refused, and a training list that
+    changed since (images added or removed) is said, since the rest of the epoch can no longer
+    see each image once."""
+    before = (ckpt.get("opt") or {}).get("batch_size", args.batch_size)
+    if state.step_in_epoch and before != args.batch_size:
+        ends = [w for w in run_checkpoints(args) if w.isdigit()]
+        raise UserError(f"--batch_size {args.batch_size}: the run stopped {state.step_in_epoch} steps into epoch "
+                        f"{state.epoch} with batches of {before}; resume with --batch_size {before}"
+                        + (f", or from the end of an epoch with --epoch {ends[0]}" if ends else ""))
+    if state.train_images not in (None, images):
+        log.warning("The training images changed since %s (%s images then, %s now)%s", checkpoint_path(args, args.epoch),
+                    state.train_images.split(":")[0], images.split(":")[0],
+                    f": the rest of epoch {state.epoch} follows a new order, so some of its images may be seen twice "
+                    "or not at all" if state.step_in_epoch else "")
+
+
+def resume(args, model, optimizer, scaler, ema, images):
+    """Load the training state of ``--epoch`` into the objects; returns its ``TrainState``.
+    ``images``: ``training_list`` of this run's samples (``check_resume_position``)."""
     path = checkpoint_path(args, args.epoch)
     if not os.path.isfile(path):
         raise UserError(f"--continue_train: no checkpoint '{path}' to resume from; "
@@ -165,6 +189,7 @@ def resume(args, model, optimizer, scaler, ema):
     if not args.new_optim:
         optimizer.load_state_dict(ckpt["optimizer"])
     state = TrainState.from_checkpoint(ckpt)
+    check_resume_position(args, ckpt, state, images)
     set_rng_state(ckpt["rng"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
@@ -339,7 +364,9 @@ def run(args, argv, rank, world, device):
     optimizer = build_optimizer(model, args.optim, args.lr, args.beta1, args.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
     ema = EMA(model, args.ema) if args.ema else None
-    state = resume(args, model, optimizer, scaler, ema) if args.continue_train else TrainState()
+    images = training_list(train_samples)
+    state = resume(args, model, optimizer, scaler, ema, images) if args.continue_train else TrainState()
+    state.train_images = images
     train_model = torch.compile(model) if args.compile else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(

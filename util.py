@@ -59,6 +59,14 @@ def keep_freed_memory():
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def fingerprint(names):
+    """A short hash of a list of names (file paths, in order): whether two runs saw the same list."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()[:16]
+
+
 def sha256_of(path, chunk=1 << 20):
     """SHA-256 (hex) of a file, read ``chunk`` bytes at a time."""
     h = hashlib.sha256()

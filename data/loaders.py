@@ -120,7 +120,7 @@ class EpochSampler(Sampler):
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch, start=0):
-        self.epoch, self.start = epoch, start
+        self.epoch, self.start = epoch, min(start, -(-len(self.labels) // self.world_size))  # past the end: done
 
     def epoch_indices(self, epoch):
         n = len(self.labels)

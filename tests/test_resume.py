@@ -146,3 +146,26 @@ def test_a_second_train_py_on_one_run_is_refused_while_the_first_trains(tiny_dat
         holder.kill()
         holder.wait()
     assert train.main(common) == 0  # the holder is gone: its lock went with it
+
+
+def test_a_resume_with_another_batch_size_or_other_images_is_refused_or_said(tiny_dataset, tmp_path, monkeypatch,
+                                                                            capsys):
+    import shutil
+
+    from util import UserError
+    common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--loadSize", "32", "--cropSize",
+              "24", "--gpu_ids", "-1", "--num_threads", "0", "--niter", "2", "--name", "r"]
+    monkeypatch.setattr(train, "GracefulStop", lambda: StopAfter(2))  # 3 of the 6 steps of epoch 0: 12 images done
+    assert train.main(common + ["--batch_size", "4"]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(train, "GracefulStop", lambda: StopAfter(10**9))
+    # its place in the epoch is counted in batches of 4: batches of 8 would skip 24 images, the whole epoch
+    with pytest.raises(UserError, match="stopped 3 steps into epoch 0 with batches of 4; resume with --batch_size 4"):
+        train.main(common + ["--batch_size", "8", "--continue_train"])
+    shutil.rmtree(tiny_dataset / "train" / "car")  # 24 images then, 9 now: fewer than the 12 already seen
+    for name in os.listdir(tiny_dataset / "train" / "cat" / "0_real")[:3]:
+        os.remove(tiny_dataset / "train" / "cat" / "0_real" / name)
+    capsys.readouterr()
+    assert train.main(common + ["--batch_size", "4", "--continue_train"]) == 0  # a negative __len__ crashed it
+    out = capsys.readouterr().out
+    assert "The training images changed since" in out and "(24 images then, 9 now): the rest of epoch 0" in out
+    assert torch.load(tmp_path / "r" / "model_epoch_last.pth", weights_only=True)["train_images"].startswith("9:")
