@@ -36,20 +36,21 @@ LIST_AT_MOST = 50  # rows printed to the terminal without --list
 
 def expand_inputs(inputs):
     """Files, folders and glob patterns -> image paths in the order given (a folder's and a
-    pattern's sorted), each file once however it is spelled (``a.png``, ``./a.png``). Entries
+    pattern's sorted; a folder a pattern matches is searched as a folder given by name), each
+    file once however it is spelled or reached (``a.png``, ``./a.png``, ``shoots/**``). Entries
     that are not regular files (a FIFO, a device, a link to one) and folders that cannot be
     read are named in one warning and left out, never opened."""
     found = FolderScan()
     for item in inputs:
-        if os.path.isdir(item):
-            found.add(scan_images(item))
-            continue
         explicit = os.path.lexists(item)
         matches = [item] if explicit else sorted(glob.glob(item, recursive=True))
         if not matches:
             raise UserError(f"'{item}' is not a file, a folder or a glob pattern that matches anything")
         for m in matches:
-            if os.path.isdir(m) or not (explicit or m.lower().endswith(IMG_EXTENSIONS)):
+            if os.path.isdir(m):  # a folder given or matched ('shoots/*'): its images, as a folder given by name
+                found.add(scan_images(m))
+                continue
+            if not (explicit or m.lower().endswith(IMG_EXTENSIONS)):
                 continue
             kind = unopenable(m)
             if kind is None:

@@ -191,7 +191,7 @@ def test_non_utf8_file_names_are_written_and_printed(folder, tmp_path):
 
 
 SPELLINGS = ["imgs", "imgs/", "./imgs", "imgs//", "imgs/a.png", "./imgs/a.png", "imgs//b.png", "imgs/sub/../b.png",
-             "imgs/*.png", "./imgs/[ab].png", "imgs/sub/c.png", "imgs/sub"]
+             "imgs/*.png", "./imgs/[ab].png", "imgs/sub/c.png", "imgs/sub", "imgs/*", "imgs/**"]
 
 
 @settings(deadline=None)
@@ -214,7 +214,9 @@ def test_every_image_is_scored_once_however_the_inputs_spell_it(tmp_path_factory
     expected = set()
     for item in inputs:
         item = os.path.normpath(item)
-        if item in ("imgs", "imgs/sub"):
+        if item in ("imgs/*", "imgs/**"):  # a folder the pattern matches is searched (sub/c.png was left out)
+            expected |= {"imgs/a.png", "imgs/b.png", "imgs/sub/c.png"}
+        elif item in ("imgs", "imgs/sub"):
             expected |= {f for f in ("imgs/a.png", "imgs/b.png", "imgs/sub/c.png") if f.startswith(item + "/")}
         elif "*" in item or "[" in item:
             expected |= {"imgs/a.png", "imgs/b.png"}
