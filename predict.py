@@ -28,8 +28,8 @@ from networks import load_for_evaluation
 from options import parse_predict_args
 from prediction_store import PredictionFiles, claim_output, merge_shards, printable, shard_name, shard_paths
 from figures import ArtifactFigures
-from util import (Interrupted, UserError, keep_freed_memory, launch_env, log, run_cli, select_device, set_numerics,
-                  setup_logging)
+from util import (Interrupted, UserError, ensure_writable_dir, keep_freed_memory, launch_env, log, run_cli, select_device,
+                  set_numerics, setup_logging)
 
 LIST_AT_MOST = 50  # rows printed to the terminal without --list
 
@@ -95,7 +95,9 @@ def main(argv=None):
     shard = shard_of(args.shard)
     mine = shard_paths(paths, *shard) if shard else paths
     out = shard_name(args.output, *shard) if shard else args.output
-    # before the model loads: a wrong --output or a second run is one line at once
+    # before the model loads: a wrong --output or --visualize, or a second run, is one line at once
+    if args.visualize:
+        ensure_writable_dir(args.visualize, "--visualize")
     with claim_output(out, args.output if shard else None):
         return scan(args, paths, shard, mine, out)
 

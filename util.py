@@ -341,6 +341,8 @@ def setup_logging(log_file=None, rank=0):
 
 def ensure_writable_dir(path, what):
     """Create ``path`` if needed and check that files can be written there, before any long work."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"{what} '{path}' is a file, not a folder; choose another folder")
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".write_test_{os.getpid()}")

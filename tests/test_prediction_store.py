@@ -209,6 +209,16 @@ def test_a_wrong_output_is_one_line_before_the_model_loads(setup, tmp_path):
                           *extra])
 
 
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_visualize_folder_that_cannot_be_one_is_one_line_before_the_model_loads(setup, tmp_path, where):
+    imgs, _, _ = setup
+    (tmp_path / "file").write_text("x")
+    folder = tmp_path / "file" if where == "a file" else tmp_path / "file" / "figs"  # was FileExistsError at the end
+    with pytest.raises(UserError, match="--visualize .* choose another folder"):  # the model path is never read
+        predict.main([str(imgs), "--model_path", str(tmp_path / "none.pth"), "--output", str(tmp_path / "p"),
+                      "--visualize", str(folder)])
+
+
 @pytest.mark.parametrize("spelling", ["new/", "existing", "existing/", "."])
 def test_an_output_that_names_a_folder_gets_the_files_inside_it(setup, tmp_path, monkeypatch, spelling):
     imgs, ckpt, ref = setup
