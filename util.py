@@ -59,6 +59,26 @@ def keep_freed_memory():
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def reserve_file(f, nbytes):
+    """Give the open file ``f`` the size ``nbytes`` with its disk blocks allocated now (Linux
+    ``fallocate``), so that writing it later through a memory map cannot meet a full disk, which
+    kills the process with SIGBUS and no word. Returns False where the filesystem cannot
+    allocate ahead (the file is then sparse, as ``truncate`` leaves it); a full disk is an
+    ``OSError`` (ENOSPC) now."""
+    fallocate = None
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+            fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    if fallocate is not None and nbytes > 0:
+        if fallocate(f.fileno(), 0, 0, nbytes) == 0:
+            return True
+        if ctypes.get_errno() == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    f.truncate(nbytes)
+    return False
+
+
 def fingerprint(names):
     """A short hash of a list of names (file paths, in order): whether two runs saw the same list."""
     h = hashlib.sha256()

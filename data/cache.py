@@ -19,6 +19,8 @@ Building writes pixels first and ``state.npy`` second (atomically) every few hun
 so an interrupted build resumes where the last ``state.npy`` says. Size on disk:
 N x loadSize^2 x 3 bytes (ProGAN 4-class at 256 px: 144k images, about 28 GB).
 """
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -30,7 +32,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from util import UserError, atomic_file, waiting_lock, write_json_atomically
+from util import UserError, atomic_file, reserve_file, waiting_lock, write_json_atomically
 
 from .images import ImageDecodeError, ImageRule, load_rgb
 from .transforms import resize_square
@@ -119,11 +121,19 @@ class TrainCache:
             return self
         if not os.path.isfile(self.images_path):
             free = shutil.disk_usage(self.dir).free
+            short = (f"--cache_dir '{self.dir}': the cache needs {self.nbytes / 2**30:.1f} GiB, only "
+                     "{:.1f} GiB free; choose another folder or drop --cache_dir")
             if free < self.nbytes:
-                raise UserError(f"--cache_dir '{self.dir}': the cache needs {self.nbytes / 2**30:.1f} GiB, "
-                                f"only {free / 2**30:.1f} GiB free; choose another folder or drop --cache_dir")
-            with open(self.images_path, "wb") as f:
-                f.truncate(self.nbytes)  # sparse until written
+                raise UserError(short.format(free / 2**30))
+            try:
+                with open(self.images_path, "wb") as f:
+                    reserve_file(f, self.nbytes)  # blocks taken now: a disk filled by others later is no SIGBUS
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.remove(self.images_path)
+                if e.errno == errno.ENOSPC:
+                    raise UserError(short.format(shutil.disk_usage(self.dir).free / 2**30)) from None
+                raise UserError(f"--cache_dir '{self.dir}': cannot write the cache ({e.strerror or e})") from None
             write_json_atomically({"n": len(self.samples), "load_size": self.load_size, "interp": self.interp,
                                    "paths": [p for p, _ in self.samples],
                                    "labels": [label for _, label in self.samples]}, os.path.join(self.dir, "meta.json"))

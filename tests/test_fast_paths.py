@@ -144,6 +144,27 @@ def test_cache_build_resumes_and_skips_unreadable(tiny_dataset, tmp_path, monkey
     assert torch.equal(img, BinaryImageDataset(samples, transform)[(0, 3)][0])
 
 
+def test_the_cache_takes_its_disk_blocks_before_writing_and_a_full_disk_is_one_line(tiny_dataset, tmp_path,
+                                                                                     monkeypatch):
+    """Pixels are written through a memory map: a sparse file on a disk that others fill later
+    killed the build with SIGBUS, without a word."""
+    import errno
+
+    import data.cache as cache_mod
+    samples = make_samples(str(tiny_dataset / "train"))
+    cache = TrainCache(str(tmp_path / "cache"), samples, 32).build(progress=False)
+    st = os.stat(cache.images_path)
+    assert st.st_size == cache.nbytes and st.st_blocks * 512 >= cache.nbytes  # allocated, not sparse
+
+    def disk_full(f, nbytes):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(cache_mod, "reserve_file", disk_full)  # filled between the free-space check and the file
+    other = TrainCache(str(tmp_path / "other"), samples, 24)
+    with pytest.raises(UserError, match="the cache needs .* GiB free; choose another folder or drop --cache_dir"):
+        other.build(progress=False)
+    assert not os.path.exists(other.images_path)
+
+
 @pytest.mark.parametrize("runs", [2, 4])
 def test_runs_that_build_one_cache_at_once_end_with_the_one_cache(tiny_dataset, tmp_path, monkeypatch, runs):
     """A sweep started at once with one --cache_dir: every run ends with the cache a lone build
