@@ -89,6 +89,9 @@ def _decode(path):
         raise ImageDecodeError(f"not a regular file ({kind}): never opened")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here instead
+        # Pillow's notes on metadata (a palette's transparency, corrupt EXIF) change no pixel used here and
+        # name no file: once per image, they buried a scan's own lines.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         img = Image.open(path)
         keep = False  # whether the opened image itself is returned (then it must stay open)
         try:

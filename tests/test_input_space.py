@@ -305,3 +305,18 @@ def test_a_tensor_image_holding_nan_or_inf_gets_nan_and_a_warning(models, bad, v
     if any(bad):
         with pytest.raises(ValueError, match="holds NaN or inf"):
             predict_proba(models["npr"], x, strict=True)
+
+
+def test_pillows_notes_on_metadata_do_not_reach_the_user(models, tmp_path):
+    """A palette PNG with its transparency in bytes: Pillow warns once per image, from inside
+    PIL and without the file's name; the pixels are the reference's convert('RGB') all the same."""
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)).convert("P")
+    img.save(tmp_path / "p.png", transparency=bytes(10))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = predict_proba(models["npr"], [str(tmp_path / "p.png")])
+    assert [str(w.message) for w in caught] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = predict_proba(models["npr"], [Image.open(tmp_path / "p.png").convert("RGB")])
+    assert torch.equal(got, expected)
