@@ -13,6 +13,7 @@ the same numbers for the same file.
 import atexit
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -31,7 +32,7 @@ from engine import score_files  # noqa: E402
 from metrics import THRESHOLD_CHOICES, decide_threshold  # noqa: E402
 from networks import get_operator, load_for_evaluation  # noqa: E402
 from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
-from options.base_options import OneLineErrorParser, add_weights_option, gpu_ids, size  # noqa: E402
+from options.base_options import OneLineErrorParser, add_weights_option, gpu_ids, port, size  # noqa: E402
 from figures import ArtifactFigures  # noqa: E402
 from util import UserError, keep_freed_memory, run_cli, select_device, set_numerics  # noqa: E402
 
@@ -257,7 +258,7 @@ def get_args_parser():
     p = OneLineErrorParser("A local web page for the NPR detector (127.0.0.1 only).")
     p.add_argument("--model_path", default=MINI_CHECKPOINT, help="checkpoint (NPR.pth or ours)")
     add_weights_option(p)
-    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
+    p.add_argument("--port", type=port, default=7860, help="port on 127.0.0.1")
     p.add_argument("--loadSize", type=size, default=256, help="size for the resize option")
     p.add_argument("--gpu_ids", type=gpu_ids, default="0", help="CUDA device id; -1 for the CPU")
     return p
@@ -268,6 +269,18 @@ def serve(app, port, **kwargs):
     ``RequestLimits`` on every request body)."""
     return app.launch(server_name="127.0.0.1", server_port=port, share=False, theme=THEME,
                       max_file_size=MAX_UPLOAD, app_kwargs={"middleware": [Middleware(RequestLimits)]}, **kwargs)
+
+
+def check_port(number):
+    """One line, before the model loads, when 127.0.0.1:``number`` cannot be served (another
+    server holds it, or it needs privileges); the web framework would raise from deep inside."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closed one's port is free
+        try:
+            s.bind(("127.0.0.1", number))
+        except OSError as e:
+            raise UserError(f"--port {number}: 127.0.0.1:{number} cannot be served ({e.strerror or e}; another demo "
+                            "or server?); choose another --port") from None
 
 
 def load_model(model_path, gpu_ids="0", ema=False):
@@ -284,6 +297,7 @@ def load_model(model_path, gpu_ids="0", ema=False):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
+    check_port(args.port)
     model, stored = load_model(args.model_path, args.gpu_ids, args.ema_weights)
     app = build_app(model, stored, args.model_path, args.loadSize)
     print(f"Serving on http://127.0.0.1:{args.port} (Ctrl-C stops it)")

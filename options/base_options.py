@@ -198,6 +198,7 @@ threshold = _type("threshold", _threshold)
 comma_list = _type("list", _comma_list)
 shard = _type("shard", _shard)
 output_stem = _type("output", _output_stem)
+port = _type("port", _in_range(int, 1, 65535, "a TCP port is a number in 1..65535"))
 
 
 # ----------------------------------------------------------------------------- shared groups

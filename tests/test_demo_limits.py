@@ -104,3 +104,19 @@ def test_a_boundary_python_multipart_refuses_is_a_400(boundary):
 def test_a_body_python_multipart_cannot_follow_is_left_to_gradio(small_limits):
     body = b"not multipart at all\r\n" * 3
     assert serve(body, [5, 17]) == (200, body)
+
+
+def test_a_port_that_cannot_be_served_is_one_line_before_the_model_loads(tmp_path):
+    import socket
+
+    from util import UserError
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        number = taken.getsockname()[1]
+        # gradio raised "Cannot find empty port" from inside its launch, after the model had loaded
+        with pytest.raises(UserError, match=f"--port {number}: .*cannot be served .*choose another --port"):
+            demo.main(["--port", str(number), "--model_path", str(tmp_path / "never-read.pth")])
+    for bad in ("0", "-1", "70000"):  # 0 failed with "Connection refused", 70000 with an OverflowError
+        with pytest.raises(UserError, match="a TCP port is a number in 1..65535"):
+            demo.get_args_parser().parse_args(["--port", bad])
