@@ -131,8 +131,9 @@ def scan(args, paths, shard, mine, out):
             done += 1
             bar.update(1)
     except KeyboardInterrupt:
-        raise Interrupted(f"{done} of {len(mine)} images scored, kept in {files.jsonl}; run the same command again "
-                          "to score the rest") from None
+        again = "the same command again" if not args.overwrite else "the command again without --overwrite"
+        raise Interrupted(f"{done} of {len(mine)} images scored, kept in {files.jsonl}; run {again} to score the "
+                          "rest") from None
     finally:
         bar.close()
         files.close()

@@ -55,6 +55,18 @@ def run_predict(imgs, ckpt, out, *extra):
     return buf.getvalue()
 
 
+def run_predict_logged(imgs, ckpt, out, *extra):
+    """run_predict, with what it logged added to what it printed."""
+    import logging
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logging.getLogger("npr").addHandler(handler)
+    try:
+        return run_predict(imgs, ckpt, out, *extra) + buf.getvalue()
+    finally:
+        logging.getLogger("npr").removeHandler(handler)
+
+
 def lines(out):
     with open(out + ".jsonl", "rb") as f:
         return f.read().splitlines(keepends=True)
@@ -281,6 +293,33 @@ def test_the_output_folder_removed_during_a_scan_is_written_again(setup, tmp_pat
             yield row
     monkeypatch.setattr(predict, "score_files", score_then_remove)
     run_predict(imgs, ckpt, out)
+    assert_same_as(ref, out)
+
+
+@pytest.mark.parametrize("extra", [(), ("--overwrite",)])
+def test_the_advice_after_ctrl_c_finishes_the_scan_when_followed(setup, tmp_path, monkeypatch, extra):
+    from util import Interrupted
+    imgs, ckpt, ref = setup
+    out = str(tmp_path / "p")
+    if extra:
+        run_predict(imgs, ckpt, out)  # an earlier, complete run, which --overwrite scores afresh
+    score_files = predict.score_files
+
+    def ctrl_c_after_3(*args, **kwargs):
+        for i, row in enumerate(score_files(*args, **kwargs)):
+            if i == 3:
+                raise KeyboardInterrupt
+            yield row
+    monkeypatch.setattr(predict, "score_files", ctrl_c_after_3)
+    with pytest.raises(Interrupted, match=f"3 of {N_IMAGES} images scored") as said:
+        run_predict(imgs, ckpt, out, *extra)
+    monkeypatch.setattr(predict, "score_files", score_files)
+    command = list(extra)
+    if "without --overwrite" in str(said.value):  # the same command would score everything again
+        command.remove("--overwrite")
+    else:
+        assert "run the same command again" in str(said.value)
+    assert f"Resuming {out}.jsonl: 3 of {N_IMAGES}" in run_predict_logged(imgs, ckpt, out, *command)
     assert_same_as(ref, out)
 
 
