@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -340,6 +341,20 @@ def main(argv=None):
         return run(args, argv, rank, world, device)
 
 
+def resume_command(argv, world=1):
+    """The command that resumes this run from its latest checkpoint: its own arguments, quoted
+    for the shell, without an ``--epoch`` it resumed from before (that would go back to it)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--epoch":
+            skip = True
+        elif not (a.startswith("--epoch=") or a == "--continue_train"):
+            kept.append(a)
+    return ("train.py " if world > 1 else "python train.py ") + shlex.join(kept + ["--continue_train"])
+
+
 def hold_run(args, rank):
     """Rank 0 holds the run folder's ``train.lock`` while it trains: a second train.py on the same
     --name (the command started again in another terminal) is one line, not two runs writing
@@ -405,9 +420,10 @@ def run(args, argv, rank, world, device):
             if end_epoch(val, train_skipped, epoch_start, state, args, ctx):
                 break
     except StopRequested as stop:
-        log.info("Interrupted by %s after step %d; the latest checkpoint is %s. Resume with:\n  python train.py %s "
-                 "--continue_train", signal.Signals(stop.signum).name, state.total_steps,
-                 checkpoint_path(args, "latest"), " ".join(a for a in (argv or []) if a != "--continue_train"))
+        log.info("Interrupted by %s after step %d; the latest checkpoint is %s. Resume with%s:\n  %s",
+                 signal.Signals(stop.signum).name, state.total_steps, checkpoint_path(args, "latest"),
+                 f" (launched as before, by torchrun with {world} processes)" if world > 1 else "",
+                 resume_command(argv if argv is not None else sys.argv[1:], world))
         return 128 + stop.signum
     save("last")
     log.info("Training done in %.1f min; final weights: %s", (time.time() - start) / 60, checkpoint_path(args, "last"))

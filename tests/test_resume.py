@@ -169,3 +169,20 @@ def test_a_resume_with_another_batch_size_or_other_images_is_refused_or_said(tin
     out = capsys.readouterr().out
     assert "The training images changed since" in out and "(24 images then, 9 now): the rest of epoch 0" in out
     assert torch.load(tmp_path / "r" / "model_epoch_last.pth", weights_only=True)["train_images"].startswith("9:")
+
+
+def test_the_resume_command_printed_after_a_stop_resumes_from_the_latest_checkpoint(tiny_dataset, tmp_path,
+                                                                                    monkeypatch, capsys):
+    import shlex
+    common = ["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path), "--name", "run one",
+              "--batch_size", "4", "--loadSize", "32", "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0"]
+    assert train.main(common + ["--niter", "1"]) == 0
+    monkeypatch.setattr(train, "GracefulStop", lambda: StopAfter(8))  # resumed from 'last', stopped in epoch 2
+    assert train.main(common + ["--niter", "3", "--continue_train", "--epoch", "last"]) == 128 + signal.SIGTERM
+    said = capsys.readouterr().out
+    command = said.split("Resume with:\n  python train.py ", 1)[1].splitlines()[0]
+    assert "--epoch" not in command  # '--epoch last' went back to the end of epoch 0, losing the steps since
+    monkeypatch.setattr(train, "GracefulStop", lambda: StopAfter(10**9))
+    assert train.main(shlex.split(command)) == 0  # the name with a space is quoted
+    out = capsys.readouterr().out
+    assert f"Resuming from {tmp_path / 'run one' / 'model_epoch_latest.pth'}: epoch 2, step 3 of the epoch, 15 steps" in out
