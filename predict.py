@@ -90,6 +90,12 @@ def main(argv=None):
     keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
     setup_logging()
     paths = expand_inputs(args.inputs)
+    if args.visualize:  # its figures are outputs: scored, they would change the inputs of every rerun
+        figures = os.path.join(os.path.realpath(args.visualize), "")
+        kept = [p for p in paths if not os.path.realpath(p).startswith(figures)]
+        if len(kept) < len(paths):
+            log.info("Leaving out %d image(s) in the --visualize folder %s", len(paths) - len(kept), args.visualize)
+        paths = kept
     if not paths:
         raise UserError("no images found in the given inputs")
     shard = shard_of(args.shard)

@@ -296,6 +296,19 @@ def test_the_output_folder_removed_during_a_scan_is_written_again(setup, tmp_pat
     assert_same_as(ref, out)
 
 
+def test_figures_drawn_inside_the_input_folder_are_not_inputs_of_the_rerun(setup, tmp_path):
+    imgs, ckpt, ref = setup
+    mine = tmp_path / "imgs"
+    shutil.copytree(imgs, mine)
+    out = str(tmp_path / "p")
+    run_predict(mine, ckpt, out, "--visualize", str(mine / "figs"))
+    assert len(os.listdir(mine / "figs")) == N_IMAGES - 2  # the two unusable images get no figure
+    rows = lines(out)
+    # the figures joined the inputs: the rerun replaced every row and scored its own figures
+    assert "already scored" in run_predict_logged(mine, ckpt, out, "--visualize", str(mine / "figs"))
+    assert lines(out) == rows
+
+
 @pytest.mark.parametrize("extra", [(), ("--overwrite",)])
 def test_the_advice_after_ctrl_c_finishes_the_scan_when_followed(setup, tmp_path, monkeypatch, extra):
     from util import Interrupted
