@@ -267,6 +267,8 @@ def generator_report(gen, folder, files, infos, skipped):
         problems.append(f"{len(skipped.not_regular)} not regular files (not read)")
     if skipped.unreadable:
         problems.append(f"{len(skipped.unreadable)} unreadable folders")
+    if skipped.repeated:
+        problems.append(f"{len(skipped.repeated)} links to folders already listed (not counted twice)")
     problems += bias
     return {"generator": gen.name, "folder": folder, "real": stats[0].summary(), "fake": stats[1].summary(),
             "count_status": count_status, "count": count_text, "duplicates": duplicates, "bias": bias,
@@ -274,6 +276,7 @@ def generator_report(gen, folder, files, infos, skipped):
             "truncated_files": stats[0].truncated + stats[1].truncated,
             "not_regular_files": [{"path": p, "kind": k} for p, k in skipped.not_regular],
             "unreadable_folders": [{"path": p, "error": e} for p, e in skipped.unreadable],
+            "repeated_folder_links": skipped.repeated,
             "verdict": "ok" if not problems else "; ".join(problems)}
 
 

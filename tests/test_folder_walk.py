@@ -70,3 +70,17 @@ def test_a_tree_deeper_than_pythons_recursion_limit_is_listed(tmp_path):
         while deep != str(tmp_path):
             os.rmdir(deep)
             deep = os.path.dirname(deep)
+
+
+def test_the_verifier_names_a_link_loop_and_counts_each_image_once(tmp_path):
+    from conftest import write_leaf
+
+    from data.verification import verify
+    gen = tmp_path / "suite" / "gen"
+    write_leaf(str(gen), 2, 2)
+    os.symlink("..", gen / "1_fake" / "up")  # back to gen: its 0_real would be counted as fakes too
+    report = verify(str(tmp_path), (), workers=1)
+    g = report["suites"][0]["generators"][0]
+    assert (g["real"]["n"], g["fake"]["n"]) == (2, 4)  # 1_fake's own two, and 0_real's two through the link
+    assert g["repeated_folder_links"] == [str(gen / "1_fake" / "up" / "1_fake")]
+    assert "1 links to folders already listed (not counted twice)" in g["verdict"]
