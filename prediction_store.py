@@ -19,7 +19,7 @@ import os
 import stat
 
 from data.images import SKIP_REASONS
-from util import RunLock, UserError, atomic_file, fingerprint, log, write_json_atomically
+from util import RunLock, UserError, atomic_file, fingerprint, log, terminal_safe, write_json_atomically
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
@@ -41,8 +41,9 @@ def failed_path(e, default):
 
 def printable(path):
     """A file name as the terminal can show it: bytes that are not UTF-8 (kept by Python as
-    surrogates) become U+FFFD instead of raising."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    surrogates) become U+FFFD instead of raising, and control characters (a newline, a
+    terminal's escape sequence) are shown escaped, on the name's one line."""
+    return terminal_safe(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), keep="")
 
 
 def row_problem(row, path, threshold):

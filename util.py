@@ -241,10 +241,10 @@ def run_cli(main, argv=None):
         code = main(argv)
         sys.stdout.flush()  # a closed pipe shows here, not as a warning at exit
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {terminal_safe(one_line(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
-        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        print(terminal_safe(f"interrupted{': ' + str(e) if str(e) else ''}"), file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
@@ -340,6 +340,21 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+# C0 and C1 control characters and DEL: a file name may carry a terminal's escape sequences.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def terminal_safe(text, keep="\n\t"):
+    """``text`` with control characters shown as escapes (``\\x1b``), so that a file name holding
+    escape sequences is printed, not obeyed by the terminal; the characters in ``keep`` stay."""
+    return text.translate({c: e for c, e in _CONTROL.items() if chr(c) not in keep})
+
+
+class TerminalSafeFormatter(logging.Formatter):
+    def format(self, record):
+        return terminal_safe(super().format(record))
+
+
 def setup_logging(log_file=None, rank=0):
     """Log to stdout (rank 0 only) and, when given, to ``log_file``."""
     log.handlers.clear()
@@ -349,12 +364,12 @@ def setup_logging(log_file=None, rank=0):
         log.addHandler(logging.NullHandler())
         return log
     out = logging.StreamHandler(sys.stdout)
-    out.setFormatter(logging.Formatter("%(message)s"))
+    out.setFormatter(TerminalSafeFormatter("%(message)s"))
     log.addHandler(out)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         fh = logging.FileHandler(log_file)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setFormatter(TerminalSafeFormatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
     return log
 

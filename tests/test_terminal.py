@@ -126,3 +126,25 @@ def test_a_console_that_cannot_show_a_name_gets_it_escaped(scan_setup, tmp_path)
                    "--gpu_ids", "-1", env={"PYTHONIOENCODING": "ascii"}, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "\\u0444\\u043e\\u0442\\u043e\\xb1.png" in r.stdout
+
+
+@given(name=st.text(st.characters(min_codepoint=1, max_codepoint=0x9F, exclude_characters="/"), min_size=1,
+                    max_size=8))
+def test_a_file_name_cannot_write_control_characters_to_the_terminal(scan_setup, tmp_path_factory, name):
+    """A name holding a terminal's escape sequence (ESC [ ... ) or a newline: printed as escapes,
+    on the row's one line, in the table and in the warnings."""
+    import contextlib
+    import io
+    _, ckpt = scan_setup
+    folder = tmp_path_factory.mktemp("names")
+    good, bad = name + "\x1b[2J.png", name + "\n\x1b]0;x\x07.png"
+    Image.new("RGB", (8, 8)).save(folder / good)
+    (folder / bad).write_bytes(b"not an image")  # named in a warning line
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert predict.main([str(folder), "--model_path", ckpt, "--output", str(folder / "p"), "--gpu_ids", "-1",
+                             "--num_threads", "0"]) == 0
+    text = out.getvalue()
+    assert not any(c in text for c in "\x1b\x07\x9b\r")
+    table = text.split("P(fake)  verdict\n", 1)[1].splitlines()
+    assert len([row for row in table if row.endswith(("real", "fake", "unreadable"))]) == 2
