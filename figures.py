@@ -11,7 +11,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from data.perturb import KINDS as PERTURBATION_KINDS
 from networks import get_operator
 from networks.detector import PIXEL_BUDGET, TILE
-from util import atomic_file
+from util import atomic_file, log
 
 
 def _pyplot():
@@ -22,10 +22,12 @@ def _pyplot():
 
 
 def _save(fig, path):
-    fig.tight_layout()
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, dpi=110, format="png")
-    _pyplot().close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -157,8 +159,14 @@ class ArtifactFigures:
         """Draw the image's ``shown`` pixels (``figure_pixels``) and their ``residual``; the path."""
         pixels, title = shown
         os.makedirs(self.folder, exist_ok=True)  # a long-running demo outlives cleaners of /tmp
-        out = os.path.join(self.folder, f"{number:04d}_{os.path.splitext(name)[0]}_{self.operator}.png")
-        return residual_figure(pixels.permute(1, 2, 0).numpy(), residual, prob, threshold, title, out, self.label)
+        # the name's stem cut to 120 bytes: a file name must stay within 255, with the number, suffix and temp prefix
+        stem = os.fsencode(os.path.splitext(name)[0])[:120].decode("utf-8", "ignore")
+        out = os.path.join(self.folder, f"{number:04d}_{stem}_{self.operator}.png")
+        try:
+            return residual_figure(pixels.permute(1, 2, 0).numpy(), residual, prob, threshold, title, out, self.label)
+        except OSError as e:  # a full disk costs the figure, not the scan (the row has no figure)
+            log.warning("figure of %s not written: %s (%s)", name, out, e.strerror or e)
+            return None
 
 
 def figure_pixels(pixels, name):

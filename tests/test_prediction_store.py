@@ -309,6 +309,27 @@ def test_figures_drawn_inside_the_input_folder_are_not_inputs_of_the_rerun(setup
     assert lines(out) == rows
 
 
+@pytest.mark.parametrize("name", ["a" * 250, "é" * 125])  # 250 bytes each: the figure's name went over 255
+def test_a_long_name_gets_its_figure_and_a_figure_that_cannot_be_written_costs_only_itself(setup, tmp_path, name,
+                                                                                          monkeypatch):
+    import figures
+    imgs, ckpt, _ = setup
+    mine = tmp_path / "imgs"
+    mine.mkdir()
+    shutil.copy(imgs / "0.png", mine / f"{name}.png")
+    shutil.copy(imgs / "1.png", mine / "b.png")
+    run_predict(mine, ckpt, str(tmp_path / "p"), "--visualize", str(tmp_path / "figs"))
+    drawn = sorted(os.listdir(tmp_path / "figs"))
+    assert len(drawn) == 2 and any(d.endswith("_b_npr.png") for d in drawn) and any(name[:40] in d for d in drawn)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(figures, "atomic_file", disk_full)
+    said = run_predict_logged(mine, ckpt, str(tmp_path / "q"), "--visualize", str(tmp_path / "figs2"))
+    assert len(lines(str(tmp_path / "q"))) == 2 and os.listdir(tmp_path / "figs2") == []  # every row, no figure
+    assert said.count("not written") == 2 and "No space left on device" in said
+
+
 @pytest.mark.parametrize("extra", [(), ("--overwrite",)])
 def test_the_advice_after_ctrl_c_finishes_the_scan_when_followed(setup, tmp_path, monkeypatch, extra):
     from util import Interrupted
