@@ -96,6 +96,13 @@ def sha256_of(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+def temp_prefix(name):
+    """The prefix of a temporary file written beside ``name``: hidden, and short enough that the
+    name with its random part stays within the 255 bytes a file system allows for any ``name``
+    that fits itself."""
+    return "." + os.fsdecode(os.fsencode(name)[:200]) + "."
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode="w", **open_kwargs):
     """Write ``path`` through a file object that is a new temporary file beside it (a unique
@@ -103,7 +110,7 @@ def atomic_file(path, mode="w", **open_kwargs):
     error and removed when it does not. A reader never sees half a file, an interrupted write
     leaves the previous file as it was, and a link at ``path`` is replaced, never followed."""
     folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f

@@ -19,7 +19,7 @@ import zipfile
 
 import torch
 
-from util import UserError, log, one_line
+from util import UserError, log, one_line, temp_prefix
 
 from .ema import WEIGHTS_KEY as EMA_WEIGHTS_KEY
 from .operators import operator_for_head
@@ -40,7 +40,7 @@ def save_checkpoint(obj, path):
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(os.path.basename(path)), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

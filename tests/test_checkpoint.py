@@ -58,7 +58,7 @@ def test_atomic_save_keeps_previous_on_failure(tmp_path, monkeypatch):
         save_checkpoint({"a": torch.zeros(2)}, path)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["a"], torch.ones(2))
-    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+    assert os.listdir(tmp_path) == ["latest.pth"]  # no temporary file left beside it
 
 
 class Evil:

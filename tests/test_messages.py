@@ -105,6 +105,24 @@ def test_an_atomic_write_is_whole_or_not_at_all(tmp_path_factory, old, new, fail
     assert os.listdir(folder) == ["results.json"]  # no temporary file left
 
 
+# names of 1 to 255 bytes of one character of 1, 2, 3 or 4 bytes in UTF-8, the longest forced in
+NAMES = st.sampled_from("aé€😀").flatmap(lambda c: st.one_of(st.just(255 // len(c.encode())),
+                                                             st.integers(1, 255 // len(c.encode()))).map(lambda k: c * k))
+
+
+@given(name=NAMES)
+def test_any_name_the_file_system_takes_can_be_written_atomically_and_as_a_checkpoint(tmp_path_factory, name):
+    """The temporary file beside a 240-byte name went over 255 bytes: a scan's results, written at
+    its end, failed after all its work."""
+    from networks import load_checkpoint, save_checkpoint
+    folder = tmp_path_factory.mktemp("names")
+    with atomic_file(str(folder / name), "w") as f:
+        f.write("x")
+    assert (folder / name).read_text() == "x"
+    save_checkpoint({"a": 1}, str(folder / name))
+    assert load_checkpoint(str(folder / name)) == {"a": 1} and os.listdir(folder) == [name]
+
+
 def test_a_link_at_the_path_is_replaced_not_followed(tmp_path):
     elsewhere = tmp_path / "elsewhere.txt"
     elsewhere.write_text("keep me")
