@@ -87,7 +87,14 @@ def claim_output(out, merged=None):
                             "choose another --output") from None
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UserError(f"--output {o}: the folder {folder} is not writable; choose another --output")
-        for path in (o + ".jsonl", o + ".csv", o + ".json"):
+        try:
+            name_max = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        for path in (o + ".jsonl", o + ".csv", o + ".json", o + ".lock"):
+            if len(os.fsencode(os.path.basename(path))) > name_max:
+                raise UserError(f"--output {o}: the name {os.path.basename(path)} is over the {name_max} bytes a "
+                                "file name may have here; choose a shorter --output")
             if os.path.isdir(path) and not os.path.islink(path):
                 raise UserError(f"--output {o}: {path} is a folder; remove it or choose another --output")
     return OutputLock(out).acquire()

@@ -211,7 +211,8 @@ def test_shards_with_other_settings_are_named_not_merged(setup, tmp_path):
 def test_a_wrong_output_is_one_line_before_the_model_loads(setup, tmp_path):
     imgs, _, _ = setup
     (tmp_path / "file").write_text("x")
-    for out, says in ((tmp_path / "file" / "p", "cannot create the folder"), ("/proc/npr-test/p", "--output")):
+    for out, says in ((tmp_path / "file" / "p", "cannot create the folder"), ("/proc/npr-test/p", "--output"),
+                      (tmp_path / ("p" * 250), "jsonl is over the 255 bytes")):  # failed after the scan
         with pytest.raises(UserError, match=says):  # the model path does not exist: it was never read
             predict.main([str(imgs), "--model_path", str(tmp_path / "none.pth"), "--output", str(out)])
     (tmp_path / "p.jsonl").mkdir()  # a folder where a result file goes: a shard's or the merged one
