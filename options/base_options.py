@@ -11,6 +11,7 @@ import os
 import sys
 
 from data.benchmarks import MINI_ROOT
+from data.images import MAX_DECODE_PIXELS
 from metrics import THRESHOLD_CHOICES
 from util import UserError
 
@@ -182,7 +183,11 @@ def _comma_list(text):
 
 probability = _type("probability", _in_range(float, 0, 1, "a probability must lie in [0, 1]"))
 positive_int = _type("positive integer", _in_range(int, 1, None, "must be at least 1"))
-size = _type("size", _in_range(int, 2, None, "at least 2 pixels"))
+# A square side whose image stays within Pillow's decode limit (9459 px): a resize to 60000 px
+# asked for 10 GB per image.
+MAX_SIDE = math.isqrt(MAX_DECODE_PIXELS)
+size = _type("size", _in_range(int, 2, MAX_SIDE, f"a side of 2 to {MAX_SIDE} pixels (larger squares are above the "
+                                                  "decode limit)"))
 non_negative_int = _type("non-negative integer", _in_range(int, 0, None, "must be >= 0"))
 non_negative = _type("non-negative number", _in_range(float, 0, None, "must be >= 0"))
 rate = _type("rate", _in_range(float, 0, 1, "a rate in [0, 1)", hi_open=True))

@@ -159,3 +159,18 @@ def test_every_product_module_imports():
     assert {"train", "test", "predict", "networks", "data.images", "tools.download"} <= set(modules)
     for name in modules:
         importlib.import_module(name)
+
+
+@pytest.mark.parametrize("parser", [train_parser, options.test_parser, validate_parser, predict_parser,
+                                    lambda: importlib.import_module("demo").get_args_parser()])
+def test_every_size_option_stays_within_the_decode_limit(parser):
+    """--loadSize 60000 resized every image to 3.6 gigapixels: a MemoryError, or the kernel's OOM kill."""
+    p = parser()
+    must = {train_parser: ["--dataroot", "x"], validate_parser: ["--dataroot", "x"], predict_parser: ["x"]}.get(parser, [])
+    sizes = [a for a in p._actions if getattr(a.type, "__name__", "") == "size"]
+    assert sizes
+    for action in sizes:
+        assert getattr(p.parse_args(must + [action.option_strings[0], "9459"]), action.dest) == 9459
+        for bad in ("9460", "60000", "1"):
+            with pytest.raises(UserError, match="a side of 2 to 9459 pixels"):
+                p.parse_args(must + [action.option_strings[0], bad])
