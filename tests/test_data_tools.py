@@ -159,6 +159,30 @@ def test_refused_connection_and_missing_file_are_one_line(server, tmp_path):
         assert needle in str(err.value) and "by hand" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_the_advice_after_a_failed_download_works_when_followed(server, tmp_path):
+    """The advice named '<root>/.downloads/weights/' for NPR.pth, where the downloader never
+    looks (it looks beside --weights_path): a file put there was downloaded again, and failed again."""
+    import re
+
+    import torch
+
+    from networks import resnet50
+    with socket.socket() as s:  # a port nobody listens on: the download fails
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    weights = str(tmp_path / "w" / "NPR.pth")
+    npr = dl.replace({s.name: s for s in SOURCES}["weights"], location=dead + "/NPR.pth")
+    suite = source(dead + "/x.tar.gz")
+    for src, put in ((npr, lambda p: torch.save(resnet50().state_dict(), p)),
+                     (suite, lambda p: open(p, "wb").write(suite_tar()))):
+        with pytest.raises(dl.DownloadError) as err:
+            dl.download(src, str(tmp_path / "root"), progress=False, weights_path=weights)
+        folder = re.search(r" and put \S+ in (.+), then run the command again", str(err.value)).group(1)
+        put(os.path.join(folder, src.archives[0]))  # as told
+        got = dl.download(src, str(tmp_path / "root"), progress=False, weights_path=weights)  # again, as told
+        assert got == (weights if src is npr else str(tmp_path / "root" / "MySuite"))
+
+
 def test_archive_placed_by_hand_is_used(tmp_path):
     root = str(tmp_path / "d")
     folder = os.path.join(root, ".downloads", "MySuite")

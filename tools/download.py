@@ -63,10 +63,13 @@ class UnsafeArchiveError(Exception):
     """An archive with an entry that would be written outside the target folder, or a link out of it."""
 
 
-def failure(source, what, reason):
+def failure(source, what, reason, folder):
+    """The one-line error of a failed step; ``folder`` is where the downloader looks for the
+    archives (``<root>/.downloads/<name>/``, or the folder of ``--weights_path`` for weights), so
+    that a file downloaded by hand and put there is used by the next run."""
     reason = " ".join(str(reason).split())  # one line, whatever the library said
     manual = f" Download it by hand from {source.manual}" if source.manual else ""
-    where = f" and put {', '.join(source.archives)} in <root>/.downloads/{source.name}/," if source.archives else ","
+    where = f" and put {', '.join(source.archives)} in {folder}," if source.archives else ","
     return DownloadError(f"{source.name}: {what} failed ({reason}).{manual}{where} then run the command again.")
 
 
@@ -232,18 +235,18 @@ def fetch(source, folder, progress=True, validate=None):
             os.remove(incomplete)
             return matching(folder, source.archives)
     except urllib.error.HTTPError as e:
-        raise failure(source, f"the download of {source.url}", f"HTTP {e.code} {e.reason}") from None
+        raise failure(source, f"the download of {source.url}", f"HTTP {e.code} {e.reason}", folder) from None
     except urllib.error.URLError as e:
-        raise failure(source, f"the download of {source.url}", str(e.reason)) from None
+        raise failure(source, f"the download of {source.url}", str(e.reason), folder) from None
     except ChecksumError as e:
-        raise failure(source, "the checksum", str(e)) from None
+        raise failure(source, "the checksum", str(e), folder) from None
     except ValueError as e:  # validate() refused the file
-        raise failure(source, f"the download of {source.url}", f"{e}; the file was removed") from None
+        raise failure(source, f"the download of {source.url}", f"{e}; the file was removed", folder) from None
     except (OSError, RuntimeError, http.client.HTTPException) as e:
         reason = str(e) or type(e).__name__
         if os.path.exists(os.path.join(folder, source.archives[0] + ".part")):
             reason += "; the partial file is kept and the next run resumes it"
-        raise failure(source, f"the download of {source.url}", reason) from None
+        raise failure(source, f"the download of {source.url}", reason, folder) from None
     raise DownloadError(f"{source.name}: no scripted download; get it by hand from {source.manual}")
 
 
@@ -438,8 +441,8 @@ def install(source, archives, root, folder):
         except UnsafeArchiveError as e:
             shutil.rmtree(staging, ignore_errors=True)
             raise failure(source, f"extracting {os.path.basename(a)}",
-                          f"unsafe archive: {e}; nothing was installed, the archive is kept at {a} for inspection"
-                          ) from None
+                          f"unsafe archive: {e}; nothing was installed, the archive is kept at {a} for inspection",
+                          folder) from None
         except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
             # Only an archive that cannot be read is deleted: a full disk or a permission error is not its fault.
             for bad in [a] + joined.get(a, []):
@@ -447,11 +450,11 @@ def install(source, archives, root, folder):
             shutil.rmtree(staging, ignore_errors=True)
             raise failure(source, f"extracting {os.path.basename(a)}",
                           f"{type(e).__name__}: {e}; the archive is corrupt and was removed, run again to download "
-                          "it anew") from None
+                          "it anew", folder) from None
         except OSError as e:
             shutil.rmtree(staging, ignore_errors=True)
             raise failure(source, f"extracting {os.path.basename(a)}",
-                          f"{e.strerror or e}; the archive is kept, nothing was installed") from None
+                          f"{e.strerror or e}; the archive is kept, nothing was installed", folder) from None
     for j in joined:
         os.remove(j)
     flatten_single_folder(staging)
@@ -461,7 +464,7 @@ def install(source, archives, root, folder):
         shown = "; ".join(short[:3]) + ("; ..." if len(short) > 3 else "")
         raise failure(source, "the count of installed images",
                       f"fewer images than published: {shown}; nothing was installed and the archives are kept in "
-                      f"{folder} (remove them to download again)")
+                      f"{folder} (remove them to download again)", folder)
     target = os.path.join(root, source.target)
     os.makedirs(target, exist_ok=True)
     for e in os.listdir(staging):
@@ -498,7 +501,7 @@ def download(source, root, keep_archives=False, weights_path="NPR.pth", progress
     os.makedirs(folder, exist_ok=True)
     archives = fetch(source, folder, progress)
     if not archives:
-        raise failure(source, "the download", "no archive came back")
+        raise failure(source, "the download", "no archive came back", folder)
     sizes = {os.path.basename(a): os.path.getsize(a) for a in archives}
     install(source, archives, root, folder)
     write_json_atomically({"source": source.name, "url": source.url, "archives": sizes, "target": source.target},
