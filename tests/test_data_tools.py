@@ -183,6 +183,26 @@ def test_the_advice_after_a_failed_download_works_when_followed(server, tmp_path
         assert got == (weights if src is npr else str(tmp_path / "root" / "MySuite"))
 
 
+@pytest.mark.parametrize("given", ["folder/", "existing folder"])
+def test_weights_path_naming_a_folder_gets_npr_pth_inside_never_ready_without_a_file(server, tmp_path, given):
+    """--weights_path /models/ said "weights: ready in /" with no file: the folder itself matched
+    the archive's (empty) name."""
+    import torch
+
+    from networks import load_detector, resnet50
+    base, h = server
+    buf = io.BytesIO()
+    torch.save(resnet50().state_dict(), buf)
+    h.files["/NPR.pth"] = buf.getvalue()
+    npr = dl.replace({s.name: s for s in SOURCES}["weights"], location=base + "/NPR.pth")
+    folder = tmp_path / "models"
+    if given == "existing folder":
+        folder.mkdir()
+    weights_path = str(folder) + ("/" if given == "folder/" else "")
+    got = dl.download(npr, str(tmp_path / "root"), progress=False, weights_path=weights_path)
+    assert got == str(folder / "NPR.pth") and load_detector(got, device="cpu").operator == "npr"
+
+
 def test_archive_placed_by_hand_is_used(tmp_path):
     root = str(tmp_path / "d")
     folder = os.path.join(root, ".downloads", "MySuite")

@@ -201,8 +201,9 @@ def gdown_fetch(kind, drive_id, dest):
 
 
 def matching(folder, patterns):
-    return sorted({p for pattern in patterns for p in glob.glob(os.path.join(folder, pattern))
-                   if not p.endswith(".part")})
+    """The files in ``folder`` that the archive names (or patterns) match; folders never do."""
+    return sorted({p for pattern in patterns if pattern for p in glob.glob(os.path.join(folder, pattern))
+                   if not p.endswith(".part") and os.path.isfile(p)})
 
 
 def check_placed(source, paths):
@@ -221,7 +222,7 @@ def fetch(source, folder, progress=True, validate=None):
     there by hand; checked against the published SHA-256), else fetched now."""
     incomplete = os.path.join(folder, ".incomplete")
     present = matching(folder, source.archives)
-    if present and not os.path.exists(incomplete) and all(glob.glob(os.path.join(folder, a)) for a in source.archives
+    if present and not os.path.exists(incomplete) and all(matching(folder, [a]) for a in source.archives
                                                            if "*" not in a):
         return check_placed(source, present)
     try:
@@ -483,6 +484,8 @@ def download(source, root, keep_archives=False, weights_path="NPR.pth", progress
         raise DownloadError(f"{source.name}: no scripted download: {source.note}. Get it from {source.manual} "
                             f"and put it in {os.path.join(root, source.target)}")
     if not source.target:  # a weights file: NPR.pth at weights_path, the others beside it
+        if weights_path.endswith(("/", os.sep)) or os.path.isdir(weights_path):  # a folder: NPR.pth in it
+            weights_path = os.path.join(weights_path, "NPR.pth")
         path = weights_path if source.name == "weights" else \
             os.path.join(os.path.dirname(os.path.abspath(weights_path)), source.archives[0])
         if os.path.isfile(path):
@@ -518,7 +521,8 @@ def get_args_parser():
                            "test.py finds them.")
     p.add_argument("names", nargs="*", help="sources (see --list), 'all' for every scripted one, 'weights' for NPR.pth")
     p.add_argument("--root", default="./datasets", help="where the suites go (test.py --dataroot)")
-    p.add_argument("--weights_path", default="NPR.pth", help="where 'weights' writes NPR.pth")
+    p.add_argument("--weights_path", default="NPR.pth",
+                   help="where 'weights' writes NPR.pth (a folder: NPR.pth in it; other weights go beside it)")
     p.add_argument("--keep_archives", action="store_true", help="keep the archives after extraction")
     p.add_argument("--list", action="store_true", help="list the sources and exit")
     return p
