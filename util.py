@@ -381,6 +381,15 @@ def setup_logging(log_file=None, rank=0):
     return log
 
 
+def ensure_writable_file(path, what):
+    """Check, before long work, that a file can be written at ``path``: its folder is made and
+    writable, and no folder sits at the path itself."""
+    if os.path.isdir(path):
+        raise UserError(f"{what} '{path}' is a folder; give a file name")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
+    return path
+
+
 def ensure_writable_dir(path, what):
     """Create ``path`` if needed and check that files can be written there, before any long work."""
     if os.path.lexists(path) and not os.path.isdir(path):

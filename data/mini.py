@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from util import waiting_lock, write_json_atomically
+from util import UserError, ensure_writable_dir, waiting_lock, write_json_atomically
 
 from .benchmarks import MINI_GENERATORS, MINI_TEST_PER_GENERATOR, MINI_THIRD_PARTY
 
@@ -282,7 +282,9 @@ def build_mini(root, seed=0, size=48, train_per_class=320, val_per_class=50, tes
     config = {"seed": seed, "size": size, "train_per_class": train_per_class, "val_per_class": val_per_class,
               "test_per_generator": test_per_generator, "generator_steps": generator_steps}
     root = os.path.normpath(root)
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise UserError(f"NPR-mini's folder '{root}' is a file; remove it or choose another folder")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(root)), "the folder that holds NPR-mini")
     # Two commands started at once on a fresh machine (test.py and train.py): one builds, the
     # other waits and finds it built.
     with waiting_lock(os.path.join(os.path.dirname(os.path.abspath(root)), f".{os.path.basename(root)}.lock"),

@@ -389,3 +389,19 @@ def test_tools_share_the_one_line_errors():
                         ("tools.mini", ["--root", "."])):
         r = run_script("-m", tool, *given, "--no_such_flag", timeout=120)
         assert r.returncode == 2 and r.stderr == "error: unrecognized arguments: --no_such_flag (see --help)\n", tool
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_a_report_or_dataset_path_that_cannot_be_written_is_one_line_before_the_work(tmp_path, monkeypatch, where):
+    """tools.verify --json <folder> failed after reading every file; tools.mini --root <file>
+    was a NotADirectoryError traceback."""
+    from data.mini import build_mini
+    from tools import verify as verify_tool
+    from util import UserError
+    (tmp_path / "file").write_text("x")
+    json_path = tmp_path if where == "a folder" else tmp_path / "file" / "r.json"
+    monkeypatch.setattr(verify_tool, "verify", lambda *a: pytest.fail("the check ran before --json was checked"))
+    with pytest.raises(UserError, match="--json"):
+        verify_tool.main(["--dataroot", str(tmp_path), "--json", str(json_path)])
+    with pytest.raises(UserError, match="NPR-mini"):
+        build_mini(str(tmp_path / "file" if where == "a folder" else tmp_path / "file" / "mini"))
