@@ -57,7 +57,7 @@ from networks import DEFAULT_OPERATOR, OPERATORS, batch_probs, prepare_model, re
 from options import train_parser
 from options.base_options import OneLineErrorParser
 from report import format_table
-from util import AMP_DTYPE, UserError, keep_freed_memory, run_cli, write_json_atomically
+from util import AMP_DTYPE, UserError, ensure_writable_dir, keep_freed_memory, run_cli, write_json_atomically
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NPR = DEFAULT_OPERATOR
@@ -673,6 +673,7 @@ def comma_choices(value, choices, flag):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    ensure_writable_dir(args.output, "--output")  # before the minutes of measuring, not after
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else \
         comma_choices(args.devices, ("cpu", "cuda"), "--devices")
     if "cuda" in devices and not torch.cuda.is_available():
@@ -697,7 +698,6 @@ def main(argv=None):
     print(report(rows, summary, info, warnings))
     for k, v in scripts.items():
         print(f"{k}: {v:.2f}")
-    os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "bench.json")
     write_json_atomically({"info": info, "results": rows, "summary": summary, "scripts": scripts,
                            "inconsistencies": warnings}, path)

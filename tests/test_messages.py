@@ -147,3 +147,16 @@ def test_concurrent_writers_each_leave_a_whole_file(tmp_path):
     for t in threads:
         t.join()
     assert open(path).read() in texts and os.listdir(tmp_path) == ["r.json"]
+
+
+@pytest.mark.parametrize("script", ["bench", "gpu_check"])
+def test_a_report_folder_that_is_a_file_is_one_line_before_any_measuring(tmp_path, script, monkeypatch):
+    """bench.py made its --output folder after minutes of measuring, and failed there."""
+    import importlib
+
+    from util import UserError
+    module = importlib.import_module(script)
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(module, "torch", None)  # any use of torch before the check fails the test
+    with pytest.raises(UserError, match="--output .* is a file, not a folder"):
+        module.main(["--output", str(tmp_path / "file")])
