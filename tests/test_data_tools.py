@@ -405,3 +405,46 @@ def test_a_report_or_dataset_path_that_cannot_be_written_is_one_line_before_the_
         verify_tool.main(["--dataroot", str(tmp_path), "--json", str(json_path)])
     with pytest.raises(UserError, match="NPR-mini"):
         build_mini(str(tmp_path / "file" if where == "a folder" else tmp_path / "file" / "mini"))
+
+
+@pytest.mark.parametrize("what", ["suite", "weights"])
+def test_downloads_started_at_once_fetch_once_and_all_end_ready(server, tmp_path, monkeypatch, what):
+    """The same command in two terminals, or on every node of a job: both appended to one .part
+    file and extracted into one staging folder. Now one downloads, the others wait and find it."""
+    import multiprocessing
+    import time
+
+    import torch
+
+    from networks import resnet50
+    base, h = server
+    buf = io.BytesIO()
+    torch.save(resnet50().state_dict(), buf)
+    h.files["/a.tar.gz"], h.files["/NPR.pth"] = suite_tar(), buf.getvalue()
+    serve = h.do_GET
+
+    def slowly(self):  # a transfer long enough for the others to start theirs
+        time.sleep(0.5)
+        serve(self)
+    monkeypatch.setattr(h, "do_GET", slowly)
+    src = source(base + "/a.tar.gz") if what == "suite" else \
+        dl.replace({s.name: s for s in SOURCES}["weights"], location=base + "/NPR.pth")
+    weights = str(tmp_path / "NPR.pth")
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+
+    def run():
+        go.wait()
+        dl.download(src, str(tmp_path / "d"), progress=False, weights_path=weights)
+    procs = [ctx.Process(target=run) for _ in range(3)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len([s for s in h.seen if s[0] in ("/a.tar.gz", "/NPR.pth")]) == 1
+    if what == "suite":
+        assert sorted(os.listdir(tmp_path / "d" / "MySuite" / "gen" / "0_real")) == ["0.png", "1.png", "2.png"]
+    else:
+        assert open(weights, "rb").read() == buf.getvalue()

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from data.benchmarks import SOURCES, SUITES, locate_generator, source_by_name
 from options.base_options import OneLineErrorParser
 from data.verification import class_files, count_check
-from util import UserError, run_cli, sha256_of, write_json_atomically
+from util import UserError, run_cli, setup_logging, sha256_of, waiting_lock, write_json_atomically
 
 CHUNK = 1 << 20
 TIMEOUT = 60  # seconds without data before a transfer is given up (it resumes on the next run)
@@ -488,16 +488,25 @@ def download(source, root, keep_archives=False, weights_path="NPR.pth", progress
             weights_path = os.path.join(weights_path, "NPR.pth")
         path = weights_path if source.name == "weights" else \
             os.path.join(os.path.dirname(os.path.abspath(weights_path)), source.archives[0])
-        if os.path.isfile(path):
-            try:
-                check_weights_file(path)
-                return path
-            except ValueError as e:
-                raise DownloadError(f"{source.name}: {path} is there but {e}; remove it and run again") from None
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        return fetch(replace(source, archives=(os.path.basename(path),)), folder, progress, check_weights_file)[0]
+        # one download per file: a second command (another terminal, every node of a job) waits, then finds it
+        with waiting_lock(os.path.join(folder, f".{os.path.basename(path)}.lock"), f"downloading {path}"):
+            if os.path.isfile(path):
+                try:
+                    check_weights_file(path)
+                    return path
+                except ValueError as e:
+                    raise DownloadError(f"{source.name}: {path} is there but {e}; remove it and run again") from None
+            return fetch(replace(source, archives=(os.path.basename(path),)), folder, progress, check_weights_file)[0]
     folder = os.path.join(root, ".downloads", source.name)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with waiting_lock(folder + ".lock", f"downloading {source.name} into {root}"):
+        return fetch_and_install(source, root, folder, keep_archives, progress)
+
+
+def fetch_and_install(source, root, folder, keep_archives, progress):
+    """``download``'s work for a suite, under its lock: skipped when the marker says it is done."""
     marker, target = folder + ".done", os.path.join(root, source.target)
     if os.path.isfile(marker) and os.path.isdir(target):
         return target
@@ -537,6 +546,7 @@ def list_sources():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    setup_logging()
     if args.list or not args.names:
         print(list_sources())
         return 0
