@@ -192,10 +192,13 @@ def waiting_lock(path, what):
     if fcntl is None:
         yield
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:  # never through a link, never blocking on a FIFO planted at the path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
         raise UserError(f"cannot open the lock file {path} ({e.strerror or e}); remove what is in the way") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"the lock file {path} is not a regular file; remove what is in the way")
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -160,3 +160,24 @@ def test_a_report_folder_that_is_a_file_is_one_line_before_any_measuring(tmp_pat
     monkeypatch.setattr(module, "torch", None)  # any use of torch before the check fails the test
     with pytest.raises(UserError, match="--output .* is a file, not a folder"):
         module.main(["--output", str(tmp_path / "file")])
+
+
+@pytest.mark.parametrize("planted", ["a FIFO", "a folder"])
+def test_a_waiting_lock_with_something_planted_at_its_path_is_one_line_never_a_hang(tmp_path, planted):
+    """A FIFO planted at a lock's path was taken as the lock file; now anything but a regular file
+    is one line, and opening never blocks (O_NONBLOCK), so the test cannot hang."""
+    from util import UserError, waiting_lock
+    path = tmp_path / "x.lock"
+    os.mkfifo(path) if planted == "a FIFO" else path.mkdir()
+    said = []
+
+    def take():
+        try:
+            with waiting_lock(str(path), "testing"):
+                said.append("held")
+        except UserError as e:
+            said.append(str(e))
+    t = threading.Thread(target=take, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and len(said) == 1 and "remove what is in the way" in said[0]
