@@ -26,10 +26,10 @@ from data.transforms import EvalTransform
 from engine import EvalConfig, eval_threshold, score_files
 from networks import load_for_evaluation
 from options import parse_predict_args
-from prediction_store import PredictionFiles, claim_output, merge_shards, printable, shard_name, shard_paths
+from prediction_store import PredictionFiles, claim_output, merge_shards, shard_name, shard_paths
 from figures import ArtifactFigures
-from util import (Interrupted, UserError, ensure_writable_dir, keep_freed_memory, launch_env, log, run_cli, select_device,
-                  set_numerics, setup_logging)
+from util import (Interrupted, UserError, ensure_writable_dir, keep_freed_memory, launch_env, log, printable, run_cli,
+                  select_device, set_numerics, setup_logging)
 
 LIST_AT_MOST = 50  # rows printed to the terminal without --list
 

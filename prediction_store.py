@@ -19,7 +19,7 @@ import os
 import stat
 
 from data.images import SKIP_REASONS
-from util import RunLock, UserError, atomic_file, fingerprint, log, terminal_safe, write_json_atomically
+from util import RunLock, UserError, atomic_file, fingerprint, log, write_json_atomically
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
@@ -37,13 +37,6 @@ def regular_file(path):
 def failed_path(e, default):
     """The path an ``OSError`` is about (a rename's target rather than its temporary source)."""
     return getattr(e, "filename2", None) or getattr(e, "filename", None) or default
-
-
-def printable(path):
-    """A file name as the terminal can show it: bytes that are not UTF-8 (kept by Python as
-    surrogates) become U+FFFD instead of raising, and control characters (a newline, a
-    terminal's escape sequence) are shown escaped, on the name's one line."""
-    return terminal_safe(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), keep="")
 
 
 def row_problem(row, path, threshold):
@@ -213,7 +206,7 @@ class PredictionFiles:
                 yield json.loads(line)
 
     def rewrite_csv(self):
-        with atomic_file(self.csv, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with atomic_file(self.csv, newline="") as f:
             w = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
             w.writeheader()
             if os.path.exists(self.jsonl):
@@ -232,7 +225,7 @@ class PredictionFiles:
         old.flush()
         old.seek(0)
         os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
-        with atomic_file(self.jsonl, encoding="utf-8") as f:
+        with atomic_file(self.jsonl) as f:
             for line in old:
                 f.write(line)
         self.close()
@@ -270,7 +263,7 @@ class PredictionFiles:
             self.reattach()
         self.close()
         head = {"settings": self.settings, **info, "complete": True, "counts": self.counts}
-        with atomic_file(self.json, encoding="utf-8") as f:
+        with atomic_file(self.json) as f:
             f.write("{\n" + "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()))
             f.write(' "predictions": [')
             for i, row in enumerate(self.rows()):

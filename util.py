@@ -110,6 +110,8 @@ def atomic_file(path, mode="w", **open_kwargs):
     error and removed when it does not. A reader never sees half a file, an interrupted write
     leaves the previous file as it was, and a link at ``path`` is replaced, never followed."""
     folder, name = os.path.split(os.path.abspath(path))
+    if "b" not in mode:  # UTF-8 text; a path from a folder name that is not UTF-8 keeps its bytes
+        open_kwargs = {"encoding": "utf-8", "errors": "surrogateescape", **open_kwargs}
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
@@ -360,6 +362,13 @@ def terminal_safe(text, keep="\n\t"):
     return text.translate({c: e for c, e in _CONTROL.items() if chr(c) not in keep})
 
 
+def printable(name):
+    """A file name as text can show it (a terminal, a table, a CSV): bytes that are not UTF-8
+    (kept by Python as surrogates) become U+FFFD instead of raising, and control characters (a
+    newline, a terminal's escape sequence) are shown escaped, on the name's one line."""
+    return terminal_safe(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), keep="")
+
+
 class TerminalSafeFormatter(logging.Formatter):
     def format(self, record):
         return terminal_safe(super().format(record))
@@ -378,7 +387,7 @@ def setup_logging(log_file=None, rank=0):
     log.addHandler(out)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        fh = logging.FileHandler(log_file)
+        fh = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
         fh.setFormatter(TerminalSafeFormatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
     return log

@@ -9,7 +9,7 @@ case-insensitively) when your copy of a dataset spells a folder differently.
 import os
 from dataclasses import dataclass, field
 
-from util import UserError
+from util import UserError, printable
 
 from .discovery import find_child, is_leaf, require_folder
 
@@ -222,10 +222,12 @@ def locate_generator(suite_dir, gen):
 
 def custom_suite(path):
     """A suite made of every generator folder under ``path`` (no resize, no crop)."""
-    gens = tuple(G(d, d) for d in sorted(os.listdir(path)) if has_leaves(os.path.join(path, d)))
+    # names as tables and result files can hold them (a folder name that is not UTF-8 crashed the CSV)
+    gens = tuple(G(printable(d), d) for d in sorted(os.listdir(path)) if has_leaves(os.path.join(path, d)))
+    name = printable(os.path.basename(os.path.normpath(path)))
     if not gens and is_leaf(path):
-        gens = (G(os.path.basename(os.path.normpath(path)), "."),)
-    return Suite(os.path.basename(os.path.normpath(path)), (path,), gens, resize=False, crop=False,
+        gens = (G(name, "."),)
+    return Suite(name, (path,), gens, resize=False, crop=False,
                  note="custom suite: every generator folder, no resize, no crop", custom=True)
 
 

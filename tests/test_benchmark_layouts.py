@@ -99,3 +99,17 @@ def test_a_bad_checkpoint_among_several_is_one_line_before_any_is_scored(tmp_pat
         test_py.main(["--dataroot", str(tmp_path / "data"), "--model_path", ckpt, ckpt, str(tmp_path / "cut.pth"),
                       "--gpu_ids", "-1", "--results_dir", str(tmp_path / "res")])
     assert scored == []  # the first two were scored (an hour each on the benchmark), then the third failed
+
+
+def test_folder_names_that_are_not_utf8_are_scored_and_written(tmp_path, ckpt):
+    """A generator folder (or the dataroot) named in Latin-1 on a shared disk: the scan finished,
+    then writing results.csv (and the figures' labels) raised UnicodeEncodeError, losing it all."""
+    root = os.fsdecode(os.fsencode(str(tmp_path)) + b"/data\xff")
+    write_leaf(os.fsdecode(os.fsencode(root) + b"/suite/caf\xe9"), 2, 2)
+    res = tmp_path / "res"
+    assert load_test_py().main(["--dataroot", root, "--model_path", ckpt, "--gpu_ids", "-1", "--num_threads", "0",
+                                "--results_dir", str(res), "--plots"]) == 0
+    rows = strict_json(res / "results.json")["results"]
+    assert [r["generator"] for r in rows] == ["caf\ufffd", "Mean"] and rows[0]["n_scored"] == 4
+    assert "caf\ufffd" in (res / "results.csv").read_text(encoding="utf-8", errors="surrogateescape")
+    assert os.fsencode(root) in (res / "opt.txt").read_bytes()  # the dataroot as it is on disk
