@@ -11,7 +11,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from data.perturb import KINDS as PERTURBATION_KINDS
 from networks import get_operator
 from networks.detector import PIXEL_BUDGET, TILE
-from util import atomic_file, log
+from util import atomic_file, cut_name, log
 
 
 def _pyplot():
@@ -159,9 +159,8 @@ class ArtifactFigures:
         """Draw the image's ``shown`` pixels (``figure_pixels``) and their ``residual``; the path."""
         pixels, title = shown
         os.makedirs(self.folder, exist_ok=True)  # a long-running demo outlives cleaners of /tmp
-        # the name's stem cut to 120 bytes: a file name must stay within 255, with the number, suffix and temp prefix
-        stem = os.fsencode(os.path.splitext(name)[0])[:120].decode("utf-8", "ignore")
-        out = os.path.join(self.folder, f"{number:04d}_{stem}_{self.operator}.png")
+        # the stem within 120 bytes: the file name, with its number, suffix and temporary prefix, within 255
+        out = os.path.join(self.folder, f"{number:04d}_{cut_name(os.path.splitext(name)[0], 120)}_{self.operator}.png")
         try:
             return residual_figure(pixels.permute(1, 2, 0).numpy(), residual, prob, threshold, title, out, self.label)
         except OSError as e:  # a full disk costs the figure, not the scan (the row has no figure)

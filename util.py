@@ -3,6 +3,7 @@ import contextlib
 import ctypes
 import datetime
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -96,11 +97,25 @@ def sha256_of(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+def cut_name(name, nbytes):
+    """``name`` shortened, at a character boundary, to at most ``nbytes`` bytes on disk: part of
+    a file name that must stay within the 255 bytes a file system allows."""
+    while len(os.fsencode(name)) > nbytes:
+        name = name[:-1]
+    return name
+
+
+def inside_if_folder(path, name):
+    """``path``, or ``path/name`` when ``path`` names a folder (ends with a separator, or is one):
+    an output given as a folder gets its file inside it."""
+    return os.path.join(path, name) if path.endswith(("/", os.sep)) or os.path.isdir(path) else path
+
+
 def temp_prefix(name):
     """The prefix of a temporary file written beside ``name``: hidden, and short enough that the
     name with its random part stays within the 255 bytes a file system allows for any ``name``
     that fits itself."""
-    return "." + os.fsdecode(os.fsencode(name)[:200]) + "."
+    return "." + cut_name(name, 200) + "."
 
 
 @contextlib.contextmanager
@@ -356,10 +371,15 @@ def seed_everything(seed):
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
 
 
+@functools.cache
+def _control_table(keep):
+    return {c: e for c, e in _CONTROL.items() if chr(c) not in keep}
+
+
 def terminal_safe(text, keep="\n\t"):
     """``text`` with control characters shown as escapes (``\\x1b``), so that a file name holding
     escape sequences is printed, not obeyed by the terminal; the characters in ``keep`` stay."""
-    return text.translate({c: e for c, e in _CONTROL.items() if chr(c) not in keep})
+    return text.translate(_control_table(keep))
 
 
 def printable(name):

@@ -120,11 +120,12 @@ class TrainCache:
         if not todo and os.path.isfile(self.images_path):
             return self
         if not os.path.isfile(self.images_path):
-            free = shutil.disk_usage(self.dir).free
-            short = (f"--cache_dir '{self.dir}': the cache needs {self.nbytes / 2**30:.1f} GiB, only "
-                     "{:.1f} GiB free; choose another folder or drop --cache_dir")
-            if free < self.nbytes:
-                raise UserError(short.format(free / 2**30))
+            def no_room():
+                return UserError(f"--cache_dir '{self.dir}': the cache needs {self.nbytes / 2**30:.1f} GiB, only "
+                                 f"{shutil.disk_usage(self.dir).free / 2**30:.1f} GiB free; choose another folder or "
+                                 "drop --cache_dir")
+            if shutil.disk_usage(self.dir).free < self.nbytes:
+                raise no_room()
             try:
                 with open(self.images_path, "wb") as f:
                     reserve_file(f, self.nbytes)  # blocks taken now: a disk filled by others later is no SIGBUS
@@ -132,7 +133,7 @@ class TrainCache:
                 with contextlib.suppress(OSError):
                     os.remove(self.images_path)
                 if e.errno == errno.ENOSPC:
-                    raise UserError(short.format(shutil.disk_usage(self.dir).free / 2**30)) from None
+                    raise no_room() from None
                 raise UserError(f"--cache_dir '{self.dir}': cannot write the cache ({e.strerror or e})") from None
             write_json_atomically({"n": len(self.samples), "load_size": self.load_size, "interp": self.interp,
                                    "paths": [p for p, _ in self.samples],

@@ -7,13 +7,12 @@ only checks that involve two options run after parsing.
 """
 import argparse
 import math
-import os
 import sys
 
 from data.benchmarks import MINI_ROOT
 from data.images import MAX_DECODE_PIXELS
 from metrics import THRESHOLD_CHOICES
-from util import UserError
+from util import UserError, inside_if_folder
 
 
 # The reference's options (base, train and test) with whether they take a value. A script
@@ -172,9 +171,7 @@ def _output_stem(text):
     gets ``predictions`` inside it, so that ``--output out/`` writes ``out/predictions.csv``."""
     if not str(text).strip():
         raise ValueError("an empty name: give a path such as results/predictions")
-    if text.endswith(("/", os.sep)) or os.path.isdir(text):
-        return os.path.join(text, "predictions")
-    return text
+    return inside_if_folder(text, "predictions")
 
 
 def _comma_list(text):

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from data.benchmarks import SOURCES, SUITES, locate_generator, source_by_name
 from options.base_options import OneLineErrorParser
 from data.verification import class_files, count_check
-from util import UserError, run_cli, setup_logging, sha256_of, waiting_lock, write_json_atomically
+from util import UserError, inside_if_folder, run_cli, setup_logging, sha256_of, waiting_lock, write_json_atomically
 
 CHUNK = 1 << 20
 TIMEOUT = 60  # seconds without data before a transfer is given up (it resumes on the next run)
@@ -484,8 +484,7 @@ def download(source, root, keep_archives=False, weights_path="NPR.pth", progress
         raise DownloadError(f"{source.name}: no scripted download: {source.note}. Get it from {source.manual} "
                             f"and put it in {os.path.join(root, source.target)}")
     if not source.target:  # a weights file: NPR.pth at weights_path, the others beside it
-        if weights_path.endswith(("/", os.sep)) or os.path.isdir(weights_path):  # a folder: NPR.pth in it
-            weights_path = os.path.join(weights_path, "NPR.pth")
+        weights_path = inside_if_folder(weights_path, "NPR.pth")
         path = weights_path if source.name == "weights" else \
             os.path.join(os.path.dirname(os.path.abspath(weights_path)), source.archives[0])
         folder = os.path.dirname(os.path.abspath(path))
