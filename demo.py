@@ -17,36 +17,33 @@ import socket
 import sys
 import tempfile
 import time
-import types
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
-
-import gradio as gr  # noqa: E402  (the environment variable above must come first)
-from python_multipart.multipart import MultipartParser, parse_options_header  # noqa: E402  (gradio's parser)
-from starlette.middleware import Middleware  # noqa: E402
-
-from data.discovery import list_images  # noqa: E402
-from data.images import SKIP_REASONS  # noqa: E402
-from data.transforms import EvalTransform  # noqa: E402
-from engine import score_files  # noqa: E402
-from metrics import THRESHOLD_CHOICES, decide_threshold  # noqa: E402
-from networks import get_operator, load_for_evaluation  # noqa: E402
-from options import MINI_CHECKPOINT, MINI_ROOT  # noqa: E402
-from options.base_options import OneLineErrorParser, add_weights_option, gpu_ids, port, size  # noqa: E402
-from figures import ArtifactFigures  # noqa: E402
-from util import UserError, keep_freed_memory, run_cli, select_device, set_numerics  # noqa: E402
+from data.discovery import list_images
+from data.images import SKIP_REASONS
+from data.transforms import EvalTransform
+from engine import score_files
+from metrics import THRESHOLD_CHOICES, decide_threshold
+from networks import get_operator, load_for_evaluation
+from options import MINI_CHECKPOINT, MINI_ROOT
+from options.base_options import OneLineErrorParser, add_weights_option, gpu_ids, port, size
+from figures import ArtifactFigures
+from util import UserError, keep_freed_memory, run_cli, select_device, set_numerics
 
 MAX_UPLOAD = "50mb"   # per file: a 48 Mpx JPEG is 10-25 MB; larger uploads are refused by the server
 KEEP_SECONDS = 3600   # uploads (gradio's cache) and figures older than this are deleted
-# Limits on every request body, checked as it arrives, before gradio parses it (RequestLimits):
-MAX_FILE_BYTES = 50 * 1000 * 1000   # one file part (MAX_UPLOAD)
-MAX_FIELD_BYTES = 64 * 1024         # one form field that is not a file (gradio keeps those in memory)
-MAX_BODY_BYTES = 1000 * 1000 * 1000  # one multipart request: 20 files of the largest size at a time
-MAX_OTHER_BYTES = 1024 * 1024       # any other body (the page's JSON calls)
 COLUMNS = ["file", "P(fake)", "verdict", "size seen by the model", "resized", "note"]
-# System fonts only: gradio's default theme would fetch its fonts from Google Fonts.
-THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                          font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+
+
+def gradio():
+    """The gradio module, imported on first use: the page needs the demo's extra packages, its
+    options and helpers do not. Without them, one line that says how to install them."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
+    try:
+        import gradio as gr
+        import demo_limits  # noqa: F401  (python-multipart and starlette, gradio's own)
+    except ImportError as e:
+        raise UserError(f"the demo needs its extra packages ({e}): pip install -r requirements-demo.txt") from None
+    return gr
 
 
 def example_images():
@@ -91,114 +88,6 @@ def prune(folder, max_age=KEEP_SECONDS):
             pass
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class RequestLimits:
-    """ASGI middleware in front of gradio: a request body over the limits above is answered 413
-    while it arrives, so nothing large is ever parsed or held (gradio limits only file parts,
-    and keeps a form field without a file name in memory, whatever its size). Multipart bodies
-    are followed part by part (python-multipart, the parser gradio itself uses)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        ctype, params = parse_options_header(headers.get(b"content-type", b""))
-        multipart = ctype == b"multipart/form-data" and b"boundary" in params
-        limit = MAX_BODY_BYTES if multipart else MAX_OTHER_BYTES
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            return await self.refuse(send, f"request body of {int(declared)} bytes is over the limit of {limit}")
-        try:
-            parts = PartLimits(params[b"boundary"]) if multipart else None
-        except Exception as e:  # python-multipart refuses the boundary (RFC 2046: 1 to 70 characters)
-            return await self.refuse(send, f"multipart boundary not valid ({e})", status=400)
-        seen, started, refused = 0, False, False
-
-        async def limited_receive():
-            # Over a limit: answer 413 now and tell the app the client left, so that it stops
-            # reading; whatever it answers after that is dropped (a body error is its 400).
-            nonlocal seen, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                body = message.get("body", b"")
-                seen += len(body)
-                try:
-                    if seen > limit:
-                        raise BodyTooLarge(f"request body over the limit of {limit} bytes")
-                    if parts is not None:
-                        parts.write(body)
-                except BodyTooLarge as e:
-                    refused = True
-                    if not started:
-                        await self.refuse(send, str(e))
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def tracked_send(message):
-            nonlocal started
-            if refused:
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        await self.app(scope, limited_receive, tracked_send)
-
-    @staticmethod
-    async def refuse(send, why, status=413):
-        body = f"{status}: {why}".encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class PartLimits:
-    """Follows a multipart body as it arrives and raises ``BodyTooLarge`` for a file part over
-    ``MAX_FILE_BYTES``, another part over ``MAX_FIELD_BYTES``, or a part's headers over
-    ``MAX_FIELD_BYTES``."""
-
-    def __init__(self, boundary):
-        self.header, self.size, self.is_file = b"", 0, False
-        self.parser = MultipartParser(boundary, {
-            "on_part_begin": self.begin, "on_header_value": self.header_value, "on_header_end": self.header_end,
-            "on_part_data": self.data})
-        self.field = b""
-
-    def begin(self):
-        self.size, self.is_file, self.field = 0, False, b""
-
-    def header_value(self, data, start, end):
-        self.field += data[start:end]
-        if len(self.field) > MAX_FIELD_BYTES:  # gradio's parser, too, keeps a part's headers in memory
-            raise BodyTooLarge(f"a part's headers over the limit of {MAX_FIELD_BYTES} bytes")
-
-    def header_end(self):
-        self.is_file = self.is_file or b"filename=" in self.field.lower()
-        self.field = b""
-
-    def data(self, data, start, end):
-        self.size += end - start
-        limit = MAX_FILE_BYTES if self.is_file else MAX_FIELD_BYTES
-        if self.size > limit:
-            raise BodyTooLarge(f"a {'file' if self.is_file else 'form field'} over the limit of {limit} bytes")
-
-    def write(self, body):
-        try:
-            self.parser.write(body)
-        except BodyTooLarge:
-            raise
-        except Exception:  # a body python-multipart cannot follow: gradio's own parser will refuse it
-            self.parser = types.SimpleNamespace(write=lambda body: None)
-
-
 def build_app(model, stored, model_path, load_size=256):
     """The page for ``model`` and its checkpoint's ``stored`` threshold (``load_model``): upload
     (or pick examples), choose the threshold, read the table and figures."""
@@ -226,6 +115,7 @@ def build_app(model, stored, model_path, load_size=256):
                     "size": r["size"], "resized": resize, "threshold": threshold} for r in rows]
         return table, gallery, status, details
 
+    gr = gradio()
     # delete_cache: gradio deletes uploaded files older than KEEP_SECONDS, checking as often.
     with gr.Blocks(title="NPR detector", delete_cache=(KEEP_SECONDS, KEEP_SECONDS)) as app:
         gr.Markdown(f"# NPR: is this image generated?\nCheckpoint `{model_path}` (stored threshold: {stored_text}). "
@@ -266,8 +156,14 @@ def get_args_parser():
 
 def serve(app, port, **kwargs):
     """Launch the page on 127.0.0.1 only, with the upload limits (``MAX_UPLOAD`` per file, and
-    ``RequestLimits`` on every request body)."""
-    return app.launch(server_name="127.0.0.1", server_port=port, share=False, theme=THEME,
+    ``demo_limits.RequestLimits`` on every request body)."""
+    from starlette.middleware import Middleware
+
+    from demo_limits import RequestLimits
+    # System fonts only: gradio's default theme would fetch its fonts from Google Fonts.
+    theme = gradio().themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                    font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+    return app.launch(server_name="127.0.0.1", server_port=port, share=False, theme=theme,
                       max_file_size=MAX_UPLOAD, app_kwargs={"middleware": [Middleware(RequestLimits)]}, **kwargs)
 
 
@@ -291,12 +187,13 @@ def load_model(model_path, gpu_ids="0", ema=False):
         raise UserError(f"no checkpoint at {model_path}; {hint}")
     device = select_device(gpu_ids)
     set_numerics()
-    return load_for_evaluation(model_path, device, ema)
+    return load_for_evaluation(model_path, device, ema)[:2]
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     keep_freed_memory()  # glibc keeps freed memory for the next batch (docs/speed.md)
+    gradio()  # the extra packages, before the port and the model
     check_port(args.port)
     model, stored = load_model(args.model_path, args.gpu_ids, args.ema_weights)
     app = build_app(model, stored, args.model_path, args.loadSize)

@@ -1,4 +1,6 @@
+import importlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,8 +20,42 @@ settings.register_profile("thorough", max_examples=300, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+# The optional extra (requirements-demo.txt, and Chromium from the system's packages): tests that need
+# it skip, naming what is missing, on the README's install; they fail instead where
+# NPR_REQUIRE_DEMO=1 says it must be there (the second stage of .ci/run).
+REQUIRE_EXTRAS = os.environ.get("NPR_REQUIRE_DEMO") == "1"
+EXTRA_PACKAGES = ("gradio", "gradio_client", "python_multipart", "starlette", "selenium")  # their import names
+EXTRA_INSTALL = "pip install -r requirements-demo.txt"
+
+
+def need_extra(module, install=EXTRA_INSTALL):
+    """``module`` imported; when it (or a package it imports) is missing, the calling test or
+    test module is skipped with the reason, or fails under NPR_REQUIRE_DEMO=1."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing_extra(f"the optional extra is not installed ({e}; {module} needs it): {install}")
+
+
+def need_program(*names, install="apt-get install chromium chromium-driver"):
+    """The paths of the programs ``names`` (the browser and its driver), as ``need_extra`` does for
+    packages."""
+    found = [shutil.which(n) for n in names]
+    if not all(found):
+        missing_extra(f"{', '.join(n for n, f in zip(names, found) if not f)} not installed: {install}")
+    return found
+
+
+def missing_extra(reason):
+    if REQUIRE_EXTRAS:
+        pytest.fail(f"NPR_REQUIRE_DEMO=1: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; python gpu_check.py runs them)")
+    config.addinivalue_line("markers", "extra: needs the optional extra, requirements-demo.txt and Chromium (skipped "
+                                       "without it; the second stage of .ci/run installs it and runs these)")
     config.addinivalue_line("markers", "slow: launches a script, trains or drives the browser (the fast loop, "
                                        "-m 'not slow', leaves it out)")
     # gradio's queue calls pandas options that pandas 3 deprecates; nothing of ours to change.

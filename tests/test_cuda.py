@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import run_script, write_leaf
+from conftest import need_extra, run_script, write_leaf
 from PIL import Image
 
 from data.loaders import make_eval_loader
@@ -86,7 +86,7 @@ def test_predict_py_and_the_demo_on_gpu(images, tmp_path):
         assert r.returncode == 0, r.stderr
         outs[ids] = [row["prob_fake"] for row in json.load(open(tmp_path / f"p{ids}.json"))["predictions"]]
     assert np.abs(np.array(outs["0"]) - np.array(outs["-1"])).max() < 1e-4
-    pytest.importorskip("gradio")
+    need_extra("gradio")
     import demo
     from engine import score_files
     from figures import ArtifactFigures

@@ -14,21 +14,17 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import need_extra, need_program, run_script
 from PIL import Image
 
-REQUIRED = os.environ.get("NPR_REQUIRE_DEMO") == "1"
-if REQUIRED:
-    import gradio  # noqa: F401
-    import gradio_client
-else:
-    gradio_client = pytest.importorskip("gradio_client")
-    pytest.importorskip("gradio")
+import demo
+from networks import resnet50
 
-import demo  # noqa: E402
-from networks import resnet50  # noqa: E402
+gradio_client = need_extra("gradio_client")
+need_extra("gradio")
+need_extra("demo_limits")
 
-pytestmark = pytest.mark.slow  # a server, a browser and predict.py launches
+pytestmark = [pytest.mark.slow, pytest.mark.extra]  # a server, a browser and predict.py launches
 
 
 def free_port():
@@ -107,13 +103,8 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 
 def browser():
     """Headless Chromium from the system's packages through Selenium (no driver download)."""
-    from selenium import webdriver
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (chrome and driver):
-        if REQUIRED:
-            raise RuntimeError("Chromium and its driver are needed: apt-get install chromium chromium-driver")
-        pytest.skip("Chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    webdriver = need_extra("selenium.webdriver")
+    chrome, driver = need_program("chromium", "chromedriver")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chrome
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,1000"):

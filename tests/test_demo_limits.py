@@ -1,4 +1,4 @@
-"""The demo's request limits (demo.RequestLimits) in process, in front of a stand-in for gradio
+"""The demo's request limits (demo_limits.RequestLimits) in process, in front of a stand-in for gradio
 that reads the whole body: whatever the chunking, a body within the limits reaches the app
 unchanged, and one over a limit is answered 413 (400 for a boundary python-multipart refuses)
 before the app answers. tests/test_demo.py checks the same against the served page."""
@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import need_extra
+
 import demo
+
+demo_limits = need_extra("demo_limits")  # python-multipart and starlette: requirements-demo.txt
+pytestmark = pytest.mark.extra
 
 BOUNDARY = b"npr-boundary"
 
@@ -51,7 +56,7 @@ def serve(body, chunks, ctype=b"multipart/form-data; boundary=" + BOUNDARY, decl
         async def send(message):
             sent.append(message)
         headers = [(b"content-type", ctype)] + ([(b"content-length", str(len(body)).encode())] if declare else [])
-        await demo.RequestLimits(app)({"type": "http", "headers": headers}, receive, send)
+        await demo_limits.RequestLimits(app)({"type": "http", "headers": headers}, receive, send)
 
     asyncio.run(main())
     statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
@@ -61,10 +66,10 @@ def serve(body, chunks, ctype=b"multipart/form-data; boundary=" + BOUNDARY, decl
 
 @pytest.fixture
 def small_limits(monkeypatch):
-    monkeypatch.setattr(demo, "MAX_FIELD_BYTES", 100)
-    monkeypatch.setattr(demo, "MAX_FILE_BYTES", 1000)
-    monkeypatch.setattr(demo, "MAX_BODY_BYTES", 5000)
-    monkeypatch.setattr(demo, "MAX_OTHER_BYTES", 300)
+    monkeypatch.setattr(demo_limits, "MAX_FIELD_BYTES", 100)
+    monkeypatch.setattr(demo_limits, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(demo_limits, "MAX_BODY_BYTES", 5000)
+    monkeypatch.setattr(demo_limits, "MAX_OTHER_BYTES", 300)
 
 
 def parts():
@@ -81,7 +86,7 @@ def parts():
        declare=st.booleans())
 def test_multipart_bodies_are_passed_whole_or_refused_whatever_the_chunks(small_limits, body_parts, chunks, declare):
     body = body_of(*body_parts)
-    over = (len(body) > demo.MAX_BODY_BYTES or any(b"X-Pad" in p for p in body_parts)
+    over = (len(body) > demo_limits.MAX_BODY_BYTES or any(b"X-Pad" in p for p in body_parts)
             or any(p.count(b"x" * (1001 if b"filename" in p else 101)) for p in body_parts))
     status, read = serve(body, chunks, declare=declare)
     assert (status, read if status == 200 else None) == ((413, None) if over else (200, body))
@@ -90,7 +95,7 @@ def test_multipart_bodies_are_passed_whole_or_refused_whatever_the_chunks(small_
 @given(n=st.integers(0, 600), chunks=st.lists(st.integers(0, 10**6), max_size=4), declare=st.booleans())
 def test_other_bodies_are_limited_whether_or_not_their_length_is_declared(small_limits, n, chunks, declare):
     status, read = serve(b"{" + b"x" * n + b"}", chunks, ctype=b"application/json", declare=declare)
-    assert status == (413 if n + 2 > demo.MAX_OTHER_BYTES else 200)
+    assert status == (413 if n + 2 > demo_limits.MAX_OTHER_BYTES else 200)
 
 
 @pytest.mark.parametrize("boundary", [b"b" * 300, b""])

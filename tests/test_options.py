@@ -7,7 +7,7 @@ import shlex
 import subprocess
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import EXTRA_INSTALL, EXTRA_PACKAGES, ROOT, missing_extra, run_script
 
 import options
 from options import parse_train_args, predict_parser, train_parser, validate_parser
@@ -151,14 +151,22 @@ def test_the_library_imports_no_script_and_the_scripts_no_tool():
     assert r.stdout.split("\n")[:2] == ["[]", "[]"], r.stdout
 
 
-def test_every_product_module_imports():
+PRODUCT_MODULES = [f[:-3].replace("/", ".").removesuffix(".__init__") for f in subprocess.run(
+    ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split() if not f.startswith("tests/")]
+
+
+@pytest.mark.parametrize("name", PRODUCT_MODULES)
+def test_every_product_module_imports(name):
     """Every module of the product imports in process, so that the fast loop (-m "not slow") loads
-    all of them, whatever the slow tests cover."""
-    files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    modules = [f[:-3].replace("/", ".").removesuffix(".__init__") for f in files if not f.startswith("tests/")]
-    assert {"train", "test", "predict", "networks", "data.images", "tools.download"} <= set(modules)
-    for name in modules:
+    all of them, whatever the slow tests cover; one that needs the optional extra is skipped,
+    naming it, where the extra is not installed."""
+    assert {"train", "test", "predict", "networks", "data.images", "tools.download"} <= set(PRODUCT_MODULES)
+    try:
         importlib.import_module(name)
+    except ImportError as e:
+        if (e.name or "").split(".")[0] not in EXTRA_PACKAGES:
+            raise
+        missing_extra(f"the optional extra is not installed ({e}; {name} needs it): {EXTRA_INSTALL}")
 
 
 @pytest.mark.parametrize("parser", [train_parser, options.test_parser, validate_parser, predict_parser,
