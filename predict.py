@@ -113,17 +113,18 @@ def scan(args, paths, shard, mine, out):
     gpu_ids = launch_env()[2] if under_torchrun and args.gpu_ids != "-1" else args.gpu_ids
     device = select_device(gpu_ids)
     set_numerics()  # float32 on CUDA (no TF32), as the reference computed
-    model, stored = load_for_evaluation(args.model_path, device, args.ema_weights)
+    model, stored, sha256 = load_for_evaluation(args.model_path, device, args.ema_weights)
     transform = EvalTransform(args.loadSize, args.loadSize, resize=args.resize, crop=False)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device),
                      images=ImageRule(args.strict_images, args.skip_truncated))
     threshold, source, _ = eval_threshold(model, stored, transform, cfg, args.threshold, args.calibrate_real,
                                           args.target_fpr)
     log.info("Verdict: fake when P(fake) > %.4f (%s)", threshold, source)
-    settings = {"model_path": args.model_path, "ema": args.ema_weights, "threshold": threshold,
+    settings = {"model": sha256, "ema": args.ema_weights, "threshold": threshold,
                 "resize": args.resize, "loadSize": args.loadSize if args.resize else None,
                 "skip_truncated": args.skip_truncated}
-    info = {**{k: settings[k] for k in ("model_path", "ema", "threshold", "resize")}, "threshold_source": source}
+    info = {"model_path": args.model_path, "model_sha256": sha256,
+            **{k: settings[k] for k in ("ema", "threshold", "resize")}, "threshold_source": source}
     files = PredictionFiles(out, settings, mine, paths if shard else None, shard)
     done = files.open(args.overwrite)
     if done:

@@ -17,9 +17,10 @@ import csv
 import json
 import os
 import stat
+import uuid
 
 from data.images import SKIP_REASONS
-from util import RunLock, UserError, atomic_file, fingerprint, log, write_json_atomically
+from util import RunLock, UserError, atomic_file, fingerprint, log, sha256_of, write_json_atomically  # noqa: F401
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
@@ -99,7 +100,9 @@ class PredictionFiles:
     """The result files of one run (one shard, or the whole input list); see the module's doc.
 
     ``settings`` (with the fingerprint of every input added) identify the run: files of a run
-    with other settings are replaced (and the log says so), as are any with ``overwrite``.
+    with other settings are replaced (and the log says so), as are any with ``overwrite``. The
+    model is one of them, known by its checkpoint's SHA-256: the same file spelled two ways is one
+    model, and a checkpoint saved over the same path is another.
     """
 
     def __init__(self, out, settings, paths, all_paths=None, shard=None):
@@ -257,12 +260,14 @@ class PredictionFiles:
         self.files = ()
 
     def finish(self, info):
-        """Mark the run complete: ``<out>.json`` gets ``info``, the counts and every prediction
-        (streamed from ``<out>.jsonl``)."""
+        """Mark the run complete: ``<out>.json`` gets ``info``, the counts, every prediction
+        (streamed from ``<out>.jsonl``) and a new ``finished`` stamp, by which a merge knows
+        whether it merged these very files."""
         if self.files and self.moved():
             self.reattach()
         self.close()
-        head = {"settings": self.settings, **info, "complete": True, "counts": self.counts}
+        head = {"settings": self.settings, **info, "complete": True, "finished": uuid.uuid4().hex,
+                "counts": self.counts}
         with atomic_file(self.json) as f:
             f.write("{\n" + "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()))
             f.write(' "predictions": [')
@@ -290,6 +295,8 @@ def shard_state(part):
     if meta["settings"] != part.settings:
         old = meta["settings"]
         diff = sorted(k for k in set(old) | set(part.settings) if k != "shard" and old.get(k) != part.settings.get(k))
+        if "model" in diff:
+            return "scored by another model (the checkpoint's contents differ): run its command again"
         return f"run with other settings ({', '.join(diff)})"
     if meta.get("complete") is not True:
         return "still running, or stopped before the end"
@@ -313,7 +320,8 @@ def merge_shards(output, settings, paths, info, n):
         return False, "not merged yet: " + "; ".join(waiting) + ". The last shard to finish merges them " \
             f"into {output}.*; a shard run again with the same options resumes, then merges"
     merged = PredictionFiles(output, settings, paths)
-    if merged.is_complete():
+    finished = [p.meta().get("finished") for p in parts]
+    if merged.is_complete() and merged.meta().get("merged_from") == finished:
         return True, f"the {n} shards are merged in {output}.*"
     try:
         lock = OutputLock(output).acquire()
@@ -330,7 +338,7 @@ def merge_shards(output, settings, paths, info, n):
         merged.rewrite_csv()
         for row in merged.rows():
             merged.count(row)
-        merged.finish(info)
+        merged.finish({**info, "merged_from": finished})
     except OSError as e:
         return False, f"not merged: cannot write {output}.* ({e.strerror or e}: " \
             f"{failed_path(e, output)}); remove what is in the " \

@@ -36,8 +36,9 @@ from util import (Interrupted, UserError, atomic_file, ensure_writable_dir, keep
 def evaluate_checkpoint(model_path, suites, perturbations, args, cfg):
     """(result rows with each suite's Mean row, (threshold, its source)) of one checkpoint over
     every suite and perturbation."""
-    model, stored = load_for_evaluation(model_path, cfg.device, args.ema_weights, channels_last=cfg.channels_last,
-                                        fold_bn=not args.no_fold_bn, compile_model=args.compile)
+    model, stored, sha256 = load_for_evaluation(model_path, cfg.device, args.ema_weights,
+                                                channels_last=cfg.channels_last, fold_bn=not args.no_fold_bn,
+                                                compile_model=args.compile)
     # Calibration images go through the evaluation transform of the flags (no suite's own).
     calibration = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
     decided = eval_threshold(model, stored, calibration, cfg, args.threshold, args.calibrate_real, args.target_fpr)

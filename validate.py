@@ -24,8 +24,8 @@ def main(argv=None):
     device = select_device(args.gpu_ids)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
                      not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))
-    model, stored = load_for_evaluation(args.model_path, device, args.ema_weights, channels_last=cfg.channels_last,
-                                        fold_bn=not args.no_fold_bn, compile_model=args.compile)
+    model, stored, _ = load_for_evaluation(args.model_path, device, args.ema_weights, channels_last=cfg.channels_last,
+                                           fold_bn=not args.no_fold_bn, compile_model=args.compile)
     transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)
     threshold, source, is_paper_rule = eval_threshold(model, stored, transform, cfg, args.threshold,
                                                       args.calibrate_real, args.target_fpr)

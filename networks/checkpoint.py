@@ -7,15 +7,20 @@ behind the name.
 Loading: any of the formats seen in the wild -- a plain state dict
 (``NPR.pth``), a dict with key ``model`` (or ``state_dict``), keys prefixed ``module.``
 (DataParallel) or ``_orig_mod.`` (torch.compile), SAFE's training checkpoints (which also
-pickle its ``argparse.Namespace`` of options) -- always with ``weights_only=True``.
+pickle its ``argparse.Namespace`` of options) -- always with ``weights_only=True``, after
+checking that the sizes the file declares fit a checkpoint of this network. A checkpoint is
+known by the SHA-256 of the bytes that were loaded (``read_checkpoint``), not by its path.
 """
 import argparse
+import hashlib
+import io
 import math
 import os
 import pickle
 import tempfile
 import warnings
 import zipfile
+from typing import NamedTuple
 
 import torch
 
@@ -60,17 +65,100 @@ def save_checkpoint(obj, path):
     return path
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint safely (``weights_only=True``); every failure is one readable line."""
+# The NPR network's weights and BatchNorm statistics in float32 (1,437,761 parameters, 5.8 MB;
+# tests/test_checkpoint.py checks the figure). A training checkpoint holds them about four times
+# (the weights, Adam's two moments, the moving average): a file that declares far more is not a
+# checkpoint of this network, and is refused before anything in it is read whole.
+WEIGHT_BYTES = 5_791_492
+MAX_CHECKPOINT_BYTES = 32 * WEIGHT_BYTES
+# Containers nested deeper than this (a state dict is two levels, a training checkpoint five)
+# are refused: walking them would exhaust Python's recursion limit.
+MAX_NESTING = 32
+
+
+class Checkpoint(NamedTuple):
+    """What ``read_checkpoint`` read: the contents, and the SHA-256 (hex) of the bytes loaded."""
+    contents: object
+    sha256: str
+
+
+def declared_size(path, data):
+    """The bytes the checkpoint file will occupy once loaded: for PyTorch's zip format, the sum of
+    its records' sizes as the archive's directory declares them (a deflated record can hold
+    gigabytes in a small file); for the older formats, the file itself."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return len(data)
+
+
+def nesting_depth(obj, limit=MAX_NESTING):
+    """How deeply containers nest in ``obj`` (a tensor or a number: 0), counted up to ``limit + 1``
+    without recursion."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = list(item)
+        elif isinstance(item, argparse.Namespace):
+            children = list(vars(item).values())
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > limit:
+            return deepest
+        stack += [(c, depth + 1) for c in children]
+    return deepest
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint safely (``weights_only=True``), bounded: its declared size is checked
+    against ``MAX_CHECKPOINT_BYTES`` before it is loaded, and its nesting after. Returns a
+    ``Checkpoint`` (the contents and the SHA-256 of the very bytes loaded); every failure is
+    one readable line."""
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint '{path}' is a folder; give the .pth file in it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
+    limit = f"{MAX_CHECKPOINT_BYTES / 1e6:.0f} MB, {MAX_CHECKPOINT_BYTES // WEIGHT_BYTES} times the NPR network's " \
+            "weights"
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_CHECKPOINT_BYTES:
+                raise CheckpointError(f"refusing to load '{path}': the file is {os.fstat(f.fileno()).st_size / 1e6:.0f}"
+                                      f" MB, over the {limit}; not a checkpoint of this network")
+            data = f.read(MAX_CHECKPOINT_BYTES + 1)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}' ({e.strerror or e})") from None
+    size = declared_size(path, data)
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"refusing to load '{path}': its records declare {size / 1e6:.0f} MB, over the "
+                              f"{limit}; not a checkpoint of this network")
+    contents = torch_load(path, io.BytesIO(data), map_location)
+    if nesting_depth(contents) > MAX_NESTING:
+        raise CheckpointError(f"refusing to load '{path}': it nests containers more than {MAX_NESTING} deep; not a "
+                              "checkpoint of this network")
+    return Checkpoint(contents, hashlib.sha256(data).hexdigest())
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """The contents of a checkpoint, read by ``read_checkpoint``."""
+    return read_checkpoint(path, map_location).contents
+
+
+def torch_load(path, f, map_location):
+    """``torch.load(f, weights_only=True)`` of the bytes of ``path``; every failure is one line."""
     try:
         # An argparse.Namespace only sets attributes: allowed, so that SAFE's checkpoints load.
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4": refused below if unsafe
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except RecursionError:
+        raise CheckpointError(f"refusing to load '{path}': it nests containers too deeply to read; not a checkpoint "
+                              "of this network") from None
     except pickle.UnpicklingError:
         # PyTorch's own message suggests weights_only=False, i.e. running the file's code: not repeated here.
         raise CheckpointError(f"refusing to load '{path}': it holds objects other than tensors and plain "

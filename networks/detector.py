@@ -7,6 +7,7 @@ import copy
 import os
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,19 +18,28 @@ from data.loaders import batches, make_eval_loader
 from data.transforms import normalize_batch
 from util import AMP_DTYPE, one_line, select_device, usable_device
 
-from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_checkpoint,
-                         load_state_dict_strict, stored_threshold)
+from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_state_dict_strict,
+                         read_checkpoint, stored_threshold)
 from .ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
 from .fuse import fuse_for_inference
 from .operators import OPERATORS
 from .resnet import resnet50
 
 
+class Loaded(NamedTuple):
+    """A checkpoint's model, the decision threshold it stores (or None), and the SHA-256 of the
+    file's bytes that were loaded: what identifies the model in result files, however its path is
+    spelled and whatever is saved over that path later."""
+    model: torch.nn.Module
+    threshold: float
+    sha256: str
+
+
 def load_weights(path, device=None, ema=False):
-    """(an eval-mode NPR model with the weights of ``path`` on ``device``, the decision threshold
-    the checkpoint stores or None): what ``load_detector`` and ``load_for_evaluation`` share."""
+    """``Loaded``: an eval-mode NPR model with the weights of ``path`` on ``device``; what
+    ``load_detector`` and ``load_for_evaluation`` share."""
     device = usable_device(device) if device is not None else select_device("0")
-    ckpt = load_checkpoint(path)
+    ckpt, sha256 = read_checkpoint(path)
     state = extract_state_dict(ckpt, ema=ema)
     operator = checkpoint_operator(ckpt, state)
     if operator not in OPERATORS:
@@ -37,7 +47,8 @@ def load_weights(path, device=None, ema=False):
                               f"version does not know ({', '.join(OPERATORS)})")
     model = resnet50(operator=operator)
     load_state_dict_strict(model, state, source=f"checkpoint '{path}'")
-    return model.to(device).eval(), stored_threshold(ckpt, EMA_THRESHOLD_KEY if ema else "threshold", path)
+    return Loaded(model.to(device).eval(), stored_threshold(ckpt, EMA_THRESHOLD_KEY if ema else "threshold", path),
+                  sha256)
 
 
 def load_detector(path, device=None, ema=False):
@@ -47,10 +58,10 @@ def load_detector(path, device=None, ema=False):
     the artifact operator (``model.operator``) is the checkpoint's. ``ema=True`` loads the
     moving-average weights of a ``train.py --ema`` checkpoint. For notebooks,
     ``model.threshold`` is the decision threshold train.py chose on its validation split (best
-    balanced accuracy), or None when the checkpoint has none; the paper's rule is ``prob > 0.5``.
+    balanced accuracy), or None when the checkpoint has none; the paper's rule is ``prob > 0.5``;
+    ``model.sha256`` identifies the checkpoint's bytes.
     """
-    model, stored = load_weights(path, device, ema)
-    model.threshold = stored
+    model, model.threshold, model.sha256 = load_weights(path, device, ema)
     return model
 
 
@@ -72,10 +83,10 @@ def prepare_model(model, device, channels_last=True, fold_bn=True, compile_model
 
 
 def load_for_evaluation(path, device, ema=False, **prepare):
-    """What every script evaluates: (the checkpoint's model, prepared by ``prepare_model`` with
-    ``prepare``, and the decision threshold the checkpoint stores, or None)."""
-    model, stored = load_weights(path, device, ema)
-    return prepare_model(model, device, **prepare), stored
+    """What every script evaluates: ``Loaded``, its model prepared by ``prepare_model`` with
+    ``prepare``."""
+    model, stored, sha256 = load_weights(path, device, ema)
+    return Loaded(prepare_model(model, device, **prepare), stored, sha256)
 
 
 # On the CPU, a forward over a whole batch of large images allocates activations of hundreds

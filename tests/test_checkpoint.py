@@ -1,5 +1,7 @@
+import hashlib
 import os
 import tempfile
+import zipfile
 
 import pytest
 import torch
@@ -183,3 +185,125 @@ def test_a_stored_threshold_that_is_no_probability_is_ignored_with_a_warning(tmp
         model = load_detector(path, device="cpu")
     assert model.threshold == kept
     assert ("stores a threshold that is not a probability" in caplog.text) == (kept is None)
+
+
+# ----------------------------------------------------------------------------- bounded loading
+
+def test_the_weight_budget_is_the_networks_own():
+    from networks.checkpoint import WEIGHT_BYTES
+    sd = resnet50().state_dict()
+    assert WEIGHT_BYTES == sum(v.numel() * v.element_size() for v in sd.values() if v.is_floating_point())
+
+
+def with_record(src, dst, name, nbytes, compress=zipfile.ZIP_DEFLATED):
+    """A copy of the checkpoint ``src`` whose record ``name`` (an existing storage's, or a new one)
+    holds ``nbytes`` zero bytes, written ``compress``-ed: a deflated gigabyte takes a megabyte."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        prefix = z.namelist()[0].split("/")[0]
+        for info in z.infolist():
+            if info.filename != f"{prefix}/{name}":
+                out.writestr(info, z.read(info.filename))
+        info = zipfile.ZipInfo(f"{prefix}/{name}")
+        info.compress_type = compress
+        with out.open(info, "w", force_zip64=True) as f:
+            block = bytes(1 << 24)
+            for start in range(0, nbytes, len(block)):
+                f.write(block[:min(len(block), nbytes - start)])
+    return dst
+
+
+@pytest.mark.parametrize("record", ["data/0", "data/extra"])
+@pytest.mark.parametrize("over", [-1, 1])
+def test_declared_sizes_around_the_limit(tmp_path, monkeypatch, record, over):
+    """A record that takes the archive's declared total just over the limit is refused before it is
+    read; just under, the file loads (an extra record) or fails as corrupt (a storage's record of
+    the wrong size): one line either way."""
+    from networks import checkpoint
+    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 8_000_000)
+    base = str(tmp_path / "base.pth")
+    torch.save(resnet50().state_dict(), base)
+    with zipfile.ZipFile(base) as z:
+        others = sum(i.file_size for i in z.infolist() if not i.filename.endswith("/" + record))
+    path = with_record(base, str(tmp_path / "edited.pth"), record, 8_000_000 - others + over)
+    if over > 0:
+        with pytest.raises(CheckpointError, match=r"refusing to load .*its records declare 8 MB, over the 8 MB"):
+            load_checkpoint(path)
+    elif record == "data/extra":
+        assert len(load_checkpoint(path)) == len(resnet50().state_dict())
+    else:
+        with pytest.raises(CheckpointError) as e:
+            load_detector(path, device="cpu")
+        assert "\n" not in str(e.value)
+
+
+BOMBS = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from networks import CheckpointError, load_detector
+load_detector({base!r}, device="cpu")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+said = []
+for path in sys.argv[1:]:
+    try:
+        load_detector(path, device="cpu")
+        said.append("loaded")
+    except CheckpointError as e:
+        said.append(str(e))
+print(repr(said))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_declares_gigabytes_is_refused_in_bounded_memory(tmp_path):
+    """A 7 MB file holding a deflated gigabyte was read whole (the issue's 9 MB file held 3 GiB); so
+    are a plain file over the limit and a storage record of a gigabyte. Peak memory stays that of
+    loading a real checkpoint."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from networks.checkpoint import MAX_CHECKPOINT_BYTES
+    base = str(tmp_path / "base.pth")
+    torch.save(resnet50().state_dict(), base)
+    paths = [with_record(base, str(tmp_path / "extra.pth"), "data/extra", 1 << 30),
+             with_record(base, str(tmp_path / "storage.pth"), "data/0", 1 << 30),
+             with_record(base, str(tmp_path / "stored.pth"), "data/extra", MAX_CHECKPOINT_BYTES,
+                         zipfile.ZIP_STORED)]
+    with open(tmp_path / "big.bin", "wb") as f:  # sparse: over the limit on paper, nothing on disk
+        f.truncate(MAX_CHECKPOINT_BYTES + 1)
+    paths.append(str(tmp_path / "big.bin"))
+    assert os.path.getsize(paths[0]) < 8_000_000  # the checkpoint and a deflated gigabyte
+    r = subprocess.run([sys.executable, "-c", BOMBS.format(root=ROOT, base=base), *paths], capture_output=True,
+                       text=True, timeout=600)
+    said, grew_mb = r.stdout.strip().splitlines()
+    assert all("refusing to load" in s and "not a checkpoint of this network" in s for s in eval(said)), said
+    assert int(grew_mb) < 64, f"peak memory grew by {grew_mb} MB"
+
+
+@pytest.mark.parametrize("depth, refused", [(30, False), (32, False), (33, True), (20_000, True)])
+@pytest.mark.parametrize("where", ["key", "value"])
+def test_nesting_is_bounded_and_one_line(tmp_path, depth, refused, where):
+    """A state dict keyed by a deeply nested tuple was a RecursionError traceback."""
+    import sys
+    nested = "x"
+    for _ in range(depth - 1):  # inside the checkpoint's own dict: depth in all
+        nested = (nested,)
+    sd = resnet50().state_dict()
+    ckpt = {"model": sd, "note": nested} if where == "value" else {**sd, nested: torch.zeros(1)}
+    path = str(tmp_path / "deep.pth")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 3 * depth + 1000))  # for pickle to write it
+    try:
+        torch.save(ckpt, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    if refused:
+        with pytest.raises(CheckpointError, match=r"nests containers more than 32 deep") as e:
+            load_detector(path, device="cpu")
+    elif where == "value":
+        assert load_detector(path, device="cpu").sha256 == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    else:  # shallow enough to read, and then not a parameter name
+        with pytest.raises(CheckpointError, match="keys are not parameter names") as e:
+            load_detector(path, device="cpu")
+    assert not refused or "\n" not in str(e.value)

@@ -209,7 +209,7 @@ def test_a_nan_output_is_that_images_skip_never_a_verdict(models, monkeypatch, t
     with pytest.warns(UserWarning, match="1.png .*model failed on it: its P\\(fake\\) is NaN"):
         p = predict_proba(model, sorted(str(f) for f in tmp_path.glob("*.png")))
     assert math.isnan(p[1]) and not math.isnan(p[0]) and not math.isnan(p[2])
-    monkeypatch.setattr(predict, "load_for_evaluation", lambda *a, **k: (model, 0.5))
+    monkeypatch.setattr(predict, "load_for_evaluation", lambda *a, **k: (model, 0.5, "0" * 64))
     out = str(tmp_path / "out" / "p")
     assert predict.main([str(tmp_path), "--model_path", "unused.pth", "--gpu_ids", "-1", "--output", out]) == 0
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in a row")) for line in open(out + ".jsonl")]

@@ -414,3 +414,106 @@ def test_an_odd_thing_at_a_result_path_is_replaced_or_named_never_written_throug
         assert_same_as(ref, out)
     assert outside.read_bytes() == before
     assert not (tmp_path / "nowhere").exists()
+
+
+# ----------------------------------------------------------------------------- the model's identity
+
+@pytest.fixture(scope="module")
+def two_models(setup, tmp_path_factory):
+    """Two checkpoints (the setup's and another) and the rows of one uninterrupted run of each."""
+    imgs, ckpt, ref = setup
+    tmp = tmp_path_factory.mktemp("other")
+    torch.manual_seed(1)
+    other = str(tmp / "other.pth")
+    torch.save({"model": resnet50().state_dict()}, other)
+    run_predict(imgs, other, str(tmp / "ref"))
+    return {"A": (ckpt, [json.loads(x) for x in lines(ref)]),
+            "B": (other, [json.loads(x) for x in lines(str(tmp / "ref"))])}
+
+
+def rows_of(out):
+    return [json.loads(x) for x in lines(out)] if os.path.exists(out + ".jsonl") else []
+
+
+def model_of(rows, refs, part=(1, 1)):
+    """Which model scored ``rows``: the one whose uninterrupted run (its shard ``part``, k of n) they
+    are a prefix of, or None."""
+    refs = {name: prediction_store.shard_paths(ref, *part) for name, ref in refs.items()}
+    same = [name for name, ref in refs.items() if len(rows) <= len(ref) and all(
+        (r["prob_fake"] is None) == (x["prob_fake"] is None) and (r["prob_fake"] is None or
+                                                                  abs(r["prob_fake"] - x["prob_fake"]) < 1e-6)
+        for r, x in zip(rows, ref))]
+    return same[0] if same else None
+
+
+def steps():
+    """One thing that happens while a scan is sharded, stopped and started again: a shard's command
+    (killed after some rows, or with --overwrite, the checkpoint's path spelled one way or
+    another), or a new checkpoint saved over the path."""
+    run = st.tuples(st.just("run"), st.integers(1, 3), st.one_of(st.none(), st.integers(0, N_IMAGES)),
+                    st.booleans(), st.sampled_from(["absolute", "relative", "dotted", "link"]))
+    return st.one_of(run, st.just(("swap",)))
+
+
+@given(n=st.integers(1, 3), plan=st.lists(steps(), min_size=1, max_size=6))
+def test_a_result_file_never_holds_two_models_scores(setup, two_models, tmp_path, monkeypatch, n, plan):
+    """A model is known by its checkpoint's contents: a checkpoint saved over the path between (or in
+    the middle of) scans never leaves rows of two models in one file, the same file spelled two ways
+    is one model, and a shard scored again is merged again."""
+    imgs = setup[0]
+    work = tmp_path / f"m{time.monotonic_ns()}"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    ckpt = work / "model.pth"
+    current = "A"
+    shutil.copy(two_models["A"][0], ckpt)
+    os.symlink(ckpt, work / "link.pth")
+    spell = {"absolute": str(ckpt), "relative": "model.pth", "dotted": "./model.pth", "link": "link.pth"}
+    refs = {name: rows for name, (_, rows) in two_models.items()}
+    out = str(work / "p")
+    score_files = predict.score_files
+    for step in plan + [("run", k, None, False, "absolute") for k in range(1, n + 1)]:  # then every shard, to the end
+        if step[0] == "swap":
+            current = "B" if current == "A" else "A"
+            shutil.copy(two_models[current][0], str(ckpt) + ".new")
+            os.replace(str(ckpt) + ".new", ckpt)  # as save_checkpoint writes it
+            continue
+        _, k, kill_after, overwrite, spelling = step
+        k = min(k, n)
+
+        def stopped(*args, kill_after=kill_after, **kwargs):
+            for i, row in enumerate(score_files(*args, **kwargs)):
+                if i == kill_after:
+                    raise KeyboardInterrupt
+                yield row
+        monkeypatch.setattr(predict, "score_files", stopped if kill_after is not None else score_files)
+        extra = (["--shard", f"{k}/{n}"] if n > 1 else []) + (["--overwrite"] if overwrite else [])
+        try:
+            run_predict(imgs, spell[spelling], out, *extra)
+        except KeyboardInterrupt:
+            pass
+        for o, part in [(out, (1, 1))] + [(prediction_store.shard_name(out, j, n), (j, n)) for j in range(1, n + 1)]:
+            rows = rows_of(o)
+            assert model_of(rows, refs, part) is not None, f"{o} holds rows of two models"
+            meta = prediction_store.PredictionFiles(o, {"threshold": 0.5}, []).meta()
+            if o == out and meta and meta.get("complete"):
+                assert len(rows) == N_IMAGES and model_of(rows, refs) == next(
+                    name for name, (path, _) in two_models.items() if prediction_store.sha256_of(path) ==
+                    meta["model_sha256"])
+    final = rows_of(out)
+    assert len(final) == N_IMAGES and model_of(final, refs) == current
+
+
+def test_the_same_checkpoint_spelled_two_ways_merges_and_a_shard_scored_again_is_merged_again(setup, tmp_path,
+                                                                                              monkeypatch):
+    imgs, ckpt, ref = setup
+    monkeypatch.chdir(os.path.dirname(ckpt))
+    out = str(tmp_path / "p")
+    run_predict(imgs, ckpt, out, "--shard", "1/2")
+    assert "merged the 2 shards" in run_predict(imgs, os.path.basename(ckpt), out, "--shard", "2/2")
+    before = json.load(open(out + ".json"))
+    assert before["model_sha256"] == prediction_store.sha256_of(ckpt)
+    assert "merged the 2 shards" in run_predict(imgs, ckpt, out, "--shard", "1/2", "--overwrite")
+    after = json.load(open(out + ".json"))
+    assert after["merged_from"] != before["merged_from"] and after["merged_from"][1] == before["merged_from"][1]
+    assert_same_as(ref, out)
