@@ -35,13 +35,14 @@ from engine import (EvalConfig, GracefulStop, StepConfig, StepContext, StopReque
                     unwrap)
 from networks import (CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_strict, prepare_model, resnet50,
                       save_checkpoint)
+from networks.checkpoint import resume_problem
 from networks.ema import EMA, empty_state as empty_ema_state
 from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
 from recipe import LRSchedule, build_loss, build_optimizer, set_lr
 from report import suite_table
 from data.mini import build_mini
 from util import (RunLock, UserError, atomic_file, ensure_writable_dir, fingerprint, keep_freed_memory, launch_env, log,
-                  run_cli, seed_everything, select_device, set_numerics, setup_logging)
+                  one_line, run_cli, seed_everything, select_device, set_numerics, setup_logging)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -153,17 +154,23 @@ def training_list(samples):
     return f"{len(samples)}:{fingerprint([path for path, _ in samples])}"
 
 
-def check_resume_position(args, ckpt, state, images):
+def check_resume_position(args, ckpt, state, images, n_images, refuse):
     """A run stopped inside an epoch goes on from the image it stopped at, counted in batches of
     the batch size it ran with: another ``--batch_size`` is refused, and a training list that
     changed since (images added or removed) is said, since the rest of the epoch can no longer
-    see each image once."""
+    see each image once. A position no run reaches (past --niter, past the end of an epoch of the
+    same list) is ``refuse``d."""
+    if state.epoch > args.niter:
+        refuse(f"it is at epoch {state.epoch}, past --niter {args.niter} (raise --niter to train on)")
     before = (ckpt.get("opt") or {}).get("batch_size", args.batch_size)
     if state.step_in_epoch and before != args.batch_size:
         ends = [w for w in run_checkpoints(args) if w.isdigit()]
         raise UserError(f"--batch_size {args.batch_size}: the run stopped {state.step_in_epoch} steps into epoch "
                         f"{state.epoch} with batches of {before}; resume with --batch_size {before}"
                         + (f", or from the end of an epoch with --epoch {ends[0]}" if ends else ""))
+    if state.train_images in (None, images) and state.step_in_epoch * args.batch_size >= max(n_images, 1):
+        refuse(f"it is {state.step_in_epoch} steps into epoch {state.epoch}, where an epoch of its {n_images} "
+               f"images has {-(-n_images // args.batch_size)} steps of {args.batch_size}")
     if state.train_images not in (None, images):
         log.warning("The training images changed since %s (%s images then, %s now)%s", checkpoint_path(args, args.epoch),
                     state.train_images.split(":")[0], images.split(":")[0],
@@ -171,31 +178,41 @@ def check_resume_position(args, ckpt, state, images):
                     "or not at all" if state.step_in_epoch else "")
 
 
-def resume(args, model, optimizer, scaler, ema, images):
+def resume(args, model, optimizer, scaler, ema, images, n_images):
     """Load the training state of ``--epoch`` into the objects; returns its ``TrainState``.
-    ``images``: ``training_list`` of this run's samples (``check_resume_position``)."""
+    ``images``: ``training_list`` of this run's ``n_images`` samples (``check_resume_position``).
+    A checkpoint that cannot be resumed is one line naming what is wrong and the run's others."""
     path = checkpoint_path(args, args.epoch)
     if not os.path.isfile(path):
         raise UserError(f"--continue_train: no checkpoint '{path}' to resume from; "
                         "check --name / --checkpoints_dir / --epoch, or drop --continue_train")
+    others = [w for w in run_checkpoints(args) if w != str(args.epoch)]
+    elsewhere = f"; resume from another checkpoint of this run with --epoch ({', '.join(others)})" if others else ""
+
+    def refuse(why):
+        raise CheckpointError(f"checkpoint '{path}' cannot be resumed: {why}{elsewhere}")
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
-        others = [w for w in run_checkpoints(args) if w != str(args.epoch)]
-        raise CheckpointError(f"{e}; resume from another checkpoint of this run with --epoch "
-                              f"({', '.join(others)})" if others else str(e)) from None
-    if "optimizer" not in ckpt or "epoch" not in ckpt:
+        raise CheckpointError(f"{e}{elsewhere}") from None
+    if not isinstance(ckpt, dict) or ("optimizer" not in ckpt and "epoch" not in ckpt):
         raise UserError(f"'{path}' holds weights only, not a training state; it can be evaluated, not resumed")
+    problem = resume_problem(ckpt, optimizer)
+    if problem:
+        refuse(problem)
     load_state_dict_strict(model, extract_state_dict(ckpt), source=f"checkpoint '{path}'")
-    if not args.new_optim:
-        optimizer.load_state_dict(ckpt["optimizer"])
     state = TrainState.from_checkpoint(ckpt)
-    check_resume_position(args, ckpt, state, images)
-    set_rng_state(ckpt["rng"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    if ema is not None:
-        ema.load(ckpt)
+    check_resume_position(args, ckpt, state, images, n_images, refuse)
+    try:  # what resume_problem does not foresee is still one line
+        if not args.new_optim:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load(ckpt)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        refuse(f"{type(e).__name__}: {one_line(e)[:200]}")
     log.info("Resuming from %s: epoch %d, step %d of the epoch, %d steps in all, lr %.3g",
              path, state.epoch, state.step_in_epoch, state.total_steps, optimizer.param_groups[0]["lr"])
     world, before = dist.get_world_size() if dist.is_initialized() else 1, ckpt.get("world_size", 1)
@@ -380,7 +397,8 @@ def run(args, argv, rank, world, device):
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
     ema = EMA(model, args.ema) if args.ema else None
     images = training_list(train_samples)
-    state = resume(args, model, optimizer, scaler, ema, images) if args.continue_train else TrainState()
+    state = resume(args, model, optimizer, scaler, ema, images, len(train_samples)) if args.continue_train \
+        else TrainState()
     state.train_images = images
     train_model = torch.compile(model) if args.compile else model
     if world > 1:

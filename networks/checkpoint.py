@@ -264,3 +264,83 @@ def load_state_dict_strict(model, state, source="checkpoint"):
                               "the training that wrote it diverged; use an earlier checkpoint")
     model.load_state_dict(state, strict=True)
     return model
+
+
+# ----------------------------------------------------------------------------- resuming
+
+# The counters of a training checkpoint, which no run makes negative.
+COUNTERS = ("epoch", "step_in_epoch", "total_steps", "epochs_no_improve")
+
+
+def is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def optimizer_problem(saved, optimizer):
+    """What keeps the optimizer state ``saved`` from fitting ``optimizer`` (its groups, its
+    parameters, the shapes of its per-parameter tensors), or None."""
+    if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict)
+            and isinstance(saved.get("param_groups"), list)):
+        return "its 'optimizer' entry is not an optimizer's state (no 'state' and 'param_groups')"
+    own = optimizer.param_groups
+    if len(saved["param_groups"]) != len(own) or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) and len(g["params"]) == len(o["params"])
+            for g, o in zip(saved["param_groups"], own)):
+        return f"its optimizer state is for other parameters (not {len(own)} group(s) of " \
+               f"{', '.join(str(len(o['params'])) for o in own)})"
+    for group, mine in zip(saved["param_groups"], own):
+        for key, param in zip(group["params"], mine["params"]):
+            entry = saved["state"].get(key, {})
+            if not isinstance(entry, dict):
+                return f"its optimizer state for parameter {key} is a {type(entry).__name__}"
+            for name, value in entry.items():
+                if not torch.is_tensor(value) or (value.dim() and value.shape != param.shape):
+                    shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    return f"its optimizer's '{name}' for a weight of shape {tuple(param.shape)} is {shape}"
+    return None
+
+
+def rng_problem(rng):
+    """What keeps ``rng`` from being the random states a training checkpoint stores, or None."""
+    if not isinstance(rng, dict):
+        return "its 'rng' entry is not the random states train.py stores"
+    checks = (
+        ("torch", lambda v: torch.is_tensor(v) and v.dtype == torch.uint8 and v.numel() == torch.get_rng_state().numel(),
+         f"torch's generator state ({torch.get_rng_state().numel()} bytes)"),
+        ("numpy", lambda v: torch.is_tensor(v) and v.numel() == 624 and not v.is_floating_point(),
+         "NumPy's 624 words"),
+        ("numpy_pos", lambda v: is_count(v) and v <= 624, "a position in NumPy's 624 words"),
+        ("python", lambda v: isinstance(v, (list, tuple)) and len(v) == 625 and all(is_count(x) for x in v),
+         "Python's 625 words"),
+        ("cuda", lambda v: isinstance(v, (list, tuple)) and all(torch.is_tensor(x) and x.dtype == torch.uint8
+                                                                 for x in v), "CUDA's generator states"),
+    )
+    for key, fits, what in checks:
+        if key not in rng:
+            return f"its random states lack '{key}'"
+        if not fits(rng[key]):
+            return f"its random state '{key}' is not {what}"
+    return None
+
+
+def resume_problem(ckpt, optimizer):
+    """What keeps the training checkpoint ``ckpt`` from resuming into ``optimizer`` (an entry
+    missing, of the wrong kind or shape, a counter no run reaches), or None. The weights are
+    checked when they are loaded (``load_state_dict_strict``)."""
+    for key in ("model", "optimizer", "rng", *COUNTERS[:3]):
+        if key not in ckpt:
+            return f"it has no '{key}' entry"
+    for key in COUNTERS:
+        if key in ckpt and not is_count(ckpt[key]):
+            return f"its counter '{key}' is {str(ckpt[key])[:40]}, not a whole number >= 0"
+    if ckpt["total_steps"] < ckpt["step_in_epoch"]:
+        return f"it counts {ckpt['total_steps']} steps in all but {ckpt['step_in_epoch']} in its epoch"
+    best = ckpt.get("best_ap", -1.0)
+    if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):
+        return f"its 'best_ap' is {str(best)[:40]}, not a number"
+    for key, kind in (("train_images", str), ("scaler", dict), (EMA_WEIGHTS_KEY, dict), ("opt", dict)):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], kind):
+            return f"its '{key}' entry is a {type(ckpt[key]).__name__}"
+    if not (is_count(ckpt.get("world_size", 1)) and ckpt.get("world_size", 1) >= 1):
+        return f"its 'world_size' is {str(ckpt['world_size'])[:40]}, not a number of processes"
+    return optimizer_problem(ckpt["optimizer"], optimizer) or rng_problem(ckpt["rng"])
