@@ -132,19 +132,22 @@ def scan(args, paths, shard, mine, out):
     figure = ArtifactFigures(args.visualize, model.operator) if args.visualize else None
     first = ((shard[0] - 1) * len(paths) // shard[1] if shard else 0) + done  # figure numbers: input positions
     bar = tqdm(total=len(mine), initial=done, desc="scoring", unit="img", disable=None)
+    again = "the same command again" if not args.overwrite else "the command again without --overwrite"
     try:
         for row in score_files(model, mine[done:], transform, threshold, cfg, figure, first):
             files.write([row])
             done += 1
             bar.update(1)
+        files.finish(info)
     except KeyboardInterrupt:
-        again = "the same command again" if not args.overwrite else "the command again without --overwrite"
         raise Interrupted(f"{done} of {len(mine)} images scored, kept in {files.jsonl}; run {again} to score the "
                           "rest") from None
+    except OSError as e:  # a full disk, a quota: the rows written so far are kept, a cut last one is scored again
+        raise UserError(f"cannot write the results {out}.* ({e.strerror or e}): {done} of {len(mine)} images scored, "
+                        f"kept in {files.jsonl}; free some space and run {again} to score the rest") from None
     finally:
         bar.close()
         files.close()
-    files.finish(info)
     if args.list or len(mine) <= LIST_AT_MOST:
         print_rows(files)
     c = files.counts

@@ -20,7 +20,7 @@ import stat
 import uuid
 
 from data.images import SKIP_REASONS
-from util import RunLock, UserError, atomic_file, fingerprint, log, sha256_of, write_json_atomically  # noqa: F401
+from util import RunLock, UserError, atomic_file, fingerprint, log, no_space, sha256_of, write_json_atomically  # noqa: F401
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
@@ -144,9 +144,10 @@ class PredictionFiles:
             done = self.keep_valid_prefix() if meta is not None else self.start_afresh()
             self.attach()
         except OSError as e:
+            advice = "free some space and run the same command again" if no_space(e) else \
+                "remove what is in the way or choose another --output"
             raise UserError(f"cannot write the results {self.out}.* ({e.strerror or e}: "
-                            f"{failed_path(e, self.out)}); remove what is in the way or choose "
-                            "another --output") from None
+                            f"{failed_path(e, self.out)}); {advice}") from None
         return done
 
     def start_afresh(self):
@@ -255,8 +256,13 @@ class PredictionFiles:
             f.flush()
 
     def close(self):
+        """Close the files. Every row was flushed as it was written, so a close that cannot flush
+        follows a write that failed already (and said so): its error is not raised again."""
         for f in self.files:
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass
         self.files = ()
 
     def finish(self, info):

@@ -30,7 +30,7 @@ from data.mini import build_mini
 from data.verification import format_report
 from data.verification import verify as verify_suites
 from util import (Interrupted, UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, select_device,
-                  set_numerics, setup_logging, write_json_atomically)
+                  set_numerics, setup_logging, staged_folder, write_json_atomically)
 
 
 def evaluate_checkpoint(model_path, suites, perturbations, args, cfg):
@@ -83,7 +83,11 @@ def main(argv=None):
     if args.check_data:
         report = verify_suites(args.dataroot, [s.name for s, _ in suites], default_workers(args.num_threads, None))
         log.info("Data check (python -m tools.verify):\n%s", format_report(report))
-        write_json_atomically(report, os.path.join(args.results_dir, "data_check.json"))
+        try:
+            write_json_atomically(report, os.path.join(args.results_dir, "data_check.json"))
+        except OSError as e:
+            raise UserError(f"cannot write {os.path.join(args.results_dir, 'data_check.json')} ({e.strerror or e}): "
+                            "free some space, or choose another --results_dir") from None
     device = select_device(args.gpu_ids)
     cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
                      not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))
@@ -103,15 +107,21 @@ def main(argv=None):
     for pert, suite, srows in groups(summary):
         log.info("\n%s%s: mean ± sd over %d checkpoints\n%s", suite, "" if pert == "none" else f", perturbation {pert}",
                  len(args.model_path), summary_table(srows))
-    figures = []
-    if args.plots:
-        first = [r for r in all_rows if r["generator"] != "Mean" and r["model_path"] == args.model_path[0]]
-        figures = make_figures(first, args.results_dir)
-        log.info("Figures (of %s): %s", args.model_path[0], ", ".join(figures))
-    paths = write_results(all_rows, args.results_dir, args.model_path, args.dataroot, vars(args), args.ema_weights,
-                          figures, summary, thresholds)
-    with atomic_file(os.path.join(args.results_dir, "opt.txt")) as f:
-        print_options(args, file=f)
+    try:  # all of them or none: a disk that fills leaves the previous results whole
+        with staged_folder(args.results_dir) as stage:
+            figures = []
+            if args.plots:
+                first = [r for r in all_rows if r["generator"] != "Mean" and r["model_path"] == args.model_path[0]]
+                figures = make_figures(first, stage)
+                log.info("Figures (of %s): %s", args.model_path[0], ", ".join(os.path.basename(f) for f in figures))
+            paths = write_results(all_rows, stage, args.model_path, args.dataroot, vars(args), args.ema_weights,
+                                  figures, summary, thresholds)
+            with atomic_file(os.path.join(stage, "opt.txt")) as f:
+                print_options(args, file=f)
+    except OSError as e:
+        raise UserError(f"cannot write the results in {args.results_dir} ({e.strerror or e}); the results there are as "
+                        "they were: free some space, or choose another --results_dir, and run test.py again") from None
+    paths = {k: os.path.join(args.results_dir, os.path.basename(p)) for k, p in paths.items()}
     log.info("Results written to %s", ", ".join(paths.values()))
     return 0
 

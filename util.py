@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import socket
 import stat
 import sys
@@ -139,6 +140,22 @@ def atomic_file(path, mode="w", **open_kwargs):
         raise
 
 
+@contextlib.contextmanager
+def staged_folder(folder):
+    """A new hidden folder inside ``folder`` to write a set of files into: when the block ends
+    without an error they replace their namesakes in ``folder`` (renames, which need no space),
+    and whatever happens the staging folder is removed. A disk that fills while they are written
+    leaves every earlier file in ``folder`` as it was."""
+    os.makedirs(folder, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".staging-", dir=folder)
+    try:
+        yield stage
+        for name in sorted(os.listdir(stage)):
+            os.replace(os.path.join(stage, name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 class RunLock:
     """The exclusive right of one process to a set of files: a POSIX record lock
     (``fcntl.lockf``) on ``path``, which the kernel releases when the holder ends, however it
@@ -181,10 +198,11 @@ class RunLock:
                 "another process"
             raise UserError(f"{self.path} is held by {who}: {self.what}; wait for it to end, or choose another "
                             f"{self.option}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": datetime.datetime.now().isoformat(timespec="seconds"),
-                                 "command": " ".join(sys.argv)}).encode())
+        with contextlib.suppress(OSError):  # who holds it, for the message of a second process; a full disk keeps none
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": datetime.datetime.now().isoformat(timespec="seconds"),
+                                     "command": " ".join(sys.argv)}).encode())
         self.fd = fd
         return self
 
@@ -231,6 +249,12 @@ def current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def no_space(err):
+    """Whether the ``OSError`` ``err`` says the disk (or the user's quota, or the file size limit) is
+    full: freeing space, not another path, is what helps."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def write_json_atomically(obj, path):
@@ -429,9 +453,13 @@ def ensure_writable_dir(path, what):
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".write_test_{os.getpid()}")
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        os.remove(probe)
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+        finally:  # a full disk lets the file be made and refuses its byte
+            with contextlib.suppress(OSError):
+                os.remove(probe)
     except OSError as e:
-        raise UserError(f"{what} '{path}' is not writable ({e.strerror or e}); choose another folder") from None
+        advice = "free some space or choose another folder" if no_space(e) else "choose another folder"
+        raise UserError(f"{what} '{path}' is not writable ({e.strerror or e}); {advice}") from None
     return path

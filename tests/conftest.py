@@ -100,3 +100,52 @@ def tiny_dataset(tmp_path):
     write_leaf(str(root / "test" / "progan"), 3, 3, seed=20)
     write_leaf(str(root / "test" / "stylegan" / "bedroom"), 2, 2, seed=21)
     return root
+
+
+class SmallDisk:
+    """A file system of its own, ``size`` bytes (tmpfs), at ``path``; ``fill(free)`` leaves about
+    ``free`` bytes of it free (tmpfs hands out whole pages), ``used()`` says what is taken."""
+
+    def __init__(self, path, size):
+        self.path, self.size = str(path), size
+        os.makedirs(self.path, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", self.path], capture_output=True,
+                           text=True)
+        if r.returncode:
+            pytest.skip(f"a small file system for the full-disk tests needs mount (root): {r.stderr.strip()}")
+
+    def fill(self, free):
+        filler = os.path.join(self.path, ".filler")
+        with open(filler, "ab") as f:
+            f.truncate(0)
+            try:
+                f.write(b"\0" * max(0, self.free() - free))
+            except OSError:
+                pass
+
+    def unfill(self):
+        if os.path.exists(os.path.join(self.path, ".filler")):
+            os.remove(os.path.join(self.path, ".filler"))
+
+    def free(self):
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def used(self):
+        return self.size - self.free()
+
+    def close(self):
+        subprocess.run(["umount", "-l", self.path], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``SmallDisk(size)``: file systems of their own, unmounted at the end of the test."""
+    disks = []
+
+    def make(size=4 << 20):
+        disks.append(SmallDisk(tmp_path / f"disk{len(disks)}", size))
+        return disks[-1]
+    yield make
+    for d in disks:
+        d.close()
