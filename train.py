@@ -50,10 +50,13 @@ from util import (RunLock, UserError, atomic_file, ensure_writable_dir, fingerpr
 def init_distributed(gpu_ids, batch_size):
     """(rank, world_size, device). Under torchrun: NCCL on CUDA, gloo on the CPU (a process group
     even for one process, so that a one-GPU torchrun checks the launch a multi-GPU run needs)."""
-    rank, world, local_rank = launch_env()
+    rank, world, local_rank = launch_env(rendezvous=True)
     if "RANK" not in os.environ:  # not started by torchrun
         return 0, 1, select_device(gpu_ids)
     use_cuda = torch.cuda.is_available() and str(gpu_ids).strip() != "-1"
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK={local_rank}: only {torch.cuda.device_count()} CUDA device(s) visible; start at most "
+                        "that many processes per node (torchrun --nproc_per_node), or --gpu_ids -1 for the CPU")
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)

@@ -326,22 +326,43 @@ def select_device(gpu_ids="0"):
     return torch.device("cuda", ids[0])
 
 
-def launch_env():
+def launch_env(rendezvous=False):
     """``(rank, world_size, local_rank)`` from the variables that ``torchrun`` (or a scheduler's
-    launch script) sets, ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; ``(0, 1, 0)`` where none is
-    set. Values that cannot describe one process of a run (``RANK=x``, a rank outside
-    0..WORLD_SIZE-1) are one ``UserError`` that names them."""
-    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    launch script) sets, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``;
+    ``(0, 1, 0)`` where none is set. With ``rendezvous`` (a process group is made from them:
+    train.py), a launch also needs ``MASTER_ADDR`` and a ``MASTER_PORT``. Every value that cannot
+    describe one process of a run is named, in one ``UserError``."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     given = {k: os.environ[k] for k in names if k in os.environ}
-    try:
-        rank, world, local = (int(given.get(k, d)) for k, d in zip(names, ("0", "1", "0")))
-    except ValueError:
-        rank = world = local = -1
-    if not (world >= 1 and 0 <= rank < world and local >= 0):
+    problems = []
+
+    def whole(name, default, low, high=None):
+        if name not in given:
+            return default
+        try:
+            n = int(given[name])
+        except ValueError:
+            problems.append(f"{name} is not a whole number")
+            return None
+        if n < low or (high is not None and n > high):
+            problems.append(f"{name} is not in {low}..{high if high is not None else ''}")
+            return None
+        return n
+    rank, world, local = whole("RANK", 0, 0), whole("WORLD_SIZE", 1, 1), whole("LOCAL_RANK", 0, 0)
+    local_world = whole("LOCAL_WORLD_SIZE", None, 1)
+    if rank is not None and world is not None and rank >= world:
+        problems.append("RANK must be below WORLD_SIZE")
+    if local is not None and local_world is not None and local >= local_world:
+        problems.append("LOCAL_RANK must be below LOCAL_WORLD_SIZE")
+    if rendezvous and ({"RANK", "WORLD_SIZE"} & set(given)):
+        problems += [f"{k} is not set" for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+                     if not given.get(k, "").strip()]
+        if given.get("MASTER_PORT", "").strip():
+            whole("MASTER_PORT", None, 1, 65535)
+    if problems:
         shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
-        raise UserError(f"the environment's {shown} cannot describe one process of a run (RANK must be a whole "
-                        "number in 0..WORLD_SIZE-1, LOCAL_RANK one >= 0): use the values torchrun sets, or unset "
-                        "them to run a single process")
+        raise UserError(f"the environment's {shown} cannot describe one process of a run ({'; '.join(problems)}): "
+                        "use the values torchrun sets, or unset them to run a single process")
     return rank, world, local
 
 

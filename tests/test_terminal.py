@@ -58,6 +58,61 @@ def test_launcher_variables_are_one_process_of_a_run_or_one_error(monkeypatch, r
     assert (r, w, lr) == (int(rank or 0), int(world or 1), int(local or 0))
 
 
+LAUNCH = {"RANK": VALUES, "WORLD_SIZE": VALUES, "LOCAL_RANK": VALUES, "LOCAL_WORLD_SIZE": VALUES,
+          "MASTER_ADDR": st.one_of(st.none(), st.sampled_from(["", " ", "127.0.0.1", "node-1"])),
+          "MASTER_PORT": st.one_of(st.none(), st.sampled_from(["", "abc", "0", "1", "29500", "65535", "65536", "99999",
+                                                               "-1"]))}
+
+
+@given(env=st.fixed_dictionaries(LAUNCH), rendezvous=st.booleans())
+def test_every_launcher_variable_is_checked_in_one_place(monkeypatch, env, rendezvous):
+    """RANK and WORLD_SIZE without MASTER_ADDR, MASTER_PORT=abc or 99999 were tracebacks from
+    torch.distributed; each bad value is now named in the one line."""
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    given_ = {k: v for k, v in env.items() if v is not None}
+
+    def whole(v, low, high=10**9):
+        try:
+            return low <= int(v) <= high
+        except ValueError:
+            return False
+    fine = all(whole(given_[k], low) for k, low in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0),
+                                                   ("LOCAL_WORLD_SIZE", 1)) if k in given_)
+    fine = fine and int(given_.get("RANK", 0)) < int(given_.get("WORLD_SIZE", 1)) and (
+        "LOCAL_WORLD_SIZE" not in given_ or int(given_.get("LOCAL_RANK", 0)) < int(given_["LOCAL_WORLD_SIZE"]))
+    if rendezvous and ("RANK" in given_ or "WORLD_SIZE" in given_):
+        fine = fine and all(given_.get(k, "").strip() for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")) and \
+            whole(given_.get("MASTER_PORT", ""), 1, 65535)
+    try:
+        launch_env(rendezvous)
+    except UserError as e:
+        assert not fine, e
+        assert "\n" not in str(e) and "cannot describe one process of a run" in str(e)
+        return
+    assert fine
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR is not set; MASTER_PORT is not set"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "abc"}, "MASTER_PORT is not a whole"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}, "MASTER_PORT is not in 1..65535"),
+    ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, "RANK is not set"),
+])
+def test_train_py_under_a_broken_launch_is_one_line_before_anything(tiny_dataset, tmp_path, monkeypatch, env, says):
+    import train
+    for name in LAUNCH:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=says):
+        train.main(["--dataroot", str(tiny_dataset), "--checkpoints_dir", str(tmp_path / "runs"), "--gpu_ids", "-1"])
+    assert not os.path.exists(tmp_path / "runs")
+
+
 def test_a_shard_named_by_the_environment_that_does_not_exist_is_one_line(scan_setup, monkeypatch):
     tmp, ckpt = scan_setup
     monkeypatch.setenv("RANK", "5")
