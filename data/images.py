@@ -54,27 +54,47 @@ class UnusableImageError(UserError, ValueError):
     """Raised instead of a skip when the rule is ``strict`` (``--strict_images``)."""
 
 
+STRIP_PIXELS = 1 << 22  # large images are copied out of PIL, and converted, in strips of this many pixels
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
                  MemoryError, EOFError, TypeError)
 
 
 def to_rgb(img):
     """An RGB image of ``img`` (any mode Pillow opens), the reference's ``convert('RGB')``, except
-    that 16- and 32-bit greyscale (``I;16``, ``I``, ``F``) are scaled to 8 bits first, where
-    ``convert`` would clip them to white. ``img`` itself when it is RGB already."""
+    that 16- and 32-bit greyscale (``I;16``, ``I``, ``F``) are scaled to 8 bits first
+    (``grey_to_8bit``), where ``convert`` would clip them to white. ``img`` itself when it is RGB
+    already."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
-        return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(grey_to_8bit(img), "L").convert("RGB")
     if img.mode == "La":  # premultiplied alpha: Pillow converts it to RGB only through LA
         img = img.convert("LA")
     return img.convert("RGB")
+
+
+def grey_to_8bit(img):
+    """The 8-bit grey values of a 16- or 32-bit greyscale image: 16-bit scaled from 0..65535, 32-bit
+    integers from 0..255 (or 0..65535 when a value is above 255), floats from 0..1 (or taken as
+    they are when a value is above 1; NaN is black). Computed in float64 strips of ``STRIP_PIXELS``,
+    so that an image at the decode limit needs no more memory than an 8-bit one."""
+    step = max(1, STRIP_PIXELS // img.width)
+
+    def strips():
+        for top in range(0, img.height, step):
+            arr = np.asarray(img.crop((0, top, img.width, min(img.height, top + step))), dtype=np.float64)
+            yield top, (np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0) if img.mode == "F" else arr)
+    if img.mode.startswith("I;16"):
+        top_value = 65535.0
+    else:
+        peak = max((arr.max(initial=0) for _, arr in strips()), default=0)
+        top_value = 65535.0 if img.mode == "I" and peak > 255 else 255.0
+        scale = 255.0 if img.mode == "F" and peak <= 1.0 else 1.0
+    out = np.empty((img.height, img.width), dtype=np.uint8)
+    for top, arr in strips():
+        scaled = arr * scale + 0.5 if img.mode == "F" else arr / top_value * 255.0 + 0.5
+        out[top:top + len(arr)] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return out
 
 
 def file_released(img):
@@ -151,9 +171,6 @@ def load_rgb(path, allow_truncated=True):
                                f"{rgb.height} pixels and nothing that decodes")
     rgb.info["truncated"] = truncated
     return rgb
-
-
-STRIP_PIXELS = 1 << 22  # large images are copied out of PIL in strips of this many pixels
 
 
 def pil_to_uint8_tensor(img):

@@ -320,3 +320,67 @@ def test_pillows_notes_on_metadata_do_not_reach_the_user(models, tmp_path):
         warnings.simplefilter("ignore")
         expected = predict_proba(models["npr"], [Image.open(tmp_path / "p.png").convert("RGB")])
     assert torch.equal(got, expected)
+
+
+def whole_image_grey(img):
+    """The 8-bit values of a 16- or 32-bit greyscale image, computed over the whole array at once
+    (how data.images converted them before it worked in strips)."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@given(mode=st.sampled_from(["I;16", "I", "F"]), width=st.integers(1, 40), height=st.integers(1, 40),
+       top=st.sampled_from([1.0, 255.0, 256.0, 65535.0, 2.0**20]), strip=st.integers(1, 300), seed=st.integers(0, 99),
+       special=st.sampled_from([None, float("nan"), float("inf"), -float("inf"), -5.0]))
+def test_wide_greyscale_in_strips_equals_the_whole_array(monkeypatch, mode, width, height, top, strip, seed, special):
+    import data.images as images
+    arr = np.random.default_rng(seed).random((height, width)) * top
+    if mode == "F" and special is not None:
+        arr[0, 0] = special
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    img = Image.fromarray(np.clip(arr, 0, 65535 if mode == "I;16" else None).astype(dtype) if mode != "F"
+                          else arr.astype(dtype))
+    monkeypatch.setattr(images, "STRIP_PIXELS", strip)  # many strips, the last one short
+    assert np.array_equal(images.grey_to_8bit(img), whole_image_grey(img))
+
+
+DECODE_PEAK = """
+import resource, sys
+sys.path.insert(0, {root!r})
+from data.images import load_for_model
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+x, _ = load_for_model(sys.argv[1], None)
+assert tuple(x.shape) == (3, {side}, {side})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - before) // 1024, peak // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_every_bit_depth_at_the_decode_limit_decodes_in_the_8_bit_paths_memory(tmp_path):
+    """A 16-bit grey PNG of 9459 x 9459 (a 170 KB file) peaked at 3.2 GB while it was scored, 32-bit
+    integer and float TIFFs near 2.9 GB, where 8-bit files of that size stay near 1.2 GB. Every mode
+    is measured in a process of its own: what decoding adds to the interpreter, and the peak in all.
+    A 32-bit image adds only its own decoded pixels (4 bytes each) to the 8-bit path."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from data.images import MAX_DECODE_PIXELS
+    side = math.isqrt(MAX_DECODE_PIXELS)
+    grew = {}
+    for mode in ("RGB", "1", "L", "P", "LA", "RGBA", "CMYK", "I;16", "I", "F"):
+        path = str(tmp_path / f"{mode.replace(';', '_')}.{'png' if mode in ('RGB', '1', 'L', 'I;16') else 'tif'}")
+        img = Image.new(mode, (side, side))
+        img.save(path, **({} if path.endswith(".png") else {"compression": "tiff_deflate"}))
+        del img
+        r = subprocess.run([sys.executable, "-c", DECODE_PEAK.format(root=ROOT, side=side), path], capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        grew[mode], peak = map(int, r.stdout.split())
+        assert peak < 1536, (mode, peak)
+    assert max(grew.values()) <= grew["RGB"] * 1.6, grew
