@@ -17,10 +17,9 @@ import csv
 import json
 import os
 import stat
-import uuid
 
 from data.images import SKIP_REASONS
-from util import RunLock, UserError, atomic_file, fingerprint, log, no_space, sha256_of, write_json_atomically  # noqa: F401
+from util import RunLock, UserError, atomic_file, fingerprint, log, no_space, sha256_of, write_json_atomically
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
@@ -267,12 +266,12 @@ class PredictionFiles:
 
     def finish(self, info):
         """Mark the run complete: ``<out>.json`` gets ``info``, the counts, every prediction
-        (streamed from ``<out>.jsonl``) and a new ``finished`` stamp, by which a merge knows
-        whether it merged these very files."""
+        (streamed from ``<out>.jsonl``) and the SHA-256 of the rows, by which a merge knows
+        whether it merged these very rows."""
         if self.files and self.moved():
             self.reattach()
         self.close()
-        head = {"settings": self.settings, **info, "complete": True, "finished": uuid.uuid4().hex,
+        head = {"settings": self.settings, **info, "complete": True, "rows_sha256": sha256_of(self.jsonl),
                 "counts": self.counts}
         with atomic_file(self.json) as f:
             f.write("{\n" + "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()))
@@ -326,7 +325,7 @@ def merge_shards(output, settings, paths, info, n):
         return False, "not merged yet: " + "; ".join(waiting) + ". The last shard to finish merges them " \
             f"into {output}.*; a shard run again with the same options resumes, then merges"
     merged = PredictionFiles(output, settings, paths)
-    finished = [p.meta().get("finished") for p in parts]
+    finished = [p.meta().get("rows_sha256") for p in parts]
     if merged.is_complete() and merged.meta().get("merged_from") == finished:
         return True, f"the {n} shards are merged in {output}.*"
     try:

@@ -508,12 +508,17 @@ def test_the_same_checkpoint_spelled_two_ways_merges_and_a_shard_scored_again_is
                                                                                               monkeypatch):
     imgs, ckpt, ref = setup
     monkeypatch.chdir(os.path.dirname(ckpt))
+    work = tmp_path / "imgs"
+    shutil.copytree(imgs, work)
     out = str(tmp_path / "p")
-    run_predict(imgs, ckpt, out, "--shard", "1/2")
-    assert "merged the 2 shards" in run_predict(imgs, os.path.basename(ckpt), out, "--shard", "2/2")
+    run_predict(work, ckpt, out, "--shard", "1/2")
+    assert "merged the 2 shards" in run_predict(work, os.path.basename(ckpt), out, "--shard", "2/2")
     before = json.load(open(out + ".json"))
     assert before["model_sha256"] == prediction_store.sha256_of(ckpt)
-    assert "merged the 2 shards" in run_predict(imgs, ckpt, out, "--shard", "1/2", "--overwrite")
+    assert "are merged in" in run_predict(work, ckpt, out, "--shard", "1/2")  # nothing new: nothing to merge
+    Image.fromarray(np.full((24, 24, 3), 7, dtype=np.uint8)).save(work / "0.png")  # an image of shard 1 changes
+    assert "merged the 2 shards" in run_predict(work, ckpt, out, "--shard", "1/2", "--overwrite")
     after = json.load(open(out + ".json"))
-    assert after["merged_from"] != before["merged_from"] and after["merged_from"][1] == before["merged_from"][1]
-    assert_same_as(ref, out)
+    assert after["merged_from"][0] != before["merged_from"][0] and after["merged_from"][1] == before["merged_from"][1]
+    assert after["predictions"][0]["prob_fake"] != before["predictions"][0]["prob_fake"]
+    assert after["predictions"][1:] == before["predictions"][1:]
