@@ -48,13 +48,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bootstrap import RESAMPLES, add_intervals, comparison_rows, metrics_of
 from data.cache import cached_train_dataset
 from data.discovery import make_samples
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform, normalize_batch
 from engine import EvalConfig, StepConfig, StepContext, TrainState, evaluate_folder, train_one_epoch
+from metrics import mean_row
 from networks import DEFAULT_OPERATOR, OPERATORS, batch_probs, prepare_model, resnet50
-from options import train_parser
+from options import MINI_CHECKPOINT, train_parser
 from options.base_options import OneLineErrorParser
 from report import format_table
 from util import AMP_DTYPE, UserError, ensure_writable_dir, keep_freed_memory, run_cli, write_json_atomically
@@ -458,6 +460,61 @@ def bench_scan(root, checkpoint, counts, size=16):
 
 # ----------------------------------------------------------------------------- isolation
 
+def synthetic_suite(rng, name, sizes, thresholds=0.3):
+    """Result rows of a synthetic suite (generators of ``sizes`` images, half real, scored by a
+    detector of random separation), as ``engine.evaluate_suite`` returns them."""
+    rows = []
+    for g, n in enumerate(sizes):
+        labels = np.r_[np.zeros(n // 2), np.ones(n - n // 2)].astype(np.int64)
+        probs = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + np.where(labels == 1, 1, -1) * rng.uniform(0.5, 2.5))))
+        m = {k: float(v[0]) for k, v in metrics_of(labels, probs, thresholds).items()}
+        rows.append({"suite": name, "generator": f"g{g}", "y_true": labels, "y_prob": probs, "threshold": thresholds,
+                     **m})
+    return rows
+
+
+def bench_intervals(model_path, resamples, repeats):
+    """What the 95 % intervals cost. test.py on NPR-mini (the main job) with ``--bootstrap 0`` and
+    with ``resamples``, whole processes alternating, ``repeats`` times each; bootstrap.py's
+    intervals and a paired comparison on a synthetic score set the size of the full benchmark
+    (28 generators of 4,000 to 10,000 images, in 4 suites); scipy.stats.bootstrap (percentile, the
+    classes resampled apart, scikit-learn's AP) on one generator of 10,000 images, for scale."""
+    from scipy import stats
+    from sklearn.metrics import average_precision_score
+    out = {"resamples": resamples}
+    with tempfile.TemporaryDirectory(prefix="npr-intervals-") as tmp:
+        walls = {0: [], resamples: []}
+        for _ in range(repeats):
+            for n in (0, resamples):
+                walls[n].append(run_script(["test.py", "--model_path", model_path, "--bootstrap", str(n),
+                                            "--results_dir", os.path.join(tmp, str(n))])[0])
+    out["main_job_s"] = {str(n): sorted(v)[len(v) // 2] for n, v in walls.items()}
+    out["main_job_added_pct"] = 100 * (out["main_job_s"][str(resamples)] / out["main_job_s"]["0"] - 1)
+    rng = np.random.default_rng(0)
+    sizes = np.linspace(4000, 10000, 28).astype(int)
+    suites = [synthetic_suite(rng, f"S{i}", sizes[i::4]) for i in range(4)]
+    out["full_images"] = int(sizes.sum())
+    start = time.perf_counter()
+    for rows in suites:
+        add_intervals(rows, mean_row(rows, rows[0]["suite"]), resamples)
+    out["full_intervals_s"] = time.perf_counter() - start
+    shared = {("none", r["suite"], r["generator"]): (r["y_true"], r["y_prob"][None], np.clip(
+        r["y_prob"][None] + rng.normal(0, 0.02, len(r["y_prob"])), 0, 1), True, {}) for rows in suites for r in rows}
+    start = time.perf_counter()
+    comparison_rows(shared, resamples)
+    out["full_compare_s"] = time.perf_counter() - start
+    big = suites[3][-1]
+    real, fake = big["y_prob"][big["y_true"] == 0], big["y_prob"][big["y_true"] == 1]
+
+    def ap(r, f):
+        return average_precision_score(np.r_[np.zeros(len(r)), np.ones(len(f))], np.r_[r, f])
+    start = time.perf_counter()
+    stats.bootstrap((real, fake), ap, vectorized=False, paired=False, n_resamples=resamples, method="percentile",
+                    rng=np.random.default_rng(0))
+    out["scipy_one_generator_s"], out["scipy_one_generator_images"] = time.perf_counter() - start, len(big["y_prob"])
+    return out
+
+
 def _child(queue, fn, args, allocator):
     try:
         if allocator == "system":
@@ -615,6 +672,23 @@ def group_tiles(r):
     return []
 
 
+def group_intervals(r):
+    print("[cpu] the cost of the 95 % intervals ...", flush=True)
+    model_path = r.args.model_path or MINI_CHECKPOINT
+    if not os.path.isfile(model_path):
+        raise UserError(f"--only intervals needs the main job's checkpoint ({MINI_CHECKPOINT}: python train.py) or "
+                        "--model_path")
+    r.info["intervals"] = found = bench_intervals(model_path, 100 if r.args.quick else RESAMPLES,
+                                                  1 if r.args.quick else 3)
+    print(f"test.py on NPR-mini: {found['main_job_s']['0']:.1f} s without intervals, "
+          f"{found['main_job_s'][str(found['resamples'])]:.1f} s with {found['resamples']} replicates "
+          f"({found['main_job_added_pct']:+.1f} %, medians of alternating runs)\n"
+          f"{found['full_images']:,} images in 28 generators: intervals {found['full_intervals_s']:.1f} s, a paired "
+          f"comparison {found['full_compare_s']:.1f} s; scipy.stats.bootstrap on one generator of "
+          f"{found['scipy_one_generator_images']:,} images: {found['scipy_one_generator_s']:.1f} s")
+    return []
+
+
 def group_scaling(r):
     rows, n = [], 16 if r.args.quick else 256
     for mult in (1, 4):
@@ -633,7 +707,8 @@ class Group:
 GROUPS = {"model": Group(group_model), "e2e": Group(group_e2e), "loader": Group(group_loader),
           "malloc": Group(group_malloc, cpu_only=True), "scripts": Group(group_scripts, cpu_only=True),
           "scan": Group(group_scan, cpu_only=True), "photo": Group(group_photo, cpu_only=True),
-          "scaling": Group(group_scaling), "tiles": Group(group_tiles, cpu_only=True)}
+          "scaling": Group(group_scaling), "tiles": Group(group_tiles, cpu_only=True),
+          "intervals": Group(group_intervals, cpu_only=True)}
 
 
 # ----------------------------------------------------------------------------- main
@@ -654,7 +729,8 @@ def get_args_parser():
     p.add_argument("--operators", default=",".join(OPERATORS),
                    help="artifact operators to measure (networks.OPERATORS); all but the default only in the "
                         "model-only and evaluation rows")
-    p.add_argument("--model_path", default=None, help="checkpoint for the tiles group")
+    p.add_argument("--model_path", default=None,
+                   help="checkpoint for the tiles group (and the intervals group: default the main job's)")
     p.add_argument("--only", default="",
                    help=f"comma-separated groups to run (default: all): {', '.join(GROUPS)}")
     p.add_argument("--quick", action="store_true", help="short smoke run: tiny folders, 1 s per measurement")

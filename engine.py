@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,27 +36,41 @@ log = logging.getLogger("npr")
 
 # ----------------------------------------------------------------------------- evaluation
 
+class LoaderScores(NamedTuple):
+    """What ``predict_loader`` saw: labels and probabilities of the scored images (``scored``:
+    their dataset indices, in the same order), and the dataset indices of the images skipped
+    (``why``: index -> a ``SKIP_REASONS`` key) and of the truncated ones that were scored."""
+    y_true: np.ndarray
+    y_prob: np.ndarray
+    skipped: list
+    truncated: list
+    scored: list
+    why: dict
+
+
 @torch.inference_mode()
 def predict_loader(model, loader, cfg, bar=None):
-    """Run ``model`` over ``loader``; returns (labels, probabilities, skipped indices, truncated
-    indices) in loader order. An image the model fails on is reported through ``cfg.images``
-    and counted as skipped."""
-    labels, probs, skipped, truncated = [], [], [], []
+    """Run ``model`` over ``loader``; a ``LoaderScores`` in loader order. An image the model
+    fails on is reported through ``cfg.images`` and counted as skipped ("model error")."""
+    labels, probs, skipped, truncated, scored, why = [], [], [], [], [], {}
     samples = loader.dataset.samples
     for batch in batches(loader):
         p = scored_batch(model, batch, cfg.images, lambda i: image_name(samples[i][0]), cfg.channels_last, cfg.amp)
         failed = {int(batch.indices[j]) for j, v in enumerate(p) if v is None}
         skipped += list(batch.skipped) + sorted(failed)
+        why.update(zip(batch.skipped, batch.skipped_why))
+        why.update(dict.fromkeys(failed, "model error"))
         truncated += [i for i in batch.truncated if i not in failed]
         keep = [j for j, v in enumerate(p) if v is not None]
         if keep:
             probs.append(torch.tensor([p[j] for j in keep], dtype=torch.float32))
             labels.append(batch.labels[keep])
+            scored += [int(batch.indices[j]) for j in keep]
         if bar is not None:
             bar.update(len(batch.labels) + len(batch.skipped))
     if not probs:
-        return np.zeros(0), np.zeros(0), skipped, truncated
-    return torch.cat(labels).numpy(), torch.cat(probs).numpy(), skipped, truncated
+        return LoaderScores(np.zeros(0), np.zeros(0), skipped, truncated, scored, why)
+    return LoaderScores(torch.cat(labels).numpy(), torch.cat(probs).numpy(), skipped, truncated, scored, why)
 
 
 def eval_loader(samples, transform, cfg):
@@ -70,13 +85,18 @@ def predict_samples(model, samples, transform, cfg, bar=None):
 
 def evaluate_folder(model, root, transform, cfg, classes=None, bar=None):
     """Metrics (``compute_metrics``) of ``model`` on the dataset folder ``root``, plus counts of
-    images scored, skipped (unusable) and truncated (scored, as the reference does), and the
-    raw ``y_true`` / ``y_prob``."""
+    images scored, skipped (unusable) and truncated (scored, as the reference does), the raw
+    ``y_true`` / ``y_prob``, and ``images``: (path, label, status) of every image, the scored
+    first (in the order of ``y_prob``; status 'scored' or 'truncated'), then the skipped (status
+    a ``SKIP_REASONS`` key)."""
     samples = make_samples(root, classes)
-    y_true, y_prob, skipped, truncated = predict_samples(model, samples, transform, cfg, bar)
-    metrics = compute_metrics(y_true, y_prob)
-    metrics.update(n_images=len(samples), n_scored=int(len(y_true)), n_skipped=len(skipped),
-                   n_truncated=len(truncated), y_true=y_true, y_prob=y_prob)
+    seen = predict_samples(model, samples, transform, cfg, bar)
+    metrics = compute_metrics(seen.y_true, seen.y_prob)
+    truncated = set(seen.truncated)
+    images = [(samples[i][0], samples[i][1], "truncated" if i in truncated else "scored") for i in seen.scored] + \
+        [(samples[i][0], samples[i][1], seen.why.get(i, "unreadable")) for i in seen.skipped]
+    metrics.update(n_images=len(samples), n_scored=int(len(seen.y_true)), n_skipped=len(seen.skipped),
+                   n_truncated=len(seen.truncated), y_true=seen.y_true, y_prob=seen.y_prob, images=images)
     return metrics
 
 
@@ -155,7 +175,7 @@ def evaluate_suite(model, suite, suite_dir, transform, cfg, threshold=None, show
         if threshold is not None:
             row.update(metrics_at(m, threshold), threshold=threshold)
         row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped",
-                                      "n_truncated", "y_true", "y_prob")})
+                                      "n_truncated", "y_true", "y_prob", "images")})
         row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
         if not (m["n_real"] and m["n_fake"]):  # AP needs both classes; an ACC of one class is not the paper's
             row["in_mean"] = False
@@ -169,7 +189,7 @@ def evaluate_samples(model, samples, transform, cfg, rank=0, world=1):
     """Validation metrics of ``model`` (already prepared for evaluation) on ``samples``; under
     DistributedDataParallel each rank scores a shard and the results are gathered.
     ``threshold`` is the one with the best balanced accuracy."""
-    y_true, y_prob, skipped, _ = predict_samples(model, samples[rank::world], transform, cfg)
+    y_true, y_prob, skipped = predict_samples(model, samples[rank::world], transform, cfg)[:3]
     n_skipped = len(skipped)
     if world > 1:
         parts = [None] * world

@@ -6,18 +6,23 @@ of ``metrics.summarize_checkpoints``. Figures are ``figures.py``'s; predict.py's
 ``prediction_store.py``'s.
 """
 import csv
+import math
 import os
 import time
 
 
+from bootstrap import KEYS as INTERVAL_KEYS
 from metrics import METRIC_KEYS, METRICS, SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
+from scores import NAME as SCORES_NAME
+from scores import write_scores
 from util import atomic_file, sha256_of, write_json_atomically
 
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.
 RESULT_FIELDS = ["suite", "generator", *METRIC_KEYS, "best_threshold", "n_real", "n_fake", "n_images", "n_scored",
                  "n_skipped", "paper_acc", "paper_ap", "perturbation", "seconds", "folder", "n_truncated", "model_path",
-                 "threshold", *THRESHOLD_KEYS]
+                 "threshold", *THRESHOLD_KEYS, *(f"{k}_{b}" for k in INTERVAL_KEYS for b in ("lo", "hi")),
+                 "model_sha256"]
 SUMMARY_FIELDS = (["suite", "generator", "perturbation", "n_checkpoints"] +
                   [f"{k}_{stat}" for k in SUMMARY_METRICS for stat in ("mean", "sd")] + ["paper_acc", "paper_ap"])
 # Every table's metric columns come from metrics.METRICS; the others are the tables' own.
@@ -41,9 +46,19 @@ def cell_text(value, key, floatfmt="{:.1f}"):
     return str(value)
 
 
+def row_cell(row, key, floatfmt="{:.1f}"):
+    """``cell_text`` of ``row[key]``, followed by its 95 % interval where the row has one
+    (``bootstrap.add_intervals``): ``97.9 [95.8, 99.3]``."""
+    text = cell_text(row.get(key), key, floatfmt)
+    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if isinstance(lo, float) and isinstance(hi, float) and math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{cell_text(lo, key, floatfmt)}, {cell_text(hi, key, floatfmt)}]"
+    return text
+
+
 def format_table(rows, columns, floatfmt="{:.1f}"):
     """Plain-text table of ``rows`` (list of dicts) for the given ``columns`` (key, header)."""
-    body = [[cell_text(r.get(k), k, floatfmt) for k, _ in columns] for r in rows]
+    body = [[row_cell(r, k, floatfmt) for k, _ in columns] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, (_, h) in enumerate(columns)]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h), w) in enumerate(zip(columns, widths)))
     out = [line, "-" * len(line)]
@@ -59,9 +74,9 @@ def shown_columns(rows, columns, key="acc_t"):
     return [c for c in columns if c[0] not in THRESHOLD_KEYS]
 
 
-def suite_table(rows, suite_name):
-    """One suite's per-generator table with its Mean row."""
-    return format_table(rows + [mean_row(rows, suite_name)], shown_columns(rows, TABLE_COLUMNS))
+def suite_table(rows, suite_name, mean=None):
+    """One suite's per-generator table with its Mean row (``mean``, or computed from ``rows``)."""
+    return format_table(rows + [mean or mean_row(rows, suite_name)], shown_columns(rows, TABLE_COLUMNS))
 
 
 def summary_cell(row, key):
@@ -82,10 +97,12 @@ def summary_table(rows):
     return format_table(shown, columns)
 
 
-def markdown_table(rows, columns, cell):
+def markdown_table(rows, columns, cell=None):
+    """A Markdown table; ``cell(row, key)`` gives a cell's value (default: ``row_cell``'s text)."""
     out = "| " + " | ".join(h for _, h in columns) + " |\n|" + "---|" * len(columns) + "\n"
     for r in rows:
-        out += "| " + " | ".join(cell_text(cell(r, k), k) for k, _ in columns) + " |\n"
+        out += "| " + " | ".join(row_cell(r, k) if cell is None else cell_text(cell(r, k), k) for k, _ in columns) + \
+            " |\n"
     return out
 
 
@@ -99,12 +116,14 @@ def groups(rows):
 # ----------------------------------------------------------------------------- files
 
 def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, figures=(), summary=(),
-                  thresholds=None):
-    """results.csv, results.json and the report results.md in ``results_dir`` (plus summary.csv
-    with several checkpoints); returns their paths.
+                  thresholds=None, bootstrap=(0, 0)):
+    """results.csv, results.json, the report results.md and the per-image scores.csv.gz
+    (``scores.write_scores``) in ``results_dir`` (plus summary.csv with several checkpoints);
+    returns their paths.
 
     The Markdown report gathers the tables, the ``options`` (a dict), the checkpoints' SHA-256,
-    each checkpoint's threshold (``thresholds``: path -> (threshold, source)) and the figures.
+    each checkpoint's threshold (``thresholds``: path -> (threshold, source)), how the intervals
+    were drawn (``bootstrap``: replicates, seed) and the figures.
     """
     os.makedirs(results_dir, exist_ok=True)
     flat = [{k: r.get(k) for k in RESULT_FIELDS} for r in rows]
@@ -119,18 +138,24 @@ def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, 
             w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(summary)
-    hashes = {p: sha256_of(p) for p in model_paths}
+    paths["scores"] = write_scores(rows, os.path.join(results_dir, SCORES_NAME), dataroot)
+    known = {r["model_path"]: r["model_sha256"] for r in rows if r.get("model_sha256")}  # the bytes that were loaded
+    hashes = {p: known.get(p) or sha256_of(p) for p in model_paths}
     thresholds = thresholds or {}
+    n, seed = bootstrap
+    intervals = f"95 % intervals ([lo, hi], and the _lo / _hi fields) from {n} replicates of a Bayesian bootstrap " \
+        f"over images within each class (seed {seed}; bootstrap.py)" if n else "no intervals (--bootstrap 0)"
     meta = {"model_path": model_paths, "model_sha256": hashes, "dataroot": dataroot, "ema": ema,
             "thresholds": {p: {"threshold": t, "source": src} for p, (t, src) in thresholds.items()},
-            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn; summary: mean and sample standard "
-                       "deviation (ddof=1) across checkpoints"}
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "bootstrap": {"replicates": n, "seed": seed},
+            "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn; " + intervals + "; summary: mean and "
+                       "sample standard deviation (ddof=1) across checkpoints", "scores": SCORES_NAME}
     write_json_atomically({"meta": meta, "results": flat, "summary": list(summary)}, paths["json"])
     with atomic_file(paths["md"]) as f:
         f.write("# NPR results\n\n" + "".join(f"Checkpoint: `{p}` (SHA-256 `{h}`)" + (" (moving-average weights)" if
                                                 ema else "") + "  \n" for p, h in hashes.items()) +
-                f"Data: `{dataroot}`  \nRun: {meta['time']}  \nMetrics in %. ACC, real ACC and fake ACC call "
+                f"Data: `{dataroot}`  \nRun: {meta['time']}  \nPer-image scores: `{SCORES_NAME}`  \nMetrics in %, "
+                f"with {intervals}. ACC, real ACC and fake ACC call "
                 "an image fake when its probability is above 0.5 (the paper's rule)")
         used = {p: v for p, v in thresholds.items() if v[0] is not None}
         if used:
@@ -149,10 +174,53 @@ def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, 
                 f.write(f"\n# Checkpoint `{path}`\n")
             for pert, suite, srows in groups([r for r in rows if r.get("model_path") == path]):
                 title = suite if pert == "none" else f"{suite}, perturbation {pert}"
-                f.write(f"\n## {title}\n\n" + markdown_table(srows, shown_columns(srows, TABLE_COLUMNS),
-                                                               lambda r, k: r.get(k)))
+                f.write(f"\n## {title}\n\n" + markdown_table(srows, shown_columns(srows, TABLE_COLUMNS)))
         if figures:
             f.write("\n## Figures\n\n" + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n\n"
                                                     for p in figures))
         f.write("\n## Options\n\n```\n" + "\n".join(f"{k}: {v}" for k, v in sorted(options.items())) + "\n```\n")
+    return paths
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+COMPARISON_FIELDS = ["perturbation", "suite", "generator", "n_images", "n_real", "n_fake", "n_a", "n_b",
+                     *(f"{f}" for k in ("ap", "acc") for f in (f"{k}_a", f"{k}_b", f"d_{k}", f"d_{k}_lo", f"d_{k}_hi",
+                                                                f"p_{k}", f"p_{k}_holm", f"holds_{k}"))]
+
+
+def delta_cell(row, key):
+    """``+1.2 [-0.3, 2.8]`` for the difference ``key`` of a comparison row."""
+    d, lo, hi = row.get(f"d_{key}"), row.get(f"d_{key}_lo"), row.get(f"d_{key}_hi")
+    if d is None or not math.isfinite(d):
+        return "-"
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" if math.isfinite(lo) else f"{d:+.1f}"
+
+
+def p_cell(row, key):
+    """``0.004 *``: the p-value, starred where the difference holds after Holm's correction."""
+    p = row.get(f"p_{key}")
+    if p is None or not math.isfinite(p):
+        return "-"
+    return f"{p:.3f}" + (" *" if row.get(f"holds_{key}") else "")
+
+
+def comparison_table(rows, markdown=False):
+    """The per-generator comparison of two detectors, as text (or Markdown)."""
+    columns = [("generator", "generator"), ("n_images", "images"), ("ap_a", "AP A"), ("ap_b", "AP B"),
+               ("d_ap", "ΔAP [95% CI]"), ("p_ap", "p"), ("acc_a", "ACC A"), ("acc_b", "ACC B"),
+               ("d_acc", "ΔACC [95% CI]"), ("p_acc", "p")]
+    shown = [{k: (delta_cell(r, k[2:]) if k.startswith("d_") else p_cell(r, k[2:]) if k.startswith("p_") else
+                  r.get(k)) for k, _ in columns} for r in rows]
+    return markdown_table(shown, columns) if markdown else format_table(shown, columns)
+
+
+def write_comparison(rows, results_dir, meta):
+    """compare.csv and compare.json (``meta``: what was compared, and how) in ``results_dir``."""
+    paths = {"csv": os.path.join(results_dir, "compare.csv"), "json": os.path.join(results_dir, "compare.json")}
+    with atomic_file(paths["csv"], newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COMPARISON_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    write_json_atomically({"meta": meta, "comparison": rows}, paths["json"])
     return paths

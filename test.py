@@ -15,6 +15,7 @@ the sample standard deviation across checkpoints: one seed's number is not a rep
 import os
 import sys
 
+from bootstrap import RESAMPLES, add_intervals, comparison_rows
 from data.benchmarks import SUITES, find_suites
 from data.images import ImageRule
 from data.loaders import default_workers
@@ -25,7 +26,9 @@ from metrics import mean_row, summarize_checkpoints
 from networks import load_detector, load_for_evaluation
 from options import MINI_ROOT, parse_test_args, print_options
 from figures import make_figures
-from report import groups, suite_table, summary_table, write_results
+from report import comparison_table, groups, suite_table, summary_table, write_comparison, write_results
+from scores import NAME as SCORES_NAME
+from scores import checkpoints_of, read_scores, score_rows, shared_images
 from data.mini import build_mini
 from data.verification import format_report
 from data.verification import verify as verify_suites
@@ -55,13 +58,47 @@ def evaluate_checkpoint(model_path, suites, perturbations, args, cfg):
                 log.info("%s: generators not found under %s (skipped): %s", suite.name, path, ", ".join(absent))
             if not rows:
                 continue
+            mean = mean_row(rows, suite.name)
+            add_intervals(rows, mean, args.bootstrap, args.bootstrap_seed)
             log.info("\n%s (%s; %s)%s\n%s", suite.name, path, rows[0]["preprocessing"],
-                     f" - {suite.note}" if suite.note else "", suite_table(rows, suite.name))
-            out += rows + [mean_row(rows, suite.name)]
+                     f" - {suite.note}" if suite.note else "", suite_table(rows, suite.name, mean))
+            out += rows + [mean]
     for r in out:
-        r["model_path"] = model_path
-        r["threshold"] = threshold
+        r.update(model_path=model_path, model_sha256=sha256, threshold=threshold)
     return out, (threshold, decided.source if threshold is not None else "none")
+
+
+def compare_detectors(args, rows):
+    """``--compare``: the two groups' score rows (this run's ``rows`` for checkpoints, scores files
+    read as they are), compared per generator; prints the table, writes compare.csv / .json."""
+    sides, in_mean = [], {}
+    for group in args.compare:
+        members = []
+        for item in group:
+            found, flags = checkpoints_of(read_scores(item) if item.endswith(SCORES_NAME) else list(
+                score_rows([r for r in rows if r["model_path"] == item], args.dataroot)))
+            members += list(found.values())
+            in_mean.update(flags)
+        sides.append(members)
+    shared, notes = shared_images(*sides, in_mean)
+    for note in notes:
+        log.info("--compare: %s", note)
+    table = comparison_rows(shared, args.bootstrap or RESAMPLES, args.bootstrap_seed)
+    names = [" ".join(g) for g in args.compare]
+    log.info("\nB - A, per generator: A = %s; B = %s (%d and %d checkpoint(s)); 95%% intervals and p-values from a "
+             "paired bootstrap over the images both scored%s; * holds after Holm's correction over the generators\n%s",
+             names[0], names[1], len(sides[0]), len(sides[1]),
+             " and the checkpoints of each group" if max(map(len, sides)) > 1 else "", comparison_table(table))
+    meta = {"a": args.compare[0], "b": args.compare[1], "checkpoints": [len(s) for s in sides], "notes": notes,
+            "bootstrap": {"replicates": args.bootstrap or RESAMPLES, "seed": args.bootstrap_seed},
+            "method": "B - A; paired Bayesian bootstrap over images within each class (and Dirichlet weights over "
+                      "each group's checkpoints); p two-sided; holds: Holm-adjusted p <= 0.05 over the generators"}
+    try:
+        paths = write_comparison(table, args.results_dir, meta)
+    except OSError as e:
+        raise UserError(f"cannot write the comparison in {args.results_dir} ({e.strerror or e}); free some space, or "
+                        "choose another --results_dir, and run test.py again") from None
+    log.info("Comparison written to %s", ", ".join(paths.values()))
 
 
 def main(argv=None):
@@ -71,6 +108,9 @@ def main(argv=None):
     setup_logging()
     set_numerics(tf32=args.tf32)
     ensure_writable_dir(args.results_dir, "--results_dir")
+    if args.compare and not args.model_path:  # scores files only: no model to run
+        compare_detectors(args, [])
+        return 0
     if args.mini:
         log.info("No --dataroot given: evaluating on the built-in NPR-mini benchmark (%s)", MINI_ROOT)
         build_mini(MINI_ROOT, rebuild=args.rebuild)
@@ -115,7 +155,7 @@ def main(argv=None):
                 figures = make_figures(first, stage)
                 log.info("Figures (of %s): %s", args.model_path[0], ", ".join(os.path.basename(f) for f in figures))
             paths = write_results(all_rows, stage, args.model_path, args.dataroot, vars(args), args.ema_weights,
-                                  figures, summary, thresholds)
+                                  figures, summary, thresholds, (args.bootstrap, args.bootstrap_seed))
             with atomic_file(os.path.join(stage, "opt.txt")) as f:
                 print_options(args, file=f)
     except OSError as e:
@@ -123,6 +163,8 @@ def main(argv=None):
                         "they were: free some space, or choose another --results_dir, and run test.py again") from None
     paths = {k: os.path.join(args.results_dir, os.path.basename(p)) for k, p in paths.items()}
     log.info("Results written to %s", ", ".join(paths.values()))
+    if args.compare:
+        compare_detectors(args, all_rows)
     return 0
 
 

@@ -1,6 +1,10 @@
 """Options of the evaluation scripts: test.py (benchmark suites), validate.py (one folder) and
 predict.py (your own images). The reference's ``options/test_options.py`` names where it has them."""
 import os
+import sys
+
+from bootstrap import RESAMPLES, SEED
+from scores import NAME as SCORES_NAME
 
 from util import UserError
 
@@ -41,26 +45,67 @@ def test_parser():
     g.add_argument("--check_data", action="store_true",
                    help="first check the suites (python -m tools.verify): counts against the published ones, broken "
                         "and duplicate files, format bias between real and fake; writes data_check.json")
+    g = p.add_argument_group("uncertainty")
+    g.add_argument("--bootstrap", type=non_negative_int, default=RESAMPLES,
+                   help="replicates of the bootstrap over images behind every table's 95%% intervals and the "
+                        "comparisons (0: no intervals)")
+    g.add_argument("--bootstrap_seed", type=non_negative_int, default=SEED, help="seed of those replicates")
+    g.add_argument("--compare", nargs="+", default=None, metavar="A B",
+                   help="compare two detectors on the same images, per generator: B - A in AP and ACC with 95%% "
+                        "intervals, p-values and Holm's correction; each is a checkpoint (evaluated here) or a "
+                        f"{SCORES_NAME} a test.py run wrote; 'A1 A2 A3 -- B1 B2 B3' compares two groups of seeds")
     add_threshold_options(p, "the extra ACC@t columns", "auto")
     add_device_options(p)
     return accept_reference_options(p)
 
 
+def compare_groups(argv):
+    """(argv without what follows --compare, the two groups it names): ``--compare A B`` or
+    ``--compare A1 A2 -- B1 B2`` (argparse would take everything after "--" for positionals)."""
+    argv = list(argv)
+    if "--compare" not in argv:
+        return argv, None
+    at = argv.index("--compare")
+    end = next((i for i in range(at + 1, len(argv)) if argv[i].startswith("--") and argv[i] != "--"), len(argv))
+    items, rest = argv[at + 1:end], argv[:at] + argv[end:]
+    if "--" in items:
+        cut = items.index("--")
+        groups = (items[:cut], items[cut + 1:])
+    elif len(items) == 2:
+        groups = ([items[0]], [items[1]])
+    else:
+        raise UserError(f"--compare takes two detectors (A B), or two groups of seeds (A1 A2 -- B1 B2); got "
+                        f"{len(items)} item(s) without '--'")
+    if not (groups[0] and groups[1]):
+        raise UserError("--compare: each side of '--' needs at least one checkpoint or scores file")
+    absent = [x for x in groups[0] + groups[1] if not os.path.isfile(x)]
+    if absent:
+        raise UserError(f"--compare: no checkpoint or scores file at {', '.join(absent)}")
+    return rest, groups
+
+
 def parse_test_args(argv=None):
     """test.py's arguments. Without --dataroot: NPR-mini's folder, sizes, suite, results folder
-    and, without --model_path, the main job's checkpoint (``args.mini`` is True)."""
+    and, without --model_path, the main job's checkpoint (``args.mini`` is True). ``--compare``
+    gives ``args.compare``, its two groups; their checkpoints are ``args.model_path``."""
     parser = test_parser()
+    argv, groups = compare_groups(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     mini = args.dataroot is None
     if mini:
         parser.set_defaults(dataroot=os.path.dirname(MINI_ROOT), loadSize=MINI_RECIPE["loadSize"],
                             cropSize=MINI_RECIPE["cropSize"], suites=("NPR-mini",),
-                            results_dir=os.path.join("results", "npr-mini"), model_path=[MINI_CHECKPOINT])
+                            results_dir=os.path.join("results", "npr-mini"),
+                            model_path=[MINI_CHECKPOINT] if groups is None else None)
         args = parser.parse_args(argv)
         if args.model_path == [MINI_CHECKPOINT] and not os.path.isfile(MINI_CHECKPOINT):
             raise UserError(f"no --model_path given and no mini checkpoint at {MINI_CHECKPOINT}; "
                             "run `python train.py` first, or pass --model_path")
-    args.mini = mini
+    if groups is not None:
+        if args.model_path:
+            raise UserError("--compare names the detectors to compare; drop --model_path")
+        args.model_path = list(dict.fromkeys(x for x in groups[0] + groups[1] if not x.endswith(SCORES_NAME)))
+    args.mini, args.compare = mini, groups
     if args.model_path is None:
         raise UserError("--model_path is required: the checkpoint to evaluate (e.g. NPR.pth)")
     absent = [p for p in args.model_path if not os.path.isfile(p)]

@@ -140,6 +140,7 @@ def test_a_truncated_file_that_decodes_to_nothing_is_unreadable(models, tmp_path
     assert math.isfinite(predict_proba(models["npr"], [str(cut)])[0])  # half of it decodes: scored, as the reference
 
 
+@pytest.mark.slow  # megapixel photos at full scale
 @pytest.mark.parametrize("size", [(1025, 1024), (1024, 1025), (1032, 1025), (2049, 513)])
 def test_photos_one_pixel_past_the_tile_grid_are_scored(models, size):
     """At full scale: a last strip of 1 px joins the tile before it (the whole-image path drops an
@@ -149,6 +150,7 @@ def test_photos_one_pixel_past_the_tile_grid_are_scored(models, size):
         check_one(model, image_of("RGB", width, height, 0), width, height)
 
 
+@pytest.mark.slow  # hundreds of tiles
 def test_tiles_of_one_size_run_in_batches(models, small_tiles, monkeypatch):
     """A long thin image (a 89.5 Mpx header can claim 17,895,697 x 5) costs what its pixels cost:
     its many equal tiles share forward passes of about one whole tile's pixels, not one pass each."""

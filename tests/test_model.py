@@ -82,7 +82,7 @@ def _model_with_statistics():
     return m
 
 
-@pytest.mark.parametrize("size", [40, 1100])  # whole, and in tiles (above a megapixel)
+@pytest.mark.parametrize("size", [40, pytest.param(1100, marks=pytest.mark.slow)])  # whole, and in tiles (> 1 Mpx)
 def test_scoring_a_model_that_is_training_uses_and_keeps_its_running_statistics(size):
     """A notebook scores between epochs: the scores are the eval-mode ones, BatchNorm's running
     statistics do not move, and each submodule keeps its mode."""

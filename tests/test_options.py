@@ -138,6 +138,7 @@ def test_readme_is_a_front_door_whose_links_resolve():
     assert "issue #" not in text.lower()
 
 
+@pytest.mark.slow  # a process of its own imports every script
 def test_the_library_imports_no_script_and_the_scripts_no_tool():
     """The import graph, as Python loads it: the library (what notebooks and every script import)
     loads no script; train.py and test.py load nothing of tools/, the command-line layer."""

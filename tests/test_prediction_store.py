@@ -169,6 +169,7 @@ def test_any_damage_to_the_result_files_ends_in_one_row_per_input(setup, tmp_pat
         assert lines(out)[:intact] == before[:intact]
 
 
+@pytest.mark.slow  # many in-process runs: the full suite draws them
 @given(n=st.integers(1, N_IMAGES + 2), order=st.randoms(use_true_random=False), killed_merge=st.booleans())
 def test_shards_in_any_order_merge_into_one_process_output(setup, tmp_path, monkeypatch, n, order, killed_merge):
     imgs, ckpt, ref = setup
@@ -297,6 +298,7 @@ def test_the_output_folder_removed_during_a_scan_is_written_again(setup, tmp_pat
     assert_same_as(ref, out)
 
 
+@pytest.mark.slow  # draws figures
 def test_figures_drawn_inside_the_input_folder_are_not_inputs_of_the_rerun(setup, tmp_path):
     imgs, ckpt, ref = setup
     mine = tmp_path / "imgs"
@@ -310,6 +312,7 @@ def test_figures_drawn_inside_the_input_folder_are_not_inputs_of_the_rerun(setup
     assert lines(out) == rows
 
 
+@pytest.mark.slow  # draws figures
 @pytest.mark.parametrize("name", ["a" * 250, "é" * 125])  # 250 bytes each: the figure's name went over 255
 def test_a_long_name_gets_its_figure_and_a_figure_that_cannot_be_written_costs_only_itself(setup, tmp_path, name,
                                                                                           monkeypatch):
@@ -455,6 +458,7 @@ def steps():
     return st.one_of(run, st.just(("swap",)))
 
 
+@pytest.mark.slow  # many in-process runs: the full suite draws them
 @given(n=st.integers(1, 3), plan=st.lists(steps(), min_size=1, max_size=6))
 def test_a_result_file_never_holds_two_models_scores(setup, two_models, tmp_path, monkeypatch, n, plan):
     """A model is known by its checkpoint's contents: a checkpoint saved over the path between (or in
