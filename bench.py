@@ -491,6 +491,10 @@ def bench_intervals(model_path, resamples, repeats):
     out["main_job_s"] = {str(n): sorted(v)[len(v) // 2] for n, v in walls.items()}
     out["main_job_added_pct"] = 100 * (out["main_job_s"][str(resamples)] / out["main_job_s"]["0"] - 1)
     rng = np.random.default_rng(0)
+    mini = synthetic_suite(rng, "mini", [400] * 5)  # the main job's table: 5 generators of 400 images
+    start = time.perf_counter()
+    add_intervals(mini, mean_row(mini, "mini"), resamples)
+    out["main_job_intervals_s"] = time.perf_counter() - start
     sizes = np.linspace(4000, 10000, 28).astype(int)
     suites = [synthetic_suite(rng, f"S{i}", sizes[i::4]) for i in range(4)]
     out["full_images"] = int(sizes.sum())
@@ -679,10 +683,11 @@ def group_intervals(r):
         raise UserError(f"--only intervals needs the main job's checkpoint ({MINI_CHECKPOINT}: python train.py) or "
                         "--model_path")
     r.info["intervals"] = found = bench_intervals(model_path, 100 if r.args.quick else RESAMPLES,
-                                                  1 if r.args.quick else 3)
+                                                  1 if r.args.quick else 5)
     print(f"test.py on NPR-mini: {found['main_job_s']['0']:.1f} s without intervals, "
           f"{found['main_job_s'][str(found['resamples'])]:.1f} s with {found['resamples']} replicates "
-          f"({found['main_job_added_pct']:+.1f} %, medians of alternating runs)\n"
+          f"({found['main_job_added_pct']:+.1f} %, medians of alternating runs; the intervals of a table of its "
+          f"size take {found['main_job_intervals_s']:.2f} s)\n"
           f"{found['full_images']:,} images in 28 generators: intervals {found['full_intervals_s']:.1f} s, a paired "
           f"comparison {found['full_compare_s']:.1f} s; scipy.stats.bootstrap on one generator of "
           f"{found['scipy_one_generator_images']:,} images: {found['scipy_one_generator_s']:.1f} s")

@@ -63,12 +63,12 @@ def weighted_ap(labels, probs, weights):
     """Average precision (scikit-learn's ``average_precision_score`` with ``sample_weight``) of
     ``probs`` for each row of ``weights`` (replicates x images): one sort, cumulative sums."""
     order = np.argsort(-probs, kind="stable")
-    s, y, w = probs[order], labels[order].astype(np.float64), weights[:, order]
+    s, fake, w = probs[order], labels[order] == 1, weights[:, order]
     ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # the last image of each run of equal scores
-    tp = np.cumsum(w * y, axis=1)[:, ends]
-    fp = np.cumsum(w * (1.0 - y), axis=1)[:, ends]
+    tp = np.cumsum(np.where(fake, w, 0.0), axis=1)[:, ends]
+    called = np.cumsum(w, axis=1)[:, ends]  # true and false positives
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        precision = np.where(called > 0, tp / called, 0.0)
         recall = tp / tp[:, -1:]
     return np.sum(np.diff(recall, axis=1, prepend=0.0) * precision, axis=1)
 

@@ -116,6 +116,8 @@ def test_the_intervals_cover_the_truth_95_percent_of_the_time(n_real, n_fake, mu
             lo, hi = bs.metric_interval(k, reps[k][0], point[k][0])
             covered[k] += lo <= truth[k] <= hi
     rates = {k: 100 * v / SETS for k, v in covered.items()}
+    print(f"\ncoverage, {n_real} real : {n_fake} fake, AP {truth['ap']:.1f}, ACC {truth['acc']:.1f}: " +
+          ", ".join(f"{k} {v:.1f}" for k, v in rates.items()))  # docs/uncertainty.md (pytest -s)
     assert all(90 <= r <= 98 for r in rates.values()), rates
 
 
@@ -141,6 +143,7 @@ def test_the_mean_rows_interval_covers_the_mean_of_the_truths():
         for k in truth:
             covered[k] += mean[k + "_lo"] <= truth[k] <= mean[k + "_hi"]
     rates = {k: 100 * v / SETS for k, v in covered.items()}
+    print("\ncoverage of the Mean row: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()))
     assert all(90 <= r <= 98 for r in rates.values()), rates
 
 
