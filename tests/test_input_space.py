@@ -351,14 +351,18 @@ def test_wide_greyscale_in_strips_equals_the_whole_array(monkeypatch, mode, widt
 
 
 DECODE_PEAK = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r})
 from data.images import load_for_model
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(key):  # kB
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident size starts again from here (Linux)
+before = status("VmRSS:")
 x, _ = load_for_model(sys.argv[1], None)
 assert tuple(x.shape) == (3, {side}, {side})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - before) // 1024, peak // 1024)
+print((status("VmHWM:") - before) // 1024, status("VmHWM:") // 1024)
 """
 
 
@@ -375,8 +379,8 @@ def test_every_bit_depth_at_the_decode_limit_decodes_in_the_8_bit_paths_memory(t
     from data.images import MAX_DECODE_PIXELS
     side = math.isqrt(MAX_DECODE_PIXELS)
     grew, peak = {}, {}
-    for mode in ("RGB", "1", "L", "P", "LA", "RGBA", "CMYK", "I;16", "I", "F"):
-        path = str(tmp_path / f"{mode.replace(';', '_')}.{'png' if mode in ('RGB', '1', 'L', 'I;16') else 'tif'}")
+    for mode in ("RGB", "1", "I;16", "I", "F"):  # every bit depth (8-bit modes all convert as RGB's path does)
+        path = str(tmp_path / f"{mode.replace(';', '_')}.{'png' if mode in ('RGB', '1', 'I;16') else 'tif'}")
         img = Image.new(mode, (side, side))
         img.save(path, **({} if path.endswith(".png") else {"compression": "tiff_deflate"}))
         del img
