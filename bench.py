@@ -53,13 +53,15 @@ from data.cache import cached_train_dataset
 from data.discovery import make_samples
 from data.loaders import BinaryImageDataset, EpochSampler, default_workers, make_train_loader
 from data.transforms import EvalTransform, TrainTransform, normalize_batch
-from engine import EvalConfig, StepConfig, StepContext, TrainState, evaluate_folder, train_one_epoch
+from engine import EvalConfig, StepConfig, StepContext, evaluate_folder, train_one_epoch
 from metrics import mean_row
 from networks import DEFAULT_OPERATOR, OPERATORS, batch_probs, prepare_model, resnet50
+from networks.checkpoint import TrainState
 from options import MINI_CHECKPOINT, train_parser
-from options.base_options import OneLineErrorParser
 from report import format_table
-from util import AMP_DTYPE, UserError, ensure_writable_dir, keep_freed_memory, run_cli, write_json_atomically
+from devices import AMP_DTYPE, keep_freed_memory
+from files import check_output, write_json_atomically
+from util import OneLineErrorParser, run_cli, UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NPR = DEFAULT_OPERATOR
@@ -269,7 +271,7 @@ def bench_eval(device, folder, load_size, crop_size, batch, workers, variants, o
         else:
             model = prepare_model(base, device, compile_model=variant == "compile")
 
-            cfg = EvalConfig(device, batch, workers, amp=variant == "amp")
+            cfg = EvalConfig(device=device, batch_size=batch, num_workers=workers, amp=variant == "amp")
 
             def run():
                 return evaluate_folder(model, folder, EvalTransform(load_size, crop_size), cfg)["y_prob"]
@@ -304,7 +306,8 @@ def bench_train(device, dataroot, load_size, crop_size, batch, workers, variants
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         step_cfg = StepConfig(channels_last=channels_last, amp=variant == "amp", loss_freq=10**6, save_latest_freq=10**6)
         scaler = torch.amp.GradScaler("cuda") if variant == "amp" and device.type == "cuda" else None
-        ctx = StepContext(device, optimizer, torch.nn.BCEWithLogitsLoss(), step_cfg, scaler=scaler)
+        ctx = StepContext(device=device, optimizer=optimizer, loss_fn=torch.nn.BCEWithLogitsLoss(), config=step_cfg,
+                          scaler=scaler)
 
         def epoch(e):
             sampler.set_epoch(e)
@@ -345,7 +348,7 @@ def bench_scaling(device, folder, mult, size=64):
     model = prepare_model(make_model(device), device)
     n = len(make_samples(folder))
     start = time.perf_counter()
-    evaluate_folder(model, folder, EvalTransform(size, size - 8), EvalConfig(device, 64, 0))
+    evaluate_folder(model, folder, EvalTransform(size, size - 8), EvalConfig(device=device, batch_size=64))
     return [{"device": device.type, "what": EVAL_SCALING, "operator": NPR, "variant": f"{mult}x",
              "size": size - 8,
              "batch": 64, "images": n, "images_per_s": n / (time.perf_counter() - start),
@@ -754,7 +757,7 @@ def comma_choices(value, choices, flag):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    ensure_writable_dir(args.output, "--output")  # before the minutes of measuring, not after
+    check_output(args.output, "--output", folder=True)  # before the minutes of measuring, not after
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else \
         comma_choices(args.devices, ("cpu", "cuda"), "--devices")
     if "cuda" in devices and not torch.cuda.is_available():

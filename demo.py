@@ -24,10 +24,12 @@ from data.transforms import EvalTransform
 from engine import score_files
 from metrics import THRESHOLD_CHOICES, decide_threshold
 from networks import get_operator, load_for_evaluation
+from networks.checkpoint import require_checkpoint
 from options import MINI_CHECKPOINT, MINI_ROOT
-from options.base_options import OneLineErrorParser, add_weights_option, gpu_ids, port, size
+from options.base_options import add_weights_option, gpu_ids, port, size
 from figures import ArtifactFigures
-from util import UserError, keep_freed_memory, run_cli, select_device, set_numerics
+from devices import keep_freed_memory, select_device, set_numerics
+from util import OneLineErrorParser, run_cli, UserError
 
 MAX_UPLOAD = "50mb"   # per file: a 48 Mpx JPEG is 10-25 MB; larger uploads are refused by the server
 KEEP_SECONDS = 3600   # uploads (gradio's cache) and figures older than this are deleted
@@ -181,10 +183,8 @@ def check_port(number):
 
 def load_model(model_path, gpu_ids="0", ema=False):
     """(the prepared model, its stored threshold or None); one line when there is no checkpoint."""
-    if not os.path.exists(model_path):
-        hint = "run `python train.py` first, or pass --model_path" if model_path == MINI_CHECKPOINT else \
-            "check --model_path"
-        raise UserError(f"no checkpoint at {model_path}; {hint}")
+    require_checkpoint(model_path, "--model_path", "run `python train.py` first, or pass --model_path"
+                       if model_path == MINI_CHECKPOINT else "")
     device = select_device(gpu_ids)
     set_numerics()
     return load_for_evaluation(model_path, device, ema)[:2]

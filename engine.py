@@ -2,15 +2,14 @@
 
 Scripts resolve their command-line arguments and call these functions with plain values and
 small objects: ``EvalConfig`` (how evaluation runs), and for training a ``TrainState`` (where
-training is; the checkpoint stores it) and a ``StepContext`` (the fixed parts of a step, with
-its ``StepConfig``). Nothing here reads the command line.
+training is: ``networks.checkpoint`` stores it) and a ``StepContext`` (the fixed parts of a step,
+with its ``StepConfig``). Nothing here reads the command line.
 """
-import logging
 import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -27,12 +26,10 @@ from figures import figure_pixels
 from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
 from networks import EvalConfig, score_images
 from networks.detector import artifact_map, scored_batch
-from networks.ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
 from recipe import set_lr
-from util import AMP_DTYPE, UserError
-
-log = logging.getLogger("npr")
-
+from devices import AMP_DTYPE
+from distributed import sync_step, unwrap
+from util import UserError, log
 
 # ----------------------------------------------------------------------------- evaluation
 
@@ -231,29 +228,7 @@ class GracefulStop:
                     "the latest checkpoint (send it again to stop at once).\n".encode())
 
 
-def ignore_signals_in_worker(_):
-    # Ctrl-C reaches the whole process group; workers leave the shutdown to the main process.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def unwrap(model):
-    """The plain model inside a DistributedDataParallel and/or torch.compile wrapper."""
-    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
-
-
-def sync_step(loss, stopper, world):
-    """(mean loss over processes, whether to stop): one all-reduce under DDP, so every rank
-    sees the same NaN and the same stop request at the same step and none waits forever."""
-    if world == 1:
-        return loss.item(), stopper.signum is not None
-    flags = torch.stack([loss.detach().float(), torch.tensor(float(stopper.signum is not None), device=loss.device)])
-    dist.all_reduce(flags)
-    return flags[0].item() / world, flags[1].item() > 0
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepConfig:
     """What a training step does besides the update."""
     channels_last: bool = False  # --train_channels_last
@@ -264,7 +239,7 @@ class StepConfig:
     schedule: object = None      # recipe.LRSchedule: its lr_at(epoch, step) is set before every step; None: the lr as it is
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepContext:
     """The fixed parts of every training step: where it runs, what updates the weights, and
     who else is told (the moving average, TensorBoard, the other processes)."""
@@ -279,33 +254,6 @@ class StepContext:
     writer: object = None        # a TensorBoard SummaryWriter (rank 0)
     rank: int = 0
     world: int = 1
-
-
-@dataclass
-class TrainState:
-    """Where training is: the counters, the best validation AP so far and the decision
-    thresholds of the last validation. The checkpoint stores it beside the weights
-    (``as_checkpoint``) and resuming restores it (``from_checkpoint``), under the keys the
-    checkpoints have always had."""
-    epoch: int = 0
-    step_in_epoch: int = 0
-    total_steps: int = 0
-    best_ap: float = -1.0
-    epochs_no_improve: int = 0
-    threshold: float = None       # best balanced accuracy on the last validation
-    ema_threshold: float = None   # the same for the moving average (``networks.ema.THRESHOLD_KEY``)
-    train_images: str = None      # "<count>:<fingerprint>" of the training list, which a resume compares
-
-    # A field's key in the checkpoint, where it differs from the field's name.
-    KEYS = {"ema_threshold": EMA_THRESHOLD_KEY}
-
-    def as_checkpoint(self):
-        return {self.KEYS.get(k, k): v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_checkpoint(cls, ckpt):
-        fresh = asdict(cls())
-        return cls(**{k: ckpt.get(cls.KEYS.get(k, k), v) for k, v in fresh.items()})
 
 
 def train_one_epoch(model, loader, state, ctx):

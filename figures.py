@@ -11,7 +11,8 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from data.perturb import KINDS as PERTURBATION_KINDS
 from networks import get_operator
 from networks.detector import PIXEL_BUDGET, TILE
-from util import atomic_file, cut_name, log
+from files import atomic_file, cut_name
+from util import log
 
 
 def _pyplot():

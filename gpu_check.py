@@ -27,9 +27,9 @@ import xml.etree.ElementTree as ET
 import torch
 
 from bench import EVAL_E2E, LOADER_ONLY, MODEL_TRAIN_STEP, NPR, TRAIN_E2E, find, inconsistencies
-from options.base_options import OneLineErrorParser
 from report import format_table
-from util import atomic_file, ensure_writable_dir, run_cli, write_json_atomically
+from files import atomic_file, check_output, write_json_atomically
+from util import OneLineErrorParser, run_cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # The paper's recipe: 4 LSUN classes of CNNDetection's ProGAN training set (Wang et al., CVPR
@@ -145,7 +145,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     start = time.time()
-    ensure_writable_dir(args.output, "--output")
+    check_output(args.output, "--output", folder=True)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)

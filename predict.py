@@ -28,8 +28,10 @@ from networks import load_for_evaluation
 from options import parse_predict_args
 from prediction_store import PredictionFiles, claim_output, merge_shards, shard_name, shard_paths
 from figures import ArtifactFigures
-from util import (Interrupted, UserError, ensure_writable_dir, keep_freed_memory, launch_env, log, printable, run_cli,
-                  select_device, set_numerics, setup_logging)
+from devices import keep_freed_memory, select_device, set_numerics
+from distributed import launch_env
+from files import check_output
+from util import Interrupted, log, printable, run_cli, setup_logging, UserError
 
 LIST_AT_MOST = 50  # rows printed to the terminal without --list
 
@@ -103,7 +105,7 @@ def main(argv=None):
     out = shard_name(args.output, *shard) if shard else args.output
     # before the model loads: a wrong --output or --visualize, or a second run, is one line at once
     if args.visualize:
-        ensure_writable_dir(args.visualize, "--visualize")
+        check_output(args.visualize, "--visualize", folder=True)
     with claim_output(out, args.output if shard else None):
         return scan(args, paths, shard, mine, out)
 
@@ -115,7 +117,7 @@ def scan(args, paths, shard, mine, out):
     set_numerics()  # float32 on CUDA (no TF32), as the reference computed
     model, stored, sha256 = load_for_evaluation(args.model_path, device, args.ema_weights)
     transform = EvalTransform(args.loadSize, args.loadSize, resize=args.resize, crop=False)
-    cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device),
+    cfg = EvalConfig(device=device, batch_size=args.batch_size, num_workers=default_workers(args.num_threads, device),
                      images=ImageRule(args.strict_images, args.skip_truncated))
     threshold, source, _ = eval_threshold(model, stored, transform, cfg, args.threshold, args.calibrate_real,
                                           args.target_fpr)

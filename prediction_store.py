@@ -16,10 +16,10 @@ row per input, and a kept row is never changed.
 import csv
 import json
 import os
-import stat
 
 from data.images import SKIP_REASONS
-from util import RunLock, UserError, atomic_file, fingerprint, log, no_space, sha256_of, write_json_atomically
+from files import atomic_file, check_output, file_kind, fingerprint, no_space, RunLock, sha256_of, write_json_atomically
+from util import log, UserError
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
@@ -28,10 +28,7 @@ def regular_file(path):
     """Whether ``path`` itself (not what a link there points to) is a regular file: result files
     that are anything else (a link, a FIFO a read would block on, a folder) are never read or
     appended to, only replaced."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
+    return file_kind(path, follow=False) == "file"
 
 
 def failed_path(e, default):
@@ -68,28 +65,15 @@ class OutputLock(RunLock):
         super().__init__(out + ".lock", "another predict.py is writing these files", "--output")
 
 
+RESULT_SUFFIXES = (".jsonl", ".csv", ".json", ".lock")
+
+
 def claim_output(out, merged=None):
-    """Make sure ``<out>.*`` (and a shard's ``<merged>.*``) can be written, and take ``<out>``'s
-    lock: done before the model loads, so a wrong ``--output`` is one line at once."""
+    """Make sure ``<out>.*`` (and a shard's ``<merged>.*``) can be written (``files.check_output``)
+    and take ``<out>``'s lock: done before the model loads, so a wrong ``--output`` is one line at
+    once."""
     for o in (out,) if merged is None else (out, merged):
-        folder = os.path.dirname(os.path.abspath(o))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--output {o}: cannot create the folder {folder} ({e.strerror or e}); "
-                            "choose another --output") from None
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise UserError(f"--output {o}: the folder {folder} is not writable; choose another --output")
-        try:
-            name_max = os.pathconf(folder, "PC_NAME_MAX")
-        except (OSError, ValueError):
-            name_max = 255
-        for path in (o + ".jsonl", o + ".csv", o + ".json", o + ".lock"):
-            if len(os.fsencode(os.path.basename(path))) > name_max:
-                raise UserError(f"--output {o}: the name {os.path.basename(path)} is over the {name_max} bytes a "
-                                "file name may have here; choose a shorter --output")
-            if os.path.isdir(path) and not os.path.islink(path):
-                raise UserError(f"--output {o}: {path} is a folder; remove it or choose another --output")
+        check_output(o, "--output", suffixes=RESULT_SUFFIXES)
     return OutputLock(out).acquire()
 
 

@@ -15,7 +15,7 @@ from bootstrap import KEYS as INTERVAL_KEYS
 from metrics import METRIC_KEYS, METRICS, SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
 from scores import NAME as SCORES_NAME
 from scores import write_scores
-from util import atomic_file, sha256_of, write_json_atomically
+from files import atomic_file, sha256_of, write_json_atomically
 
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.

@@ -20,7 +20,8 @@ import numpy as np
 
 from data.images import SKIP_REASONS
 from metrics import METRIC_KEYS, compute_metrics, mean_row, metrics_at
-from util import UserError, atomic_file
+from files import atomic_file
+from util import UserError
 
 FIELDS = ["checkpoint", "checkpoint_sha256", "perturbation", "suite", "generator", "path", "label", "prob_fake",
           "status", "threshold", "in_mean"]

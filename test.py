@@ -32,8 +32,9 @@ from scores import checkpoints_of, read_scores, score_rows, shared_images
 from data.mini import build_mini
 from data.verification import format_report
 from data.verification import verify as verify_suites
-from util import (Interrupted, UserError, atomic_file, ensure_writable_dir, keep_freed_memory, log, run_cli, select_device,
-                  set_numerics, setup_logging, staged_folder, write_json_atomically)
+from devices import keep_freed_memory, select_device, set_numerics
+from files import atomic_file, check_output, staged_folder, write_json_atomically
+from util import Interrupted, log, run_cli, setup_logging, UserError
 
 
 def evaluate_checkpoint(model_path, suites, perturbations, args, cfg):
@@ -107,7 +108,7 @@ def main(argv=None):
     perturbations = [None] + [p for p in parse_perturbations(args.perturb) if p.steps] if args.perturb else [None]
     setup_logging()
     set_numerics(tf32=args.tf32)
-    ensure_writable_dir(args.results_dir, "--results_dir")
+    check_output(args.results_dir, "--results_dir", folder=True)
     if args.compare and not args.model_path:  # scores files only: no model to run
         compare_detectors(args, [])
         return 0
@@ -129,8 +130,9 @@ def main(argv=None):
             raise UserError(f"cannot write {os.path.join(args.results_dir, 'data_check.json')} ({e.strerror or e}): "
                             "free some space, or choose another --results_dir") from None
     device = select_device(args.gpu_ids)
-    cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
-                     not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))
+    cfg = EvalConfig(device=device, batch_size=args.batch_size, num_workers=default_workers(args.num_threads, device),
+                     amp=args.amp, channels_last=not args.no_channels_last,
+                     images=ImageRule(args.strict_images, args.skip_truncated))
     for model_path in args.model_path[1:]:  # a bad last checkpoint is one line now, not after the others are scored
         load_detector(model_path, "cpu", args.ema_weights)
     all_rows, thresholds = [], {}

@@ -13,7 +13,8 @@ from engine import EvalConfig, eval_threshold, evaluate_folder
 from metrics import METRIC_KEYS, metrics_at
 from networks import load_for_evaluation
 from options import parse_validate_args
-from util import keep_freed_memory, run_cli, select_device, set_numerics, setup_logging
+from devices import keep_freed_memory, select_device, set_numerics
+from util import run_cli, setup_logging
 
 
 def main(argv=None):
@@ -22,8 +23,9 @@ def main(argv=None):
     setup_logging()
     set_numerics(tf32=args.tf32)
     device = select_device(args.gpu_ids)
-    cfg = EvalConfig(device, args.batch_size, default_workers(args.num_threads, device), args.amp,
-                     not args.no_channels_last, ImageRule(args.strict_images, args.skip_truncated))
+    cfg = EvalConfig(device=device, batch_size=args.batch_size, num_workers=default_workers(args.num_threads, device),
+                     amp=args.amp, channels_last=not args.no_channels_last,
+                     images=ImageRule(args.strict_images, args.skip_truncated))
     model, stored, _ = load_for_evaluation(args.model_path, device, args.ema_weights, channels_last=cfg.channels_last,
                                            fold_bn=not args.no_fold_bn, compile_model=args.compile)
     transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)

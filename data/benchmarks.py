@@ -9,7 +9,7 @@ case-insensitively) when your copy of a dataset spells a folder differently.
 import os
 from dataclasses import dataclass, field
 
-from util import UserError, printable
+from util import printable, UserError
 
 from .discovery import find_child, is_leaf, require_folder
 
@@ -116,6 +116,7 @@ class Source:
     manual: str = ""       # where a person downloads it by hand
     sha256: tuple = ()     # (archive, sha256) pairs, where published
     note: str = ""
+    suite: str = ""        # the suite it installs (its target is one of the suite's folders); "" for weights, training data
 
     @property
     def url(self):
@@ -131,7 +132,8 @@ SOURCES = (
            "https://huggingface.co/datasets/sywang/CNNDetection/resolve/main/CNN_synth_testset.zip",
            ("CNN_synth_testset.zip",), "CNN_synth_testset", "about 19 GB (UniversalFakeDetect README)",
            "https://drive.google.com/file/d/1z_fD3UKgWQyOTZIBbYSaQ-hz4AzUrLC1/view (CNNDetection README)",
-           note="CNNDetection's test set (Wang et al., CVPR 2020): Table 1's eight generators and more"),
+           note="CNNDetection's test set (Wang et al., CVPR 2020): Table 1's eight generators and more",
+           suite="ForenSynths"),
     Source("ForenSynths-train", "gdrive_file", "1iVNBV0glknyTYGA9bCxT_d0CVTOgGcKh", ("trainset.zip",),
            "ForenSynths_train_val/train", "about 72 GB (UniversalFakeDetect README)",
            "https://drive.google.com/file/d/1iVNBV0glknyTYGA9bCxT_d0CVTOgGcKh/view (CNNDetection README; "
@@ -143,27 +145,28 @@ SOURCES = (
     Source("GANGen-Detection", "gdrive_folder", "11E0Knf9J1qlv2UuTnJSOFUjIIi90czSj", ("*.tar.gz",),
            "GANGen-Detection", "",
            "https://drive.google.com/drive/folders/11E0Knf9J1qlv2UuTnJSOFUjIIi90czSj "
-           "(chuangchuangtan/GANGen-Detection README)"),
+           "(chuangchuangtan/GANGen-Detection README)", suite="GANGen-Detection"),
     Source("DiffusionForensics", "gdrive_folder", "1tKsOU-6FDdstrrKLPYuZ7RpQwtOSHxUD", ("*.tar.gz",),
            "DiffusionForensics", "",
            "https://drive.google.com/drive/folders/1tKsOU-6FDdstrrKLPYuZ7RpQwtOSHxUD (the DIRE release, "
-           "ZhendongWang6/DIRE)"),
+           "ZhendongWang6/DIRE)", suite="DiffusionForensics"),
     Source("UniversalFakeDetect", "gdrive_file", "1nkCXClC7kFM01_fqmLrVNtnOYEFPtWO-", ("diffusion_datasets.zip",),
            "UniversalFakeDetect", "",
            "https://drive.google.com/file/d/1FXlGIRh_Ud3cScMgSVDbEWmPDmjcrm1t/view (UniversalFakeDetect README)",
-           note="1k real and 1k fake images per diffusion domain"),
+           note="1k real and 1k fake images per diffusion domain", suite="UniversalFakeDetect"),
     Source("AIGCDetectBenchmark", "gdrive_folder", "1BUv1MT1cm90QN3WTMHLEr8PXBsKGxKC9", ("test.zip", "test.z*"),
            "AIGCDetectBenchmark", "",
            "https://drive.google.com/drive/folders/1p4ewuAo7d5LbNJ4cKyh10Xl9Fg2yoFOw or BaiduNetdisk "
            "(Ekko-zn/AIGCDetectBenchmark README)",
-           note="a split zip (test.z01, test.z02, ..., test.zip), joined before extraction"),
+           note="a split zip (test.z01, test.z02, ..., test.zip), joined before extraction", suite="AIGCDetectBenchmark"),
     Source("Diffusion1kStep", "gdrive_folder", "14f0vApTLiukiPvIHukHDzLujrvJpDpRq", ("*.tar.gz",),
            "Diffusion1kStep", "",
-           "https://drive.google.com/drive/folders/14f0vApTLiukiPvIHukHDzLujrvJpDpRq (the NPR authors' release)"),
+           "https://drive.google.com/drive/folders/14f0vApTLiukiPvIHukHDzLujrvJpDpRq (the NPR authors' release)",
+           suite="Diffusion1kStep"),
     Source("GenImage", "manual", "", (), "GenImage", "",
            "https://github.com/GenImage-Dataset/GenImage (Google Drive and BaiduNetdisk links there)",
            note="no scripted source: download the generators' val folders by hand and arrange them as "
-                "GenImage/<generator>/{0_real,1_fake} (GenImage's nature / ai)"),
+                "GenImage/<generator>/{0_real,1_fake} (GenImage's nature / ai)", suite="GenImage"),
     Source("weights", "url", "https://github.com/chuangchuangtan/NPR-DeepfakeDetection/raw/main/NPR.pth",
            ("NPR.pth",), "", "about 5.8 MB (1,437,761 float32 parameters)",
            "https://github.com/chuangchuangtan/NPR-DeepfakeDetection (NPR.pth in the repository)",

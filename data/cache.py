@@ -20,24 +20,22 @@ so an interrupted build resumes where the last ``state.npy`` says. Size on disk:
 N x loadSize^2 x 3 bytes (ProGAN 4-class at 256 px: 144k images, about 28 GB).
 """
 import contextlib
-import errno
 import hashlib
 import json
-import logging
 import os
 import random
-import shutil
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from util import UserError, atomic_file, reserve_file, waiting_lock, write_json_atomically
+from files import atomic_file, check_output, need_space, no_space, reserve_file, waiting_lock, write_json_atomically
 
-from .images import ImageDecodeError, ImageRule, load_rgb
+from util import log, UserError
+
+from .images import ImageDecodeError, ImageRule, Item, load_rgb
 from .transforms import resize_square
 
-log = logging.getLogger("npr")
 
 TODO, CACHED, UNREADABLE = 0, 1, 2
 FLUSH_EVERY = 512  # images between durable progress marks
@@ -107,10 +105,7 @@ class TrainCache:
         Unreadable images are reported and marked; the dataset skips them. Runs that share the
         folder (a sweep started at once) build it one at a time: the others wait, then find it
         built."""
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--cache_dir '{self.dir}': cannot create it ({e.strerror or e})") from None
+        check_output(self.dir, "--cache_dir", folder=True)
         with waiting_lock(os.path.join(self.dir, "build.lock"), f"building the cache in {self.dir}"):
             return self._build(num_workers, progress)
 
@@ -120,21 +115,15 @@ class TrainCache:
         if not todo and os.path.isfile(self.images_path):
             return self
         if not os.path.isfile(self.images_path):
-            def no_room():
-                return UserError(f"--cache_dir '{self.dir}': the cache needs {self.nbytes / 2**30:.1f} GiB, only "
-                                 f"{shutil.disk_usage(self.dir).free / 2**30:.1f} GiB free; choose another folder or "
-                                 "drop --cache_dir")
-            if shutil.disk_usage(self.dir).free < self.nbytes:
-                raise no_room()
             try:
+                need_space(self.dir, self.nbytes, "the cache")
                 with open(self.images_path, "wb") as f:
                     reserve_file(f, self.nbytes)  # blocks taken now: a disk filled by others later is no SIGBUS
             except OSError as e:
                 with contextlib.suppress(OSError):
                     os.remove(self.images_path)
-                if e.errno == errno.ENOSPC:
-                    raise no_room() from None
-                raise UserError(f"--cache_dir '{self.dir}': cannot write the cache ({e.strerror or e})") from None
+                advice = "choose another folder or drop --cache_dir" if no_space(e) else "choose another folder"
+                raise UserError(f"--cache_dir '{self.dir}': {e.strerror or e}; {advice}") from None
             write_json_atomically({"n": len(self.samples), "load_size": self.load_size, "interp": self.interp,
                                    "paths": [p for p, _ in self.samples],
                                    "labels": [label for _, label in self.samples]}, os.path.join(self.dir, "meta.json"))
@@ -199,11 +188,11 @@ class CachedImageDataset(Dataset):
         if self.state[index] != CACHED:
             if self.rule.strict:
                 self.rule.skip(self.samples[index][0], "unreadable when the cache was built")
-            return None, label, index, False
+            return Item(None, label, index)
         if self._images is None:
             self._images = np.memmap(self.cache.images_path, dtype=np.uint8, mode="r", shape=self.cache.shape)
         img = self.transform.augment(self._images[index], random.Random(seed))
-        return img, label, index, False
+        return Item(img, label, index)
 
 
 def check_cacheable(transform):

@@ -5,14 +5,12 @@ holds category folders that are leaves (``progan/airplane/0_real``). Labels come
 folder: 0 = real, 1 = fake.
 """
 import collections
-import logging
 import os
-import stat
 from dataclasses import dataclass, field
 
-from util import UserError
+from files import file_kind
+from util import log, UserError
 
-log = logging.getLogger("npr")
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 LABEL_FOLDERS = (("0_real", 0), ("1_fake", 1))
@@ -90,29 +88,14 @@ class FolderScan:
         return f"skipped under {folder}: " + "; ".join(parts) if parts else ""
 
 
-def file_kind(path):
-    """'file' for a regular file (or a link to one); else what it is: a FIFO, a device, a socket,
-    a folder, a broken link. Reads no content, so a FIFO cannot block and /dev/zero is never read."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        return "a broken link" if os.path.islink(path) else f"not readable: {e.strerror or e}"
-    for test, what in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return what + (" behind a link" if what != "file" and os.path.islink(path) else "")
-    return "not a regular file"
-
-
 def unopenable(path):
     """None when ``path`` may be opened as an image: a regular file, a link to one, a broken link
-    (opening it fails at once: an unreadable image), or no path at all (a PIL image, a file
-    object); else what it is (``file_kind``), which must never be opened."""
+    or nothing (opening either fails at once: an unreadable image), or no path at all (a PIL
+    image, a file object); else what it is (``files.file_kind``), which must never be opened."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         return None
     kind = file_kind(path)
-    return None if kind in ("file", "a broken link") else kind
+    return None if kind in ("file", "a broken link", "nothing") else kind
 
 
 def scan_images(folder):

@@ -5,20 +5,19 @@ Training, validation, test.py, predict.py and the notebook API all read images t
 ``MIN_SIDE`` pixels. An unusable image is a logged skip (an error with ``strict``); a truncated
 file is scored as far as it decodes, as the reference does, unless ``skip_truncated``.
 """
-import logging
 import os
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from util import UserError
+from util import log, UserError
 
 from .discovery import unopenable
 
-log = logging.getLogger("npr")
 
 # npr_residual works on 2x2 blocks: an image needs at least one of them.
 MIN_SIDE = 2
@@ -242,3 +241,14 @@ class ImageRule:
         if self.strict:
             raise UnusableImageError(f"cannot use image '{name}' ({err}); remove it or drop --strict_images")
         self.report(name, err)
+
+
+class Item(NamedTuple):
+    """One sample as a dataset gives it: the uint8 image tensor (None when it cannot be used), its
+    label, its index in the dataset, whether the file was truncated, and why it was skipped (a
+    ``SKIP_REASONS`` key, or None)."""
+    image: object
+    label: int
+    index: int
+    truncated: bool = False
+    why: str = None

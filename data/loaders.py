@@ -10,15 +10,18 @@
 """
 import os
 import random
+import signal
 from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .cache import cached_train_dataset
 from .discovery import unopenable
-from .images import ImageRule
+from .images import ImageRule, Item
 
 
 def sample_seed(seed, epoch, position):
@@ -46,7 +49,7 @@ class BinaryImageDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, key)
         path, label = self.samples[index]
         img, truncated, why = self.rule.load(path, self.transform, random.Random(seed))
-        return img, label, index, truncated, why
+        return Item(img, label, index, truncated, why)
 
     @property
     def labels(self):
@@ -68,31 +71,29 @@ class Batch:
 
 
 def collate_skipping(items, evaluation=False):
-    """Stack the usable images; report the others in ``Batch.skipped``. Items are
-    (image or None, label, index[, truncated[, why skipped]]).
+    """Stack the usable images of ``Item``s; report the others in ``Batch.skipped``.
 
     ``evaluation``: a batch of one image is a view of it, not a copy (a large photo is alone in
     its size bucket), and images of different sizes (a file replaced between the header read
     that bucketed it and its decoding) give a list of one ``Batch`` per size, in order of
     appearance, instead of an error; ``batches`` flattens it."""
-    good = [it for it in items if it[0] is not None]
-    skipped = [it[2] for it in items if it[0] is None]
-    why = [it[4] if len(it) > 4 else "unreadable" for it in items if it[0] is None]
-    truncated = [it[2] for it in good if len(it) > 3 and it[3]]
+    good = [it for it in items if it.image is not None]
+    skipped = [it.index for it in items if it.image is None]
+    why = [it.why or "unreadable" for it in items if it.image is None]
+    truncated = [it.index for it in good if it.truncated]
     if not good:
         empty = torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
         return Batch(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped, truncated, why)
-    shapes = list(dict.fromkeys(tuple(it[0].shape) for it in good))
+    shapes = list(dict.fromkeys(tuple(it.image.shape) for it in good))
     if len(shapes) > 1:
         if not evaluation:
             raise RuntimeError(f"images of different sizes {sorted(shapes)} in one batch; bucket them by size")
-        parts = [collate_skipping([it for it in good if tuple(it[0].shape) == shape], True) for shape in shapes]
+        parts = [collate_skipping([it for it in good if tuple(it.image.shape) == shape], True) for shape in shapes]
         parts[0].skipped, parts[0].skipped_why = skipped, why
         return parts
-    images = good[0][0].unsqueeze(0) if evaluation and len(good) == 1 else torch.stack([it[0] for it in good])
-    return Batch(images,
-                 torch.tensor([float(it[1]) for it in good]),
-                 torch.tensor([it[2] for it in good], dtype=torch.long), skipped, truncated, why)
+    images = good[0].image.unsqueeze(0) if evaluation and len(good) == 1 else torch.stack([it.image for it in good])
+    return Batch(images, torch.tensor([float(it.label) for it in good]),
+                 torch.tensor([it.index for it in good], dtype=torch.long), skipped, truncated, why)
 
 
 def batches(loader):
@@ -251,3 +252,29 @@ def make_train_loader(dataset, batch_size, sampler, num_workers=0, device=None):
     """The training loader: ``batch_size`` images per process, in ``sampler``'s order."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
                       **loader_kwargs(num_workers, device, persistent=num_workers > 0))
+
+
+def ignore_signals_in_worker(_):
+    # Ctrl-C reaches the whole process group; workers leave the shutdown to the main process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def train_loader(samples, transform, batch_size, sampler_kwargs, *, rule=ImageRule(), cache_dir=None, workers=0,
+                 cache_workers=0, device=None, rank=0, world=1):
+    """(loader, sampler) of train.py: ``samples`` decoded per step, or read from the ``cache_dir``
+    store (built by rank 0 while the others wait), ``batch_size`` images per process in an
+    ``EpochSampler`` (``sampler_kwargs``: seed, shuffle, class_balance) order."""
+    if not cache_dir:
+        dataset = BinaryImageDataset(samples, transform, rule)
+    else:
+        if rank == 0:
+            dataset = cached_train_dataset(cache_dir, samples, transform, rule, cache_workers)
+        if world > 1:
+            dist.barrier()
+        if rank != 0:
+            dataset = cached_train_dataset(cache_dir, samples, transform, rule, build=False)
+    sampler = EpochSampler(dataset.labels, rank=rank, world_size=world, **sampler_kwargs)
+    loader = make_train_loader(dataset, batch_size, sampler, workers, device)
+    loader.worker_init_fn = ignore_signals_in_worker
+    return loader, sampler

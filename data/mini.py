@@ -22,7 +22,6 @@ while every split covers every category.
 """
 import importlib.metadata
 import json
-import logging
 import os
 import random
 import shutil
@@ -36,11 +35,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from util import UserError, ensure_writable_dir, waiting_lock, write_json_atomically
+from files import check_output, waiting_lock, write_json_atomically
+
+from util import log, UserError
 
 from .benchmarks import MINI_GENERATORS, MINI_TEST_PER_GENERATOR, MINI_THIRD_PARTY
 
-log = logging.getLogger("npr")
 
 # category -> (package, file). All RGB or greyscale photographs (greyscale become RGB).
 PHOTOS = {
@@ -284,7 +284,7 @@ def build_mini(root, seed=0, size=48, train_per_class=320, val_per_class=50, tes
     root = os.path.normpath(root)
     if os.path.lexists(root) and not os.path.isdir(root):
         raise UserError(f"NPR-mini's folder '{root}' is a file; remove it or choose another folder")
-    ensure_writable_dir(os.path.dirname(os.path.abspath(root)), "the folder that holds NPR-mini")
+    check_output(os.path.dirname(os.path.abspath(root)), "the folder of NPR-mini", folder=True)
     # Two commands started at once on a fresh machine (test.py and train.py): one builds, the
     # other waits and finds it built.
     with waiting_lock(os.path.join(os.path.dirname(os.path.abspath(root)), f".{os.path.basename(root)}.lock"),

@@ -154,3 +154,20 @@ def normalize_batch(x):
     mean = torch.tensor(MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return (x.float().div_(255.0) - mean).div_(std)
+
+
+def train_transform(opt):
+    """The training transform of train.py's options ``opt`` (the reference's, plus the options
+    beyond the paper)."""
+    return TrainTransform(load_size=opt.loadSize, crop_size=opt.cropSize, resize=not opt.no_resize,
+                          flip=not opt.no_flip, interps=opt.rz_interp, blur_prob=opt.blur_prob,
+                          blur_sig=opt.blur_sig, jpg_prob=opt.jpg_prob, jpg_method=opt.jpg_method,
+                          jpg_qual=opt.jpg_qual, rotate=opt.rotate, color_jitter=opt.color_jitter,
+                          mask_prob=opt.mask_prob, mask_ratio=opt.mask_ratio, mask_patch=opt.mask_patch)
+
+
+def val_transform(opt):
+    """Validation (and the moving average's BatchNorm recompute) of train.py's options ``opt``:
+    resize to loadSize (also with --no_resize, as the reference's val), centre crop;
+    --val_crop_only: the centre crop alone (SAFE's)."""
+    return EvalTransform(opt.loadSize, opt.cropSize, resize=not opt.val_crop_only, crop=True, interp=opt.rz_interp[0])

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from util import sha256_of
+from files import sha256_of
 
 from .benchmarks import find_suites, locate_generator
 from .discovery import LABEL_FOLDERS, FolderScan, discover_leaves, list_images, scan_images

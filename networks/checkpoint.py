@@ -1,15 +1,17 @@
-"""Checkpoint I/O in one place.
+"""Checkpoints, both sides, in one place.
 
-Saving: one dict (model, optimizer, epoch, step, lr, options, RNG states), written to a
-temporary file and renamed over the target, so a crash mid-write never leaves a broken file
-behind the name.
+Writing (train.py): one dict -- the weights, the optimiser, the ``TrainState`` (where training
+is), the options, the RNG states, the moving average -- written atomically (a temporary file,
+fsync, a rename), so a crash mid-write never leaves a broken file behind the name; which files a
+run keeps (``model_epoch_{latest,best,last,<epoch>}.pth``); and resuming from one, every entry
+checked first, so that a damaged or foreign file is one line naming the run's other checkpoints.
 
-Loading: any of the formats seen in the wild -- a plain state dict
-(``NPR.pth``), a dict with key ``model`` (or ``state_dict``), keys prefixed ``module.``
-(DataParallel) or ``_orig_mod.`` (torch.compile), SAFE's training checkpoints (which also
-pickle its ``argparse.Namespace`` of options) -- always with ``weights_only=True``, after
-checking that the sizes the file declares fit a checkpoint of this network. A checkpoint is
-known by the SHA-256 of the bytes that were loaded (``read_checkpoint``), not by its path.
+Reading: any of the formats seen in the wild -- a plain state dict (``NPR.pth``), a dict with
+key ``model`` (or ``state_dict``), keys prefixed ``module.`` (DataParallel) or ``_orig_mod.``
+(torch.compile), SAFE's training checkpoints (which also pickle its ``argparse.Namespace`` of
+options) -- always with ``weights_only=True``, after checking that the sizes the file declares
+fit a checkpoint of this network. A checkpoint is known by the SHA-256 of the bytes that were
+loaded (``read_checkpoint``), not by its path.
 """
 import argparse
 import hashlib
@@ -17,16 +19,21 @@ import io
 import math
 import os
 import pickle
-import tempfile
+import random
 import warnings
 import zipfile
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from util import UserError, log, one_line, temp_prefix
+from files import atomic_file, file_kind
+from util import UserError, log, one_line
 
+from .ema import THRESHOLD_KEY as EMA_THRESHOLD_KEY
 from .ema import WEIGHTS_KEY as EMA_WEIGHTS_KEY
+from .ema import empty_state as empty_ema_state
 from .operators import operator_for_head
 
 WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
@@ -37,32 +44,98 @@ class CheckpointError(UserError):
     pass
 
 
-def save_checkpoint(obj, path):
-    """``torch.save`` to a temporary file in the same folder, fsync, then atomically rename.
+# ----------------------------------------------------------------------------- writing
 
-    If anything fails (disk full, interrupted), the previous file at ``path`` is untouched
-    and the error says so.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(os.path.basename(path)), suffix=".tmp", dir=folder)
+@dataclass(kw_only=True)
+class TrainState:
+    """Where training is: the counters, the best validation AP so far and the decision
+    thresholds of the last validation. The checkpoint stores it beside the weights
+    (``as_checkpoint``) and resuming restores it (``from_checkpoint``), under the keys the
+    checkpoints have always had."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    total_steps: int = 0
+    best_ap: float = -1.0
+    epochs_no_improve: int = 0
+    threshold: float = None       # best balanced accuracy on the last validation
+    ema_threshold: float = None   # the same for the moving average (``networks.ema.THRESHOLD_KEY``)
+    train_images: str = None      # "<count>:<fingerprint>" of the training list, which a resume compares
+
+    # A field's key in the checkpoint, where it differs from the field's name.
+    KEYS = {"ema_threshold": EMA_THRESHOLD_KEY}
+
+    def as_checkpoint(self):
+        return {self.KEYS.get(k, k): v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        fresh = asdict(cls())
+        return cls(**{k: ckpt.get(cls.KEYS.get(k, k), v) for k, v in fresh.items()})
+
+
+def rng_state():
+    return {"python": list(random.getstate()[1]),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "numpy_pos": int(np.random.get_state()[2]), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def training_checkpoint(model, optimizer, options, state, world=1, scaler=None, ema=None, *, lr):
+    """The one dict that resuming, evaluation and notebooks read: the weights of ``model`` (the
+    plain model, outside any wrapper), the optimiser, the ``TrainState`` (its ``threshold`` is the
+    decision threshold with the best balanced accuracy on the last validation; ``networks.ema``
+    keys the moving-average weights and their threshold), the ``options`` (the scripts' namespace:
+    its plain values), the number of processes, the random state, and ``lr``: the lr of the next
+    step (the schedule's at the state's position)."""
+    plain = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()
+             if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state.as_checkpoint(),
+            "world_size": world, "lr": lr, "opt": plain, "rng": rng_state(),
+            "arch": "npr_resnet50", "operator": model.operator,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            **(ema.state() if ema is not None else empty_ema_state())}
+
+
+def save_checkpoint(obj, path):
+    """``torch.save`` through ``files.atomic_file`` with fsync. If anything fails (disk full,
+    interrupted), the previous file at ``path`` is untouched and the error says so."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_file(path, "wb", fsync=True) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(e, (OSError, RuntimeError)):
-            kept = "the previous checkpoint is intact" if os.path.exists(path) else "no checkpoint was written"
-            why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
-            raise CheckpointError(f"could not write checkpoint '{path}' ({why}); {kept}") from e
-        raise
+    except (OSError, RuntimeError) as e:
+        kept = "the previous checkpoint is intact" if os.path.exists(path) else "no checkpoint was written"
+        why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        raise CheckpointError(f"could not write checkpoint '{path}' ({why}); {kept}") from e
     return path
+
+
+def checkpoint_path(folder, which):
+    """A run's checkpoint ``which`` ('latest', 'best', 'last' or an epoch) in its ``folder``."""
+    return os.path.join(folder, f"model_epoch_{which}.pth")
+
+
+def run_checkpoints(folder):
+    """The ``--epoch`` values of the checkpoints in a run's ``folder``, newest first."""
+    found = [(os.path.getmtime(os.path.join(folder, f)), f[len("model_epoch_"):-len(".pth")])
+             for f in os.listdir(folder) if f.startswith("model_epoch_") and f.endswith(".pth")
+             and os.path.isfile(os.path.join(folder, f))] if os.path.isdir(folder) else []
+    return [w for _, w in sorted(found, reverse=True)]
+
+
+def kept_at_epoch_end(epoch, improved, save_epoch_freq):
+    """Which checkpoints a run writes at the end of ``epoch``: the latest always, the best when
+    validation AP ``improved``, and the epoch's own every ``save_epoch_freq`` epochs."""
+    return ["latest"] + (["best"] if improved else []) + ([str(epoch)] if epoch % save_epoch_freq == 0 else [])
 
 
 # The NPR network's weights and BatchNorm statistics in float32 (1,437,761 parameters, 5.8 MB;
@@ -119,10 +192,7 @@ def read_checkpoint(path, map_location="cpu"):
     against ``MAX_CHECKPOINT_BYTES`` before it is loaded, and its nesting after. Returns a
     ``Checkpoint`` (the contents and the SHA-256 of the very bytes loaded); every failure is
     one readable line."""
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint '{path}' is a folder; give the .pth file in it")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    require_checkpoint(path)
     limit = f"{MAX_CHECKPOINT_BYTES / 1e6:.0f} MB, {MAX_CHECKPOINT_BYTES // WEIGHT_BYTES} times the NPR network's " \
             "weights"
     try:
@@ -142,6 +212,17 @@ def read_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"refusing to load '{path}': it nests containers more than {MAX_NESTING} deep; not a "
                               "checkpoint of this network")
     return Checkpoint(contents, hashlib.sha256(data).hexdigest())
+
+
+def require_checkpoint(path, what="", hint=""):
+    """``path``, when a checkpoint file may be there; else one ``CheckpointError`` in one style:
+    ``[<what>: ]no checkpoint at '<path>' (<what is there>); <hint, or: check the path>``."""
+    kind = file_kind(path)
+    if kind != "file":
+        shown = {"nothing": "nothing there", "a folder": "a folder: give the .pth file in it"}.get(kind, kind)
+        raise CheckpointError(f"{what + ': ' if what else ''}no checkpoint at '{path}' ({shown}); "
+                              f"{hint or 'check the path'}")
+    return path
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -344,3 +425,61 @@ def resume_problem(ckpt, optimizer):
     if not (is_count(ckpt.get("world_size", 1)) and ckpt.get("world_size", 1) >= 1):
         return f"its 'world_size' is {str(ckpt['world_size'])[:40]}, not a number of processes"
     return optimizer_problem(ckpt["optimizer"], optimizer) or rng_problem(ckpt["rng"])
+
+
+def check_resume_position(state, batch_size_before, *, niter, batch_size, images, n_images, refuse, ends=()):
+    """Where a resumed run goes on. A run stopped inside an epoch goes on from the image it stopped
+    at, counted in batches of the batch size it ran with (``batch_size_before``): another
+    ``batch_size`` is refused (naming the epoch ``ends`` to resume from instead), and a training
+    list that changed since (``images``: ``TrainState.train_images`` of this run's ``n_images``)
+    is said, since the rest of the epoch can no longer see each image once. A position no run
+    reaches (past ``niter``, past the end of an epoch of the same list) is ``refuse``d."""
+    if state.epoch > niter:
+        refuse(f"it is at epoch {state.epoch}, past --niter {niter} (raise --niter to train on)")
+    if state.step_in_epoch and batch_size_before != batch_size:
+        raise UserError(f"--batch_size {batch_size}: the run stopped {state.step_in_epoch} steps into epoch "
+                        f"{state.epoch} with batches of {batch_size_before}; resume with --batch_size "
+                        f"{batch_size_before}" + (f", or from the end of an epoch with --epoch {ends[0]}" if ends else ""))
+    if state.train_images in (None, images) and state.step_in_epoch * batch_size >= max(n_images, 1):
+        refuse(f"it is {state.step_in_epoch} steps into epoch {state.epoch}, where an epoch of its {n_images} "
+               f"images has {-(-n_images // batch_size)} steps of {batch_size}")
+    if state.train_images not in (None, images):
+        log.warning("The training images changed since the checkpoint (%s images then, %s now)%s",
+                    state.train_images.split(":")[0], images.split(":")[0],
+                    f": the rest of epoch {state.epoch} follows a new order, so some of its images may be seen twice "
+                    "or not at all" if state.step_in_epoch else "")
+
+
+def resume_training(path, model, optimizer, scaler=None, ema=None, *, new_optim=False, others=(), position=None):
+    """Load the training checkpoint at ``path`` into the objects and return (its ``TrainState``,
+    the checkpoint). Every entry is checked first (``resume_problem``), and ``position(state,
+    checkpoint, refuse)`` checks where it resumes; whatever cannot be resumed is one line that names
+    what is wrong and the run's ``others`` checkpoints (their ``--epoch`` values)."""
+    elsewhere = f"; resume from another checkpoint of this run with --epoch ({', '.join(others)})" if others else ""
+
+    def refuse(why):
+        raise CheckpointError(f"checkpoint '{path}' cannot be resumed: {why}{elsewhere}")
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}{elsewhere}") from None
+    if not isinstance(ckpt, dict) or ("optimizer" not in ckpt and "epoch" not in ckpt):
+        raise UserError(f"'{path}' holds weights only, not a training state; it can be evaluated, not resumed")
+    problem = resume_problem(ckpt, optimizer)
+    if problem:
+        refuse(problem)
+    load_state_dict_strict(model, extract_state_dict(ckpt), source=f"checkpoint '{path}'")
+    state = TrainState.from_checkpoint(ckpt)
+    if position is not None:
+        position(state, ckpt, refuse)
+    try:  # what resume_problem does not foresee is still one line
+        if not new_optim:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load(ckpt)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        refuse(f"{type(e).__name__}: {one_line(e)[:200]}")
+    return state, ckpt

@@ -16,7 +16,8 @@ from PIL import Image
 from data.images import ImageRule, image_name
 from data.loaders import batches, make_eval_loader
 from data.transforms import normalize_batch
-from util import AMP_DTYPE, one_line, select_device, usable_device
+from devices import AMP_DTYPE, select_device, usable_device
+from util import one_line
 
 from .checkpoint import (CheckpointError, checkpoint_operator, extract_state_dict, load_state_dict_strict,
                          read_checkpoint, stored_threshold)
@@ -238,7 +239,7 @@ def probs_or_errors(model, images, channels_last=None, amp=False):
     return probs, errors
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """How evaluation runs: device, batching, workers, the fast paths and the image rule."""
     device: torch.device = torch.device("cpu")
@@ -359,7 +360,7 @@ def predict_proba(model, images, transform=None, batch_size=32, strict=False):
     if images is None or isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
         raise TypeError(f"predict_proba takes an image or a list of them, got {type(images).__name__}")
     images = [as_image(im) for im in images]
-    cfg = EvalConfig(next(model.parameters()).device, batch_size, channels_last=None,  # None: as the model is
-                     images=ImageRule(strict=strict, report=warn_nan))
+    cfg = EvalConfig(device=next(model.parameters()).device, batch_size=batch_size,
+                     channels_last=None, images=ImageRule(strict=strict, report=warn_nan))  # None: as the model is
     probs = [float("nan") if s.prob is None else s.prob for s in score_images(model, images, transform, cfg)]
     return torch.tensor(probs, dtype=torch.float32)

@@ -11,8 +11,9 @@ import sys
 
 from data.benchmarks import MINI_ROOT
 from data.images import MAX_DECODE_PIXELS
+from files import inside_if_folder
 from metrics import THRESHOLD_CHOICES
-from util import UserError, inside_if_folder
+from util import OneLineErrorParser, UserError  # noqa: F401  (the scripts' parser, re-exported)
 
 
 # The reference's options (base, train and test) with whether they take a value. A script
@@ -29,27 +30,6 @@ REFERENCE_OPTIONS = {
     "last_epoch": True, "train_split": True, "val_split": True, "niter": True, "beta1": True, "lr": True,
     "model_path": True, "no_resize": False, "no_crop": False, "eval": False,
 }
-
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: ...)" to an option's help, unless the help says what the default is or the
-    default is None (unset: the help says what happens then)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flags, bad values) are a ``UserError``: the scripts print
-    it as one line and exit with status 2, without the usage dump."""
-
-    def __init__(self, description):
-        super().__init__(description=description, formatter_class=DefaultsFormatter)
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
 
 
 class Ignored(argparse.Action):

@@ -4,6 +4,7 @@ import os
 import sys
 
 from bootstrap import RESAMPLES, SEED
+from networks.checkpoint import require_checkpoint
 from scores import NAME as SCORES_NAME
 
 from util import UserError
@@ -98,9 +99,8 @@ def parse_test_args(argv=None):
                             results_dir=os.path.join("results", "npr-mini"),
                             model_path=[MINI_CHECKPOINT] if groups is None else None)
         args = parser.parse_args(argv)
-        if args.model_path == [MINI_CHECKPOINT] and not os.path.isfile(MINI_CHECKPOINT):
-            raise UserError(f"no --model_path given and no mini checkpoint at {MINI_CHECKPOINT}; "
-                            "run `python train.py` first, or pass --model_path")
+        if args.model_path == [MINI_CHECKPOINT]:
+            require_checkpoint(MINI_CHECKPOINT, "no --model_path given", "run `python train.py` first, or pass --model_path")
     if groups is not None:
         if args.model_path:
             raise UserError("--compare names the detectors to compare; drop --model_path")
@@ -108,9 +108,8 @@ def parse_test_args(argv=None):
     args.mini, args.compare = mini, groups
     if args.model_path is None:
         raise UserError("--model_path is required: the checkpoint to evaluate (e.g. NPR.pth)")
-    absent = [p for p in args.model_path if not os.path.isfile(p)]
-    if absent:
-        raise UserError(f"--model_path: no checkpoint at {', '.join(absent)}")
+    for path in args.model_path:
+        require_checkpoint(path, "--model_path")
     check_sizes(args)
     if args.center_crop and args.no_crop:
         raise UserError("--center_crop and --no_crop contradict each other; give one")

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_data_tools import source
 
-from tools import download as dl
+from data import download as dl
 
 
 def header_with_size(block, size):
@@ -174,13 +174,13 @@ def test_fewer_images_than_published_are_not_ready(tmp_path, monkeypatch):
     from data import benchmarks
     from test_data_tools import suite_tar
     suite = benchmarks.Suite("MySuite", ("MySuite",), (benchmarks.G("gen", "gen", published=(3, 4)),), False, False)
-    monkeypatch.setattr(dl, "SUITES", (suite,))
+    monkeypatch.setattr(benchmarks, "SUITES", (suite,))
     folder = tmp_path / ".downloads" / "MySuite"
     folder.mkdir(parents=True)
     (folder / "mysuite.tar.gz").write_bytes(suite_tar(n=3))  # 3 real, 3 fake
     with pytest.raises(dl.DownloadError, match="fewer images than published: gen: 3 real / 3 fake, published 3 / 4"):
         dl.download(source("http://127.0.0.1:9/never"), str(tmp_path), progress=False)
     assert not (tmp_path / ".downloads" / "MySuite.done").exists() and (folder / "mysuite.tar.gz").exists()
-    monkeypatch.setattr(dl, "SUITES", (benchmarks.Suite("MySuite", ("MySuite",), (
+    monkeypatch.setattr(benchmarks, "SUITES", (benchmarks.Suite("MySuite", ("MySuite",), (
         benchmarks.G("gen", "gen", published=(3, 3)),), False, False),))
     assert os.path.isdir(dl.download(source("http://127.0.0.1:9/never"), str(tmp_path), progress=False))

@@ -18,6 +18,7 @@ from torchvision.transforms import functional as TF
 
 import train
 from data.augment import patch_mask
+from data.transforms import train_transform
 from metrics import compute_metrics, threshold_at_fpr
 from options import parse_train_args
 from util import UserError
@@ -25,7 +26,7 @@ from conftest import run_script
 
 
 def transform(*extra):
-    return train.make_train_transform(parse_train_args(["--loadSize", "48", "--cropSize", "48", "--no_flip", *extra]))
+    return train_transform(parse_train_args(["--loadSize", "48", "--cropSize", "48", "--no_flip", *extra]))
 
 
 def picture(seed=0, size=48):

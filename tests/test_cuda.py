@@ -20,7 +20,7 @@ from PIL import Image
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from networks import EvalConfig, load_detector, predict_proba, prepare_model, resnet50, score_images
-from util import set_numerics
+from devices import set_numerics
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -44,7 +44,8 @@ def images(tmp_path_factory):
 
 
 def probs(model, paths, amp=False):
-    return np.array([s.prob for s in score_images(model, paths, None, EvalConfig(CUDA, 8, amp=amp, channels_last=None))])
+    return np.array([s.prob for s in score_images(model, paths, None, EvalConfig(device=CUDA, batch_size=8, amp=amp,
+                                                                                  channels_last=None))])
 
 
 @pytest.mark.parametrize("operator", ["npr", "dwt"])

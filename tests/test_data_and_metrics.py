@@ -6,10 +6,9 @@ import torch
 from conftest import write_leaf
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
-import train
 from data.discovery import DatasetLayoutError, discover_leaves, make_samples
 from data.loaders import EpochSampler, bucket_by_size, make_eval_loader
-from data.transforms import EvalTransform, normalize_batch, tile_to_min_size
+from data.transforms import EvalTransform, normalize_batch, tile_to_min_size, train_transform
 from metrics import compute_metrics
 from options import parse_train_args
 
@@ -87,7 +86,7 @@ def test_train_transform_deterministic_per_seed_and_shapes():
     opt = parse_train_args(["--loadSize", "40", "--cropSize", "32", "--blur_prob", "0.5",
                             "--jpg_prob", "0.5", "--jpg_method", "pil"])
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
-    t = train.make_train_transform(opt)
+    t = train_transform(opt)
     a, b = t(img, random.Random(7)), t(img, random.Random(7))
     assert a.shape == (3, 32, 32) and a.dtype == torch.uint8 and torch.equal(a, b)
     outs = {t(img, random.Random(s)).sum().item() for s in range(8)}

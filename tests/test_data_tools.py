@@ -20,7 +20,8 @@ from conftest import run_script, write_leaf
 from PIL import Image
 
 from data.benchmarks import SOURCES, Source
-from tools import download as dl
+from data import archives
+from data import download as dl
 from data.verification import format_report, jpeg_quality, verify
 
 # ----------------------------------------------------------------------------- a local server
@@ -76,7 +77,7 @@ def suite_tar(top="MySuite", n=3):
 
 def source(url, **kw):
     return Source(**{"name": "MySuite", "kind": "url", "location": url, "archives": ("mysuite.tar.gz",),
-                     "target": "MySuite", "manual": "https://example.org/manual", **kw})
+                     "target": "MySuite", "manual": "https://example.org/manual", "suite": "MySuite", **kw})
 
 
 def test_resume_after_an_interrupted_transfer_then_skip_when_complete(server, tmp_path):
@@ -273,7 +274,7 @@ def make_split_zip(folder, files, part_size=300):
 @pytest.mark.parametrize("with_zip_tool", [True, False])
 def test_split_zip_is_joined_and_extracted(tmp_path, monkeypatch, with_zip_tool):
     if not with_zip_tool:
-        monkeypatch.setattr(dl.shutil, "which", lambda name: None)
+        monkeypatch.setattr(archives.shutil, "which", lambda name: None)
     elif not shutil.which("zip"):
         pytest.skip("the zip tool is not installed; the pure-Python join is tested without it")
     root = str(tmp_path / "d")

@@ -163,8 +163,8 @@ def test_the_verifier_hashes_in_chunks(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    import util  # the verifier hashes through util.sha256_of
-    monkeypatch.setattr(util, "open", lambda p, mode="r": Spy(open(p, mode)), raising=False)
+    import files  # the verifier hashes through files.sha256_of
+    monkeypatch.setattr(files, "open", lambda p, mode="r": Spy(open(p, mode)), raising=False)
     info = verify_module.inspect_file(str(tmp_path / "big.png"))
     assert info["sha256"] == hashlib.sha256(data).hexdigest() and info["status"] == "unreadable"
     assert sizes and all(0 < n <= 1 << 20 for n in sizes)

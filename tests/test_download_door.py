@@ -11,7 +11,9 @@ import pytest
 import torch
 from test_data_tools import source, suite_tar
 
-from tools import download as dl
+from data import download as dl
+from data import transfers
+import files
 
 
 class Odd(BaseHTTPRequestHandler):
@@ -132,8 +134,8 @@ def test_a_malformed_content_length_is_named(odd, tmp_path):
 def test_a_drip_server_is_abandoned_and_the_part_kept(odd, tmp_path, monkeypatch):
     base, h = odd
     h.files["/a.tar.gz"], h.how["/a.tar.gz"] = suite_tar(), "drip"
-    monkeypatch.setattr(dl, "STALL_SECONDS", 2.0)
-    monkeypatch.setattr(dl, "STALL_BYTES", 100)
+    monkeypatch.setattr(transfers, "STALL_SECONDS", 2.0)
+    monkeypatch.setattr(transfers, "STALL_BYTES", 100)
     start = time.time()
     with pytest.raises(dl.DownloadError, match="stalled") as err:
         dl.download(source(base + "/a.tar.gz"), str(tmp_path / "d"), progress=False)
@@ -145,13 +147,13 @@ def test_a_full_disk_keeps_the_archive(tmp_path, monkeypatch):
     folder = root / ".downloads" / "MySuite"
     folder.mkdir(parents=True)
     (folder / "mysuite.tar.gz").write_bytes(suite_tar())
-    real = dl.shutil.disk_usage
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: real(p)._replace(free=10))
+    real = files.shutil.disk_usage
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: real(p)._replace(free=10))
     with pytest.raises(dl.DownloadError, match="GB free in .* only 0.00 GB are") as err:
         dl.download(source("http://127.0.0.1:9/never"), str(root), progress=False)
     assert "the archive is kept" in str(err.value) and "corrupt" not in str(err.value)
     assert (folder / "mysuite.tar.gz").exists() and not (root / "MySuite").exists()
-    monkeypatch.setattr(dl.shutil, "disk_usage", real)
+    monkeypatch.setattr(files.shutil, "disk_usage", real)
     assert os.path.isdir(dl.download(source("http://127.0.0.1:9/never"), str(root), progress=False))
 
 

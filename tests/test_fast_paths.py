@@ -15,7 +15,7 @@ import train
 from data.cache import UNREADABLE, TrainCache, cached_train_dataset
 from data.discovery import make_samples
 from data.loaders import BinaryImageDataset
-from data.transforms import EvalTransform
+from data.transforms import EvalTransform, train_transform
 from engine import EvalConfig, evaluate_folder
 from networks import prepare_model, resnet50
 from networks.fuse import fuse_for_inference
@@ -77,7 +77,7 @@ def test_default_evaluation_equals_plain_reference_pipeline(tmp_path):
     x = torch.stack([reference(Image.open(p).convert("RGB")) for p, _ in samples])
     model = calibrate(randomized_model(1), x)
     fast = evaluate_folder(prepare_model(model, torch.device("cpu")), str(tmp_path / "d"), EvalTransform(32, 28),
-                           EvalConfig(torch.device("cpu"), batch_size=4))
+                           EvalConfig(device=torch.device("cpu"), batch_size=4))
     plain = resnet50(num_classes=1)
     plain.load_state_dict(model.state_dict())
     plain.eval()
@@ -98,7 +98,7 @@ def train_opt(*extra):
                                         "--jpg_method", "pil", "--jpg_qual", "30,100"]])
 def test_cached_samples_equal_decoded_samples(tiny_dataset, tmp_path, extra):
     samples = make_samples(str(tiny_dataset / "train"))
-    transform = train.make_train_transform(train_opt(*extra))
+    transform = train_transform(train_opt(*extra))
     cached = cached_train_dataset(str(tmp_path / "cache"), samples, transform)
     decoded = BinaryImageDataset(samples, transform)
     for index in range(len(samples)):
@@ -114,7 +114,7 @@ def test_cache_build_resumes_and_skips_unreadable(tiny_dataset, tmp_path, monkey
     bad = tiny_dataset / "train" / "car" / "0_real" / "zz_broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     samples = make_samples(str(tiny_dataset / "train"))
-    transform = train.make_train_transform(train_opt())
+    transform = train_transform(train_opt())
     monkeypatch.setattr(cache_mod, "FLUSH_EVERY", 5)
     decoded = []
     real_getitem = cache_mod._DecodeResize.__getitem__
@@ -160,7 +160,7 @@ def test_the_cache_takes_its_disk_blocks_before_writing_and_a_full_disk_is_one_l
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(cache_mod, "reserve_file", disk_full)  # filled between the free-space check and the file
     other = TrainCache(str(tmp_path / "other"), samples, 24)
-    with pytest.raises(UserError, match="the cache needs .* GiB free; choose another folder or drop --cache_dir"):
+    with pytest.raises(UserError, match="No space left on device; choose another folder or drop --cache_dir"):
         other.build(progress=False)
     assert not os.path.exists(other.images_path)
 
@@ -198,7 +198,7 @@ def test_runs_that_build_one_cache_at_once_end_with_the_one_cache(tiny_dataset, 
 def test_cache_refuses_several_interpolations(tiny_dataset, tmp_path):
     samples = make_samples(str(tiny_dataset / "train"))
     with pytest.raises(UserError, match="single --rz_interp"):
-        transform = train.make_train_transform(train_opt("--rz_interp", "bilinear,bicubic"))
+        transform = train_transform(train_opt("--rz_interp", "bilinear,bicubic"))
         cached_train_dataset(str(tmp_path / "c"), samples, transform)
 
 
@@ -316,6 +316,6 @@ def test_size_buckets_give_the_reference_batch_size_1_predictions(tmp_path):
     model = calibrate(model, x)
     runs = [evaluate_folder(prepare_model(model, torch.device("cpu"), channels_last=False, fold_bn=False),
                             str(tmp_path / "d"), EvalTransform(resize=False, crop=False),
-                            EvalConfig(torch.device("cpu"), batch_size=b, channels_last=False)) for b in (1, 8)]
+                            EvalConfig(device=torch.device("cpu"), batch_size=b, channels_last=False)) for b in (1, 8)]
     assert runs[0]["y_true"].tolist() == runs[1]["y_true"].tolist()
     assert np.abs(runs[0]["y_prob"] - runs[1]["y_prob"]).max() <= 1e-4

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from options import (parse_predict_args, parse_test_args, parse_train_args, parse_validate_args, predict_parser,
                      train_parser, validate_parser)
 from options import test_parser as eval_parser  # not named test_*: pytest would collect it
-from util import atomic_file
+from files import atomic_file
 
 # Flags of other programs that messages name: pytest, torchrun, git.
 OTHER_PROGRAMS = {"junitxml", "nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id",
@@ -164,7 +164,8 @@ def test_a_report_folder_that_is_a_file_is_one_line_before_any_measuring(tmp_pat
 def test_a_waiting_lock_with_something_planted_at_its_path_is_one_line_never_a_hang(tmp_path, planted):
     """A FIFO planted at a lock's path was taken as the lock file; now anything but a regular file
     is one line, and opening never blocks (O_NONBLOCK), so the test cannot hang."""
-    from util import UserError, waiting_lock
+    from files import waiting_lock
+    from util import UserError
     path = tmp_path / "x.lock"
     os.mkfifo(path) if planted == "a FIFO" else path.mkdir()
     said = []

@@ -212,7 +212,7 @@ def test_shards_with_other_settings_are_named_not_merged(setup, tmp_path):
 def test_a_wrong_output_is_one_line_before_the_model_loads(setup, tmp_path):
     imgs, _, _ = setup
     (tmp_path / "file").write_text("x")
-    for out, says in ((tmp_path / "file" / "p", "cannot create the folder"), ("/proc/npr-test/p", "--output"),
+    for out, says in ((tmp_path / "file" / "p", "is a file, not a folder"), ("/proc/npr-test/p", "--output"),
                       (tmp_path / ("p" * 250), "jsonl is over the 255 bytes")):  # failed after the scan
         with pytest.raises(UserError, match=says):  # the model path does not exist: it was never read
             predict.main([str(imgs), "--model_path", str(tmp_path / "none.pth"), "--output", str(out)])
@@ -228,7 +228,7 @@ def test_a_visualize_folder_that_cannot_be_one_is_one_line_before_the_model_load
     imgs, _, _ = setup
     (tmp_path / "file").write_text("x")
     folder = tmp_path / "file" if where == "a file" else tmp_path / "file" / "figs"  # was FileExistsError at the end
-    with pytest.raises(UserError, match="--visualize .* choose another folder"):  # the model path is never read
+    with pytest.raises(UserError, match="--visualize .* choose another --visualize"):  # the model path is never read
         predict.main([str(imgs), "--model_path", str(tmp_path / "none.pth"), "--output", str(tmp_path / "p"),
                       "--visualize", str(folder)])
 

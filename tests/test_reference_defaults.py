@@ -9,11 +9,11 @@ import torch
 from conftest import run_script, write_leaf
 from PIL import Image
 
-import train
+from data.transforms import train_transform
 from data.augment import gaussian_blur, reference_blur
 from metrics import mean_row, summarize_checkpoints
 from options import parse_train_args
-from util import set_numerics
+from devices import set_numerics
 
 
 def cnndetection_blur(img, sigma):
@@ -40,7 +40,7 @@ def test_blur_augmentation_is_used_in_training():
     opt = parse_train_args(["--loadSize", "40", "--cropSize", "40", "--blur_prob", "1",
                             "--blur_sig", "1.3", "--no_flip"])
     img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    out = train.make_train_transform(opt)(img, random.Random(0))
+    out = train_transform(opt)(img, random.Random(0))
     assert np.array_equal(out.permute(1, 2, 0).numpy(), cnndetection_blur(img, 1.3))
 
 
@@ -79,7 +79,7 @@ def test_genimage_suite_marks_sdv14():
 
 def test_no_resize_training_keeps_pixels_and_tiles_small_images():
     opt = parse_train_args(["--no_resize", "--cropSize", "24", "--loadSize", "24", "--no_flip"])
-    t = train.make_train_transform(opt)
+    t = train_transform(opt)
     big = np.random.default_rng(3).integers(0, 256, (50, 40, 3), dtype=np.uint8)
     out = t(Image.fromarray(big), random.Random(5)).permute(1, 2, 0).numpy()
     rng = random.Random(5)

@@ -136,7 +136,7 @@ def test_a_second_train_py_on_one_run_is_refused_while_the_first_trains(tiny_dat
               "--niter", "1"]
     os.makedirs(tmp_path / "r")
     lock = str(tmp_path / "r" / "train.lock")
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from util import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from files import RunLock; "
                                f"RunLock({lock!r}, 'x', '--name').acquire(); print('held', flush=True); "
                                "time.sleep(60)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

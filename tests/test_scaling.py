@@ -17,9 +17,13 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
-import train
+from data.discovery import make_samples
 from data.images import ImageRule
-from engine import TrainState
+from data.loaders import train_loader
+from data.transforms import train_transform
+from distributed import samples_done, sync_batchnorm
+from networks import resnet50
+from networks.checkpoint import TrainState
 from options import parse_train_args
 from test_options import markdown_commands, parse_command
 
@@ -104,7 +108,7 @@ def test_a_scan_split_over_two_node_launches_merges_into_one_process_output(tmp_
     (imgs / "broken.png").write_bytes(b"not an image")
     torch.manual_seed(0)
     ckpt = tmp_path / "m.pth"
-    torch.save({"model": train.resnet50().state_dict()}, ckpt)
+    torch.save({"model": resnet50().state_dict()}, ckpt)
     common = [imgs, "--model_path", ckpt, "--gpu_ids", "-1", "--num_threads", "0", "--batch_size", "3"]
     one = subprocess.run([sys.executable, "predict.py", *map(str, common), "--output", str(tmp_path / "one")],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -124,9 +128,11 @@ def keys_of(tiny_dataset, world, rank, state=None, epoch=1, steps=None):
     """The (image, augmentation seed) keys process ``rank`` of ``world`` takes in ``epoch``: from
     where ``state`` left it, and ``steps`` steps of it (None: to the end)."""
     args = parse_train_args(train_args(str(tiny_dataset)) + ["--checkpoints_dir", "x"])
-    samples = train.make_samples(os.path.join(args.dataroot, args.train_split), args.classes)
-    _, sampler = train.make_loader(args, samples, ImageRule(), rank, world, torch.device("cpu"))
-    sampler.set_epoch(epoch, start=train.samples_done(state or TrainState(), args.batch_size, world))
+    samples = make_samples(os.path.join(args.dataroot, args.train_split), args.classes)
+    _, sampler = train_loader(samples, train_transform(args), args.batch_size // world,
+                              {"seed": args.seed, "shuffle": not args.serial_batches, "class_balance": args.class_bal},
+                              rule=ImageRule(), rank=rank, world=world)
+    sampler.set_epoch(epoch, start=samples_done(state or TrainState(), args.batch_size, world))
     keys = list(sampler)
     return keys if steps is None else keys[: steps * args.batch_size // world]
 
@@ -169,9 +175,9 @@ def test_a_two_process_run_stopped_mid_epoch_resumes_on_one(tiny_dataset, tmp_pa
 
 
 def test_sync_bn_says_where_it_applies():
-    model = train.resnet50()
+    model = resnet50()
     for world, device, says in ((1, "cpu", "one process already normalises"), (2, "cpu", "runs on CUDA only")):
-        same, said = train.sync_batchnorm(model, world, torch.device(device))
+        same, said = sync_batchnorm(model, world, torch.device(device))
         assert same is model and says in said and "--sync_bn" in said
     assert not parse_train_args(["--dataroot", "x"]).sync_bn  # off by default
 

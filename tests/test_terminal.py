@@ -17,7 +17,8 @@ from PIL import Image
 
 import predict
 from networks import resnet50
-from util import Interrupted, UserError, launch_env, run_cli
+from distributed import launch_env
+from util import Interrupted, run_cli, UserError
 
 
 @pytest.fixture(scope="module")

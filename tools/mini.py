@@ -8,8 +8,8 @@ import sys
 
 from data.benchmarks import MINI_ROOT
 from data.mini import build_mini
-from options.base_options import OneLineErrorParser
-from util import keep_freed_memory, run_cli, setup_logging
+from devices import keep_freed_memory
+from util import OneLineErrorParser, run_cli, setup_logging
 
 
 def get_args_parser():

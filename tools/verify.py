@@ -6,8 +6,9 @@
 import sys
 
 from data.verification import format_report, verify
-from options.base_options import OneLineErrorParser, non_negative_int
-from util import UserError, ensure_writable_file, run_cli, write_json_atomically
+from options.base_options import non_negative_int
+from files import check_output, write_json_atomically
+from util import OneLineErrorParser, run_cli, UserError
 
 
 def get_args_parser():
@@ -25,7 +26,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     suites = tuple(s.strip() for s in args.suites.split(",") if s.strip())
     if args.json:  # checked before the files are read: a wrong --json would lose the whole check
-        ensure_writable_file(args.json, "--json")
+        check_output(args.json, "--json")
     report = verify(args.dataroot, suites, args.num_threads)
     if not report["suites"]:
         raise UserError(f"no suite found under '{args.dataroot}'")
