@@ -169,8 +169,9 @@ def evaluate_suite(model, suite, suite_dir, transform, cfg, threshold=None, show
                "perturbation": perturb.name if perturb is not None else "none",
                "steps": perturb.steps if perturb is not None else ()}
         row.update({k: 100.0 * m[k] for k in METRIC_KEYS})
+        row["threshold"] = threshold
         if threshold is not None:
-            row.update(metrics_at(m, threshold), threshold=threshold)
+            row.update(metrics_at(m, threshold))
         row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped",
                                       "n_truncated", "y_true", "y_prob", "images")})
         row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))

@@ -120,9 +120,9 @@ def make_figures(rows, out_dir):
     return paths
 
 
-def residual_figure(img, residual, prob, threshold, name, out, label="NPR residual"):
-    """Write ``out``: image | the artifact operator's output (``label``: the NPR residual by
-    default) per channel, amplified | its magnitude, titled with ``name``, the probability and
+def residual_figure(img, residual, prob, threshold, name, out, label):
+    """Write ``out``: image | the artifact operator's output (``label``: its name, e.g. "NPR
+    residual") per channel, amplified | its magnitude, titled with ``name``, the probability and
     the verdict at ``threshold``."""
     plt = _pyplot()
     r = residual[0].permute(1, 2, 0).numpy()

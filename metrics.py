@@ -148,7 +148,8 @@ def metrics_at(m, threshold):
 def mean_row(rows, suite_name):
     """The suite's Mean row: averages over its generators, as the paper's tables, leaving out
     those marked ``in_mean=False`` (GenImage's training generator); counts are totals."""
-    out = {"suite": suite_name, "generator": "Mean", "perturbation": rows[0].get("perturbation", "none") if rows else "none"}
+    out = {"suite": suite_name, "generator": "Mean", "perturbation": rows[0].get("perturbation", "none") if rows else "none",
+           "threshold": rows[0].get("threshold") if rows else None}
     averaged = [r for r in rows if r.get("in_mean", True)]
     for k in METRIC_KEYS + THRESHOLD_KEYS + ("paper_acc", "paper_ap"):
         vals = [r[k] for r in averaged if r.get(k) is not None and not math.isnan(r[k])]

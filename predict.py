@@ -1,7 +1,7 @@
 """Score your own images with an NPR checkpoint.
 
     python predict.py photos/ 'more/*.jpg' one.png --model_path NPR.pth
-    python predict.py img.png --model_path NPR.pth --visualize out/   # image | NPR residual | probability
+    python predict.py img.png --model_path NPR.pth --visualize out/   # image | artifact map | probability
     python predict.py scraped/ --model_path NPR.pth --shard 2/4       # the second quarter (one process each)
 
 Pixels are kept as they are by default (NPR reads pixel-level traces); ``--resize`` applies

@@ -122,7 +122,7 @@ def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, 
     returns their paths.
 
     The Markdown report gathers the tables, the ``options`` (a dict), the checkpoints' SHA-256,
-    each checkpoint's threshold (``thresholds``: path -> (threshold, source)), how the intervals
+    each checkpoint's threshold (``thresholds``: path -> ``metrics.Threshold``), how the intervals
     were drawn (``bootstrap``: replicates, seed) and the figures.
     """
     os.makedirs(results_dir, exist_ok=True)
@@ -146,7 +146,8 @@ def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, 
     intervals = f"95 % intervals ([lo, hi], and the _lo / _hi fields) from {n} replicates of a Bayesian bootstrap " \
         f"over images within each class (seed {seed}; bootstrap.py)" if n else "no intervals (--bootstrap 0)"
     meta = {"model_path": model_paths, "model_sha256": hashes, "dataroot": dataroot, "ema": ema,
-            "thresholds": {p: {"threshold": t, "source": src} for p, (t, src) in thresholds.items()},
+            "thresholds": {p: {"threshold": None, "source": "none"} if t.is_paper_rule else
+                           {"threshold": t.value, "source": t.source} for p, t in thresholds.items()},
             "time": time.strftime("%Y-%m-%d %H:%M:%S"), "bootstrap": {"replicates": n, "seed": seed},
             "metrics": "percent; ACC at threshold 0.5, AP from scikit-learn; " + intervals + "; summary: mean and "
                        "sample standard deviation (ddof=1) across checkpoints", "scores": SCORES_NAME}
@@ -157,7 +158,7 @@ def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, 
                 f"Data: `{dataroot}`  \nRun: {meta['time']}  \nPer-image scores: `{SCORES_NAME}`  \nMetrics in %, "
                 f"with {intervals}. ACC, real ACC and fake ACC call "
                 "an image fake when its probability is above 0.5 (the paper's rule)")
-        used = {p: v for p, v in thresholds.items() if v[0] is not None}
+        used = {p: (t.value, t.source) for p, t in thresholds.items() if not t.is_paper_rule}
         if used:
             f.write("; ACC@t, real@t and fake@t use the threshold t of each checkpoint:\n\n" +
                     "".join(f"- `{p}`: t = {t:.4f}, {src}\n" for p, (t, src) in used.items()))

@@ -38,8 +38,8 @@ from util import Interrupted, log, run_cli, setup_logging, UserError
 
 
 def evaluate_checkpoint(model_path, suites, perturbations, args, cfg):
-    """(result rows with each suite's Mean row, (threshold, its source)) of one checkpoint over
-    every suite and perturbation."""
+    """(result rows with each suite's Mean row, the ``metrics.Threshold`` of ACC@t) of one
+    checkpoint over every suite and perturbation."""
     model, stored, sha256 = load_for_evaluation(model_path, cfg.device, args.ema_weights,
                                                 channels_last=cfg.channels_last, fold_bn=not args.no_fold_bn,
                                                 compile_model=args.compile)
@@ -65,8 +65,8 @@ def evaluate_checkpoint(model_path, suites, perturbations, args, cfg):
                      f" - {suite.note}" if suite.note else "", suite_table(rows, suite.name, mean))
             out += rows + [mean]
     for r in out:
-        r.update(model_path=model_path, model_sha256=sha256, threshold=threshold)
-    return out, (threshold, decided.source if threshold is not None else "none")
+        r.update(model_path=model_path, model_sha256=sha256)
+    return out, decided
 
 
 def compare_detectors(args, rows):

@@ -145,7 +145,8 @@ def predict_parser():
     p.add_argument("--output", type=output_stem, default="results/predictions",
                    help="writes <output>.csv, <output>.jsonl and <output>.json (and holds <output>.lock while it "
                         "runs); a folder (out/, or one that exists) gets predictions.* inside it")
-    p.add_argument("--visualize", default=None, help="folder for one PNG per image: image, NPR residual, probability")
+    p.add_argument("--visualize", default=None, help="folder for one PNG per image: image, the operator's artifact map "
+                   "(NPR's residual, or SAFE's wavelet sub-band), probability")
     p.add_argument("--gpu_ids", type=gpu_ids, default="0", help="CUDA device id; -1 for the CPU")
     p.add_argument("--batch_size", type=positive_int, default=32, help="images per batch (equal sizes are batched)")
     p.add_argument("--num_threads", type=non_negative_int, default=None,
