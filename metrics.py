@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
 
 from util import UserError
 
@@ -46,6 +45,7 @@ def compute_metrics(y_true, y_prob, threshold=0.5):
     accuracy ((real ACC + fake ACC) / 2, the largest TPR - FPR), which train.py stores in its
     checkpoints. Metrics undefined for a one-class set (AP, AUC) are NaN.
     """
+    from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve  # on first use
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
     pred = y_prob > threshold
