@@ -16,18 +16,12 @@ AMP_DTYPE = torch.float16
 
 
 def keep_freed_memory():
-    """Let glibc keep large freed blocks in the process instead of handing them back to the kernel.
-
-    By default glibc serves every allocation over 32 MiB with a fresh ``mmap`` and unmaps it
-    on free, so each batch's activations are faulted in again page by page: on a CPU, a third
-    of evaluation's time was the kernel's (docs/speed.md). Raising glibc's mmap and trim
-    thresholds (``mallopt``, the same knobs as the ``MALLOC_MMAP_THRESHOLD_`` /
-    ``MALLOC_TRIM_THRESHOLD_`` environment variables) reuses that memory across batches,
-    for a higher peak resident set. Every script that runs the model calls it first thing in its
-    ``main()``; ``NPR_ALLOCATOR=system``
-    in the environment leaves glibc as it is. Returns True when the setting took effect
-    (Linux with glibc only; a no-op elsewhere).
-    """
+    """Let glibc keep large freed blocks instead of unmapping them: by default every allocation
+    over 32 MiB is a fresh ``mmap``, so each batch's activations are faulted in again page by
+    page (a third of CPU evaluation's time, docs/speed.md). Raises glibc's mmap and trim
+    thresholds (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do), for a
+    higher peak. Every script that runs the model calls it first; ``NPR_ALLOCATOR=system`` leaves
+    glibc as it is. True when it took effect (Linux with glibc)."""
     if os.environ.get("NPR_ALLOCATOR", "").lower() == "system" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -53,9 +47,8 @@ def select_device(gpu_ids="0"):
 
 
 def usable_device(device):
-    """``torch.device(device)``, once a tensor can be made there: a device this machine does not
-    have ('cuda' without a GPU) is one ``UserError``, not an error from inside the first model
-    move."""
+    """``torch.device(device)`` once a tensor can be made there; a device this machine lacks ('cuda'
+    without a GPU) is one ``UserError``, not an error from inside the first model move."""
     try:
         device = torch.device(device)
         torch.empty(0, device=device)
@@ -67,14 +60,9 @@ def usable_device(device):
 
 
 def set_numerics(tf32=False, exact=False, deterministic=False):
-    """Float32 numerics on CUDA: TF32 off unless asked; ``exact`` also does what the reference's
-    ``seed_torch`` does (cuDNN disabled, deterministic algorithms).
-
-    PyTorch lets cuDNN convolutions use TF32 by default, which on Ampere / Hopper GPUs rounds
-    their inputs to 10 mantissa bits; the reference ran with cuDNN disabled, i.e. in full float32.
-    ``deterministic`` only asks for deterministic algorithms. On the CPU TF32 and cuDNN change
-    nothing.
-    """
+    """Float32 numerics on CUDA: TF32 off unless asked (PyTorch's cuDNN default rounds inputs to
+    10 mantissa bits; the reference ran without cuDNN); ``exact`` does what the reference's
+    ``seed_torch`` does (cuDNN off, deterministic algorithms); ``deterministic`` only the latter."""
     if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
         precision = "tf32" if tf32 else "ieee"  # PyTorch >= 2.9
         torch.backends.cuda.matmul.fp32_precision = precision

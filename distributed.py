@@ -13,11 +13,10 @@ from util import UserError
 
 
 def launch_env(rendezvous=False):
-    """``(rank, world_size, local_rank)`` from the variables that ``torchrun`` (or a scheduler's
-    launch script) sets, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``;
-    ``(0, 1, 0)`` where none is set. With ``rendezvous`` (a process group is made from them:
-    train.py), a launch also needs ``MASTER_ADDR`` and a ``MASTER_PORT``. Every value that cannot
-    describe one process of a run is named, in one ``UserError``."""
+    """``(rank, world_size, local_rank)`` from ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+    ``LOCAL_WORLD_SIZE`` (torchrun's, or a scheduler's); ``(0, 1, 0)`` where none is set. With
+    ``rendezvous`` (train.py), a launch also needs ``MASTER_ADDR`` and ``MASTER_PORT``. Every value
+    that cannot describe one process of a run is named in one ``UserError``."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     given = {k: os.environ[k] for k in names if k in os.environ}
     problems = []
@@ -85,10 +84,9 @@ def sync_batchnorm(model, world, device):
 
 
 def samples_done(state, batch_size, world):
-    """How many of its samples this process skips in the epoch being resumed: each of the
-    ``state.step_in_epoch`` steps took ``batch_size`` images (the global batch), so the first
-    ``step_in_epoch * batch_size`` positions of the epoch's order are done, whatever the number
-    of processes that took them (``data.loaders.EpochSampler`` deals positions round-robin)."""
+    """How many of its samples this process skips in the epoch being resumed: each step done took
+    the global ``batch_size``, so that many positions of the epoch's order per step are done,
+    whatever the number of processes (``EpochSampler`` deals positions round-robin)."""
     return state.step_in_epoch * (batch_size // world)
 
 

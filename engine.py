@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from data.benchmarks import find_child, locate_generator
 from data.discovery import DatasetLayoutError, list_images, make_samples
-from data.images import image_name
-from data.loaders import batches, make_eval_loader
+from data.images import image_name, ImageRule
+from data.loaders import batches, default_workers, make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from figures import figure_pixels
 from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
@@ -68,6 +68,13 @@ def predict_loader(model, loader, cfg, bar=None):
     if not probs:
         return LoaderScores(np.zeros(0), np.zeros(0), skipped, truncated, scored, why)
     return LoaderScores(torch.cat(labels).numpy(), torch.cat(probs).numpy(), skipped, truncated, scored, why)
+
+
+def eval_config(args, device, images=None):
+    """The ``EvalConfig`` of a script's options (test.py, validate.py, train.py's validation)."""
+    return EvalConfig(device=device, batch_size=args.batch_size, num_workers=default_workers(args.num_threads, device),
+                      amp=args.amp, channels_last=not args.no_channels_last,
+                      images=images or ImageRule(args.strict_images, args.skip_truncated))
 
 
 def eval_loader(samples, transform, cfg):

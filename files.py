@@ -78,11 +78,9 @@ def need_space(folder, nbytes, what):
 
 
 def reserve_file(f, nbytes):
-    """Give the open file ``f`` the size ``nbytes`` with its disk blocks allocated now (Linux
-    ``fallocate``), so that writing it later through a memory map cannot meet a full disk, which
-    kills the process with SIGBUS and no word. Returns False where the filesystem cannot
-    allocate ahead (the file is then sparse, as ``truncate`` leaves it); a full disk is an
-    ``OSError`` (ENOSPC) now."""
+    """Give the open file ``f`` the size ``nbytes`` with its blocks allocated now (``fallocate``):
+    a memory map written later cannot meet a full disk (SIGBUS, no word). False where the file
+    system cannot allocate ahead (the file is then sparse); a full disk is ``OSError`` now."""
     fallocate = None
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -98,10 +96,9 @@ def reserve_file(f, nbytes):
 
 
 def check_output(path, what, folder=False, suffixes=("",)):
-    """Before long work: a file (with ``folder``, a folder) can be written at ``path`` -- and, for a
-    file, at ``path`` plus each of ``suffixes``. The folder is made and written to (a probe), no
-    folder stands where a file goes nor a file where a folder goes, and every name fits
-    ``NAME_MAX``. Returns ``path``; one ``UserError`` naming ``what`` (the option) otherwise."""
+    """Before long work: a file (``folder``: a folder) can be written at ``path`` (plus each of
+    ``suffixes``): the folder is made and probed by a write, nothing of the other kind is in the
+    way, every name fits ``NAME_MAX``. ``path``, or one ``UserError`` naming ``what`` (the option)."""
     names = [] if folder else [path + s for s in suffixes]
     for name in names:
         base = os.path.basename(name)
@@ -130,19 +127,12 @@ def check_output(path, what, folder=False, suffixes=("",)):
 
 # ----------------------------------------------------------------------------- writing
 
-def current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_file(path, mode="w", fsync=False, **open_kwargs):
-    """Write ``path`` through a file object that is a new temporary file beside it (a unique
-    name: two writers never share one), renamed over ``path`` when the block ends without an
-    error (after ``fsync`` when asked: checkpoints) and removed when it does not. A reader never
-    sees half a file, an interrupted write leaves the previous file as it was, and a link at
-    ``path`` is replaced, never followed. Text is UTF-8, keeping the bytes of names that are not."""
+    """Write ``path`` through a new temporary file beside it (one per writer), renamed over ``path``
+    when the block ends without an error (after ``fsync`` if asked) and removed otherwise: no
+    reader sees half a file, and a link at ``path`` is replaced, never followed. Text is UTF-8,
+    keeping the bytes of names that are not."""
     folder, name = os.path.split(os.path.abspath(path))
     if "b" not in mode:
         open_kwargs = {"encoding": "utf-8", "errors": "surrogateescape", **open_kwargs}
@@ -154,7 +144,9 @@ def atomic_file(path, mode="w", fsync=False, **open_kwargs):
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as open() would have made it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -182,10 +174,9 @@ def finite_or_null(obj):
 
 @contextlib.contextmanager
 def staged_folder(folder):
-    """A new hidden folder inside ``folder`` to write a set of files into: when the block ends
-    without an error they replace their namesakes in ``folder`` (renames, which need no space),
-    and whatever happens the staging folder is removed. A disk that fills while they are written
-    leaves every earlier file in ``folder`` as it was."""
+    """A new hidden folder inside ``folder`` for a set of files, which replace their namesakes there
+    (renames: no space needed) when the block ends without an error; it is removed in any case,
+    so a disk that fills meanwhile leaves ``folder`` as it was."""
     os.makedirs(folder, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".staging-", dir=folder)
     try:
@@ -213,11 +204,9 @@ def open_lock(path, advice):
 
 
 class RunLock:
-    """The exclusive right of one process to a set of files: a POSIX record lock
-    (``fcntl.lockf``) on ``path``, which the kernel releases when the holder ends, however it
-    ends, so a lock is never stale. The file stays (it names the last holder: pid, host, start,
-    command); it holds no lock by itself. A second process is refused with one line that names
-    the holder, ``what`` it is doing and the ``option`` that picks other files."""
+    """One process's right to a set of files: a POSIX lock (``fcntl.lockf``) on ``path``, which the
+    kernel releases however the holder ends (never stale); the file names the last holder. A
+    second process gets one line naming the holder, ``what`` it does and the ``option`` to change."""
 
     def __init__(self, path, what, option):
         self.path, self.what, self.option = path, what, option
@@ -266,9 +255,8 @@ class RunLock:
 
 @contextlib.contextmanager
 def waiting_lock(path, what):
-    """Hold the kernel's exclusive lock on the file ``path`` for the block, waiting (with one log
-    line naming ``what`` the holder does) while another process holds it. Released when the
-    block ends or the process dies, however it dies: never stale."""
+    """``RunLock``'s lock on ``path`` for the block, waiting (one log line naming ``what`` the holder
+    does) while another process holds it."""
     if fcntl is None:
         yield
         return

@@ -19,7 +19,7 @@ import sys
 
 from tqdm import tqdm
 
-from data.discovery import IMG_EXTENSIONS, FolderScan, scan_images, unopenable
+from data.discovery import IMG_EXTENSIONS, FolderScan, scan_images
 from data.images import SKIP_REASONS, ImageRule
 from data.loaders import default_workers
 from data.transforms import EvalTransform
@@ -54,11 +54,7 @@ def expand_inputs(inputs):
                 continue
             if not (explicit or m.lower().endswith(IMG_EXTENSIONS)):
                 continue
-            kind = unopenable(m)
-            if kind is None:
-                found.images.append(m)
-            else:
-                found.not_regular.append((m, kind))
+            found.add_image(m)
     line = found.skipped_line("the inputs")
     if line:
         log.warning(line)

@@ -17,11 +17,10 @@ import sys
 
 from bootstrap import RESAMPLES, add_intervals, comparison_rows
 from data.benchmarks import SUITES, find_suites
-from data.images import ImageRule
 from data.loaders import default_workers
 from data.perturb import parse_perturbations
 from data.transforms import EvalTransform
-from engine import EvalConfig, eval_threshold, evaluate_suite, suite_transform
+from engine import eval_config, eval_threshold, evaluate_suite, suite_transform
 from metrics import mean_row, summarize_checkpoints
 from networks import load_detector, load_for_evaluation
 from options import MINI_ROOT, parse_test_args, print_options
@@ -130,9 +129,7 @@ def main(argv=None):
             raise UserError(f"cannot write {os.path.join(args.results_dir, 'data_check.json')} ({e.strerror or e}): "
                             "free some space, or choose another --results_dir") from None
     device = select_device(args.gpu_ids)
-    cfg = EvalConfig(device=device, batch_size=args.batch_size, num_workers=default_workers(args.num_threads, device),
-                     amp=args.amp, channels_last=not args.no_channels_last,
-                     images=ImageRule(args.strict_images, args.skip_truncated))
+    cfg = eval_config(args, device)
     for model_path in args.model_path[1:]:  # a bad last checkpoint is one line now, not after the others are scored
         load_detector(model_path, "cpu", args.ema_weights)
     all_rows, thresholds = [], {}

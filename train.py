@@ -4,15 +4,12 @@
     python train.py --dataroot ./datasets/ForenSynths_train_val --classes car,cat,chair,horse \
         --name 4class-resnet-car-cat-chair-horse --batch_size 32 --lr 0.0002 --delr_freq 10 --niter 50
 
-Read top to bottom: ``main`` parses the options and holds the run's folder; ``train`` builds the
-data, the model and the optimiser, resumes if asked, then runs ``engine.train_one_epoch`` and a
-validation per epoch. Everything needed to resume lives in one checkpoint dict
-(``networks.checkpoint``). ``torchrun --nproc_per_node=N train.py ...`` trains with
-DistributedDataParallel; ``--batch_size`` is then the global batch, split over processes.
+Top to bottom: ``main`` parses and holds the run's folder; ``train`` builds the data, model and
+optimiser, resumes if asked (``networks.checkpoint``), then trains (``engine.train_one_epoch``) and
+validates each epoch. Under ``torchrun``, ``--batch_size`` is the global batch.
 """
 import os
 import random
-import shlex
 import signal
 import sys
 import time
@@ -30,12 +27,13 @@ from data.mini import build_mini
 from data.transforms import train_transform, val_transform
 from devices import keep_freed_memory, seed_everything, set_numerics
 from distributed import init_distributed, samples_done, sync_batchnorm, unwrap, world_size
-from engine import (EvalConfig, GracefulStop, StepConfig, StepContext, StopRequested, eval_loader, evaluate_samples,
+from engine import (GracefulStop, StepConfig, StepContext, StopRequested, eval_config, eval_loader, evaluate_samples,
                     evaluate_suite, suite_transform, train_one_epoch)
 from files import RunLock, atomic_file, check_output, fingerprint
 from networks import prepare_model, resnet50, save_checkpoint
 from networks.checkpoint import (TrainState, check_resume_position, checkpoint_path, kept_at_epoch_end,
-                                 require_checkpoint, resume_training, run_checkpoints, training_checkpoint)
+                                 require_checkpoint, resume_command, resume_training, run_checkpoints,
+                                 training_checkpoint)
 from networks.ema import EMA
 from options import MINI_RECIPE, MINI_ROOT, parse_train_args, print_options
 from recipe import LRSchedule, build_loss, build_optimizer
@@ -87,8 +85,7 @@ def train(args, argv, run_dir, rank, world, device):
         cache_workers=default_workers(args.num_threads, torch.device("cpu")), device=device, rank=rank, world=world)
     schedule = LRSchedule(args.lr_schedule, args.lr, args.niter, max(len(loader), 1), args.delr_freq,
                           args.warmup_epochs, args.min_lr)  # len before any resume shortens the sampler
-    eval_cfg = EvalConfig(device=device, batch_size=args.batch_size, num_workers=default_workers(args.num_threads, device),
-                          amp=args.amp, channels_last=not args.no_channels_last, images=rule)
+    eval_cfg = eval_config(args, device, images=rule)
 
     def save(which):
         if rank == 0:
@@ -183,9 +180,8 @@ def resume(args, run_dir, objects, images, n_images):
     before = ckpt.get("world_size", 1)
     if world_size() != before:
         log.info("The checkpoint was written by %d process(es), this run has %d: the epoch goes on with the images "
-                 "not seen yet, each once, in the same order and with the same augmentations; BatchNorm statistics "
-                 "are now over %d image(s) per process (docs/scaling.md)", before, world_size(),
-                 args.batch_size // world_size())
+                 "not seen yet, each once, as before; BatchNorm now sees %d image(s) per process (docs/scaling.md)",
+                 before, world_size(), args.batch_size // world_size())
     return state
 
 
@@ -248,20 +244,6 @@ def test_after_training(model, args, cfg):
     if rows:
         log.info("%s test (%s):\n%s", suite.name, test_dir, suite_table(rows, suite.name))
     return rows
-
-
-def resume_command(argv, world=1):
-    """The command that resumes this run from its latest checkpoint: its own arguments, quoted
-    for the shell, without an ``--epoch`` it resumed from before (that would go back to it)."""
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--epoch":
-            skip = True
-        elif not (a.startswith("--epoch=") or a == "--continue_train"):
-            kept.append(a)
-    return ("train.py " if world > 1 else "python train.py ") + shlex.join(kept + ["--continue_train"])
 
 
 if __name__ == "__main__":

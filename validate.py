@@ -6,10 +6,8 @@ import math
 import sys
 import time
 
-from data.images import ImageRule
-from data.loaders import default_workers
 from data.transforms import EvalTransform
-from engine import EvalConfig, eval_threshold, evaluate_folder
+from engine import eval_config, eval_threshold, evaluate_folder
 from metrics import METRIC_KEYS, metrics_at
 from networks import load_for_evaluation
 from options import parse_validate_args
@@ -23,9 +21,7 @@ def main(argv=None):
     setup_logging()
     set_numerics(tf32=args.tf32)
     device = select_device(args.gpu_ids)
-    cfg = EvalConfig(device=device, batch_size=args.batch_size, num_workers=default_workers(args.num_threads, device),
-                     amp=args.amp, channels_last=not args.no_channels_last,
-                     images=ImageRule(args.strict_images, args.skip_truncated))
+    cfg = eval_config(args, device)
     model, stored, _ = load_for_evaluation(args.model_path, device, args.ema_weights, channels_last=cfg.channels_last,
                                            fold_bn=not args.no_fold_bn, compile_model=args.compile)
     transform = EvalTransform(args.loadSize, args.cropSize, resize=not args.no_resize, crop=not args.no_crop)

@@ -38,11 +38,9 @@ def split_parts(path):
 
 
 def join_split_zip(parts, out):
-    """Join a split zip (PKZIP spanning: x.z01 ... x.zip) into one ordinary zip ``out``: the
-    parts are concatenated, and the central directory's disk numbers and offsets, which count
-    from the start of each part, are rewritten as offsets into the whole (what ``zip -s-``
-    does), reading no more than the directory into memory. Zip64 archives are left to the
-    ``zip`` tool."""
+    """Join a split zip (x.z01 ... x.zip) into one zip ``out``, as ``zip -s-`` does: the parts
+    concatenated, the central directory's per-part disk numbers and offsets rewritten as offsets
+    into the whole (only the directory is read into memory). Zip64 is left to the ``zip`` tool."""
     if shutil.which("zip") and subprocess.run(["zip", "-q", "-s-", parts[-1], "-O", out]).returncode == 0:
         return out
     starts, total = [], 0

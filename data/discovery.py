@@ -71,6 +71,14 @@ class FolderScan:
         for name in ("images", "not_regular", "unreadable", "repeated"):
             getattr(self, name).extend(getattr(other, name))
 
+    def add_image(self, path):
+        """Take in one image name: listed when it may be opened, else noted as not a regular file."""
+        kind = unopenable(path)
+        if kind is None:
+            self.images.append(path)
+        else:
+            self.not_regular.append((path, kind))
+
     def skipped_line(self, folder):
         """One line on what was skipped, or '' when nothing was."""
         def some(items, show=str):
@@ -132,12 +140,7 @@ def scan_images(folder):
         pending += reversed(subfolders)  # depth first, smallest name first
     for path, names in sorted(listed):
         for name in names:
-            image = os.path.join(path, name)
-            kind = unopenable(image)
-            if kind is None:
-                scan.images.append(image)
-            else:
-                scan.not_regular.append((image, kind))
+            scan.add_image(os.path.join(path, name))
     return scan
 
 

@@ -1,16 +1,9 @@
-"""The downloader as a library (``python -m tools.download`` is its command line): fetch a
-source of ``data.benchmarks`` into ``<root>/.downloads/<name>/``, check it, and install its suite
-where ``test.py`` looks, on purpose only.
-
-A source is skipped when its marker ``<root>/.downloads/<name>.done`` says it was downloaded,
-checked and extracted. Archives are checked (size and SHA-256 where published, and that they
-open), extracted (tar.gz, zip, split zip: ``data.archives``) into the suite's folder, counted
-against the published counts, then deleted unless ``keep_archives``. An archive you downloaded
-by hand and put in ``<root>/.downloads/<name>/`` is used as it is. A file is renamed into place
-only once it is whole and checked (``data.transfers``); only an archive that cannot be read is
-ever deleted. A failed step is one line naming the source, the manual link and the folder where
-a file downloaded by hand is used (docs/troubleshooting.md lists what each failure says).
-"""
+"""The downloader (``python -m tools.download`` is its command line), on purpose only: a source of
+``data.benchmarks`` is fetched into ``<root>/.downloads/<name>/`` (``data.transfers``; an archive put
+there by hand is used as it is), checked, extracted into its suite's folder (``data.archives``),
+counted against the published counts, and marked done (``<root>/.downloads/<name>.done``). Only an
+archive that cannot be read is ever deleted; a failed step is one line naming the source, the
+manual link and where a file downloaded by hand goes (docs/troubleshooting.md)."""
 import glob
 import http.client
 import os
@@ -35,9 +28,8 @@ class DownloadError(UserError):
 
 
 def failure(source, what, reason, folder):
-    """The one-line error of a failed step; ``folder`` is where the downloader looks for the
-    archives (``<root>/.downloads/<name>/``, or the folder of ``--weights_path`` for weights), so
-    that a file downloaded by hand and put there is used by the next run."""
+    """The one-line error of a failed step; ``folder`` is where the next run looks for archives put
+    there by hand."""
     reason = " ".join(str(reason).split())  # one line, whatever the library said
     manual = f" Download it by hand from {source.manual}" if source.manual else ""
     where = f" and put {', '.join(source.archives)} in {folder}," if source.archives else ","
@@ -128,24 +120,19 @@ def install(source, archives, root, folder):
     for a in list(joined) + [a for a in archives if a not in in_parts]:
         try:
             extract(a, staging)
+            continue
         except UnsafeArchiveError as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise failure(source, f"extracting {os.path.basename(a)}",
-                          f"unsafe archive: {e}; nothing was installed, the archive is kept at {a} for inspection",
-                          folder) from None
+            why = f"unsafe archive: {e}; nothing was installed, the archive is kept at {a} for inspection"
         except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
             # Only an archive that cannot be read is deleted: a full disk or a permission error is not its fault.
             for bad in [a] + joined.get(a, []):
                 os.remove(bad)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise failure(source, f"extracting {os.path.basename(a)}",
-                          f"{type(e).__name__}: {e}; the archive is corrupt and was removed, run again to download "
-                          "it anew", folder) from None
+            why = f"{type(e).__name__}: {e}; the archive is corrupt and was removed, run again to download it anew"
         except OSError as e:
-            shutil.rmtree(staging, ignore_errors=True)
             advice = "; free space or use another --root, then run again" if no_space(e) else ""
-            raise failure(source, f"extracting {os.path.basename(a)}",
-                          f"{e.strerror or e}{advice}; the archive is kept, nothing was installed", folder) from None
+            why = f"{e.strerror or e}{advice}; the archive is kept, nothing was installed"
+        shutil.rmtree(staging, ignore_errors=True)
+        raise failure(source, f"extracting {os.path.basename(a)}", why, folder)
     for j in joined:
         os.remove(j)
     flatten_single_folder(staging)

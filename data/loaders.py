@@ -262,9 +262,8 @@ def ignore_signals_in_worker(_):
 
 def train_loader(samples, transform, batch_size, sampler_kwargs, *, rule=ImageRule(), cache_dir=None, workers=0,
                  cache_workers=0, device=None, rank=0, world=1):
-    """(loader, sampler) of train.py: ``samples`` decoded per step, or read from the ``cache_dir``
-    store (built by rank 0 while the others wait), ``batch_size`` images per process in an
-    ``EpochSampler`` (``sampler_kwargs``: seed, shuffle, class_balance) order."""
+    """(loader, sampler) of train.py: ``samples`` decoded, or read from ``cache_dir`` (built by rank
+    0 while the others wait), ``batch_size`` per process in ``EpochSampler(**sampler_kwargs)`` order."""
     if not cache_dir:
         dataset = BinaryImageDataset(samples, transform, rule)
     else:

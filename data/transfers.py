@@ -28,13 +28,9 @@ def content_length(value):
     """Content-Length as an int, None when absent; a malformed one is an error that says so."""
     if value is None:
         return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
+    if not value.strip().isdecimal():  # HTTP's 1*DIGIT
         raise OSError(f"the server sent an invalid Content-Length ({value!r})")
-    return n
+    return int(value)
 
 
 def range_start_and_total(content_range):
@@ -49,13 +45,11 @@ def range_start_and_total(content_range):
 
 
 def fetch_url(url, dest, sha256=None, progress=True, validate=None):
-    """Download ``url`` to ``dest``, resuming ``dest.part`` with a range request when the server
-    allows it (otherwise from the start). The file is renamed to ``dest`` only once it is
-    whole: its length matches Content-Length / Content-Range, its SHA-256 the published one
-    (``ChecksumError``; the file is removed) and ``validate(path)`` passes (it raises
-    ``ValueError``; the file is removed). A server that resumes at another byte than asked, or
-    refuses to resume a partial file that is in fact complete (HTTP 416), is handled; a stalled
-    transfer raises ``OSError`` and keeps the partial file for the next run."""
+    """Download ``url`` to ``dest``, resuming ``dest.part`` with a range request where the server
+    allows it. Renamed to ``dest`` only once whole: its length as the headers say, its SHA-256 the
+    published one (else ``ChecksumError``) and ``validate(path)`` passed (else its ``ValueError``);
+    a file refused is removed. A resume at the wrong byte, or HTTP 416 for a part that is whole,
+    is handled; a stalled transfer is ``OSError`` and keeps the part for the next run."""
     part = dest + ".part"
     start = os.path.getsize(part) if os.path.exists(part) else 0
     request = urllib.request.Request(url, headers={"User-Agent": "npr-reproduction/1.0"})

@@ -1,17 +1,14 @@
 """Checkpoints, both sides, in one place.
 
-Writing (train.py): one dict -- the weights, the optimiser, the ``TrainState`` (where training
-is), the options, the RNG states, the moving average -- written atomically (a temporary file,
-fsync, a rename), so a crash mid-write never leaves a broken file behind the name; which files a
-run keeps (``model_epoch_{latest,best,last,<epoch>}.pth``); and resuming from one, every entry
-checked first, so that a damaged or foreign file is one line naming the run's other checkpoints.
+Writing (train.py): one dict (weights, optimiser, ``TrainState``, options, RNG states, moving
+average) written atomically with fsync; which files a run keeps (``model_epoch_{latest,best,last,
+<epoch>}.pth``); resuming, every entry checked first, so that a damaged or foreign file is one line
+naming the run's other checkpoints.
 
-Reading: any of the formats seen in the wild -- a plain state dict (``NPR.pth``), a dict with
-key ``model`` (or ``state_dict``), keys prefixed ``module.`` (DataParallel) or ``_orig_mod.``
-(torch.compile), SAFE's training checkpoints (which also pickle its ``argparse.Namespace`` of
-options) -- always with ``weights_only=True``, after checking that the sizes the file declares
-fit a checkpoint of this network. A checkpoint is known by the SHA-256 of the bytes that were
-loaded (``read_checkpoint``), not by its path.
+Reading: the formats seen in the wild (a plain state dict as ``NPR.pth``, ``model`` or
+``state_dict`` keys, ``module.`` / ``_orig_mod.`` prefixes, SAFE's checkpoints with their
+``argparse.Namespace``), always ``weights_only=True`` and after checking that the sizes the file
+declares fit this network. A checkpoint is known by the SHA-256 of the bytes loaded, not its path.
 """
 import argparse
 import hashlib
@@ -20,6 +17,7 @@ import math
 import os
 import pickle
 import random
+import shlex
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass
@@ -90,12 +88,9 @@ def set_rng_state(state):
 
 
 def training_checkpoint(model, optimizer, options, state, world=1, scaler=None, ema=None, *, lr):
-    """The one dict that resuming, evaluation and notebooks read: the weights of ``model`` (the
-    plain model, outside any wrapper), the optimiser, the ``TrainState`` (its ``threshold`` is the
-    decision threshold with the best balanced accuracy on the last validation; ``networks.ema``
-    keys the moving-average weights and their threshold), the ``options`` (the scripts' namespace:
-    its plain values), the number of processes, the random state, and ``lr``: the lr of the next
-    step (the schedule's at the state's position)."""
+    """The one dict that resuming, evaluation and notebooks read: the plain ``model``'s weights,
+    the optimiser, the ``TrainState``, the ``options``' plain values, the number of processes, the
+    random state, the moving average (``networks.ema``) and ``lr``, the next step's."""
     plain = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()
              if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state.as_checkpoint(),
@@ -138,10 +133,9 @@ def kept_at_epoch_end(epoch, improved, save_epoch_freq):
     return ["latest"] + (["best"] if improved else []) + ([str(epoch)] if epoch % save_epoch_freq == 0 else [])
 
 
-# The NPR network's weights and BatchNorm statistics in float32 (1,437,761 parameters, 5.8 MB;
-# tests/test_checkpoint.py checks the figure). A training checkpoint holds them about four times
-# (the weights, Adam's two moments, the moving average): a file that declares far more is not a
-# checkpoint of this network, and is refused before anything in it is read whole.
+# The NPR network's float32 weights and BatchNorm statistics (tests/test_checkpoint.py checks it). A
+# training checkpoint holds them about four times (weights, Adam's moments, the moving average): a
+# file that declares far more is no checkpoint of this network, refused before it is read whole.
 WEIGHT_BYTES = 5_791_492
 MAX_CHECKPOINT_BYTES = 32 * WEIGHT_BYTES
 # Containers nested deeper than this (a state dict is two levels, a training checkpoint five)
@@ -156,9 +150,8 @@ class Checkpoint(NamedTuple):
 
 
 def declared_size(path, data):
-    """The bytes the checkpoint file will occupy once loaded: for PyTorch's zip format, the sum of
-    its records' sizes as the archive's directory declares them (a deflated record can hold
-    gigabytes in a small file); for the older formats, the file itself."""
+    """The bytes the checkpoint will take once loaded: the sizes its zip directory declares (a
+    deflated record can hold gigabytes in a small file); for older formats, the file's own."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             return sum(i.file_size for i in z.infolist())
@@ -188,10 +181,8 @@ def nesting_depth(obj, limit=MAX_NESTING):
 
 
 def read_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint safely (``weights_only=True``), bounded: its declared size is checked
-    against ``MAX_CHECKPOINT_BYTES`` before it is loaded, and its nesting after. Returns a
-    ``Checkpoint`` (the contents and the SHA-256 of the very bytes loaded); every failure is
-    one readable line."""
+    """A ``Checkpoint`` read with ``weights_only=True`` and bounded (its declared size against
+    ``MAX_CHECKPOINT_BYTES`` before loading, its nesting after); every failure is one line."""
     require_checkpoint(path)
     limit = f"{MAX_CHECKPOINT_BYTES / 1e6:.0f} MB, {MAX_CHECKPOINT_BYTES // WEIGHT_BYTES} times the NPR network's " \
             "weights"
@@ -428,12 +419,10 @@ def resume_problem(ckpt, optimizer):
 
 
 def check_resume_position(state, batch_size_before, *, niter, batch_size, images, n_images, refuse, ends=()):
-    """Where a resumed run goes on. A run stopped inside an epoch goes on from the image it stopped
-    at, counted in batches of the batch size it ran with (``batch_size_before``): another
-    ``batch_size`` is refused (naming the epoch ``ends`` to resume from instead), and a training
-    list that changed since (``images``: ``TrainState.train_images`` of this run's ``n_images``)
-    is said, since the rest of the epoch can no longer see each image once. A position no run
-    reaches (past ``niter``, past the end of an epoch of the same list) is ``refuse``d."""
+    """Where a resumed run goes on: inside an epoch, from the image it stopped at, in batches of the
+    size it ran with (``batch_size_before``; another ``batch_size`` is refused, naming the epoch
+    ``ends``); a changed training list (``images`` of ``n_images``) is said. A position no run
+    reaches (past ``niter``, past an epoch's end) is ``refuse``d."""
     if state.epoch > niter:
         refuse(f"it is at epoch {state.epoch}, past --niter {niter} (raise --niter to train on)")
     if state.step_in_epoch and batch_size_before != batch_size:
@@ -450,11 +439,24 @@ def check_resume_position(state, batch_size_before, *, niter, batch_size, images
                     "or not at all" if state.step_in_epoch else "")
 
 
+def resume_command(argv, world=1):
+    """The command that resumes this run from its latest checkpoint: its own arguments, quoted
+    for the shell, without an ``--epoch`` it resumed from before (that would go back to it)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--epoch":
+            skip = True
+        elif not (a.startswith("--epoch=") or a == "--continue_train"):
+            kept.append(a)
+    return ("train.py " if world > 1 else "python train.py ") + shlex.join(kept + ["--continue_train"])
+
+
 def resume_training(path, model, optimizer, scaler=None, ema=None, *, new_optim=False, others=(), position=None):
-    """Load the training checkpoint at ``path`` into the objects and return (its ``TrainState``,
-    the checkpoint). Every entry is checked first (``resume_problem``), and ``position(state,
-    checkpoint, refuse)`` checks where it resumes; whatever cannot be resumed is one line that names
-    what is wrong and the run's ``others`` checkpoints (their ``--epoch`` values)."""
+    """Load the training checkpoint at ``path`` into the objects; (its ``TrainState``, the dict).
+    Entries are checked first (``resume_problem``), then ``position(state, ckpt, refuse)``; what
+    cannot be resumed is one line naming the problem and the run's ``others`` (``--epoch`` values)."""
     elsewhere = f"; resume from another checkpoint of this run with --epoch ({', '.join(others)})" if others else ""
 
     def refuse(why):
