@@ -3,7 +3,7 @@
 In eval mode a BatchNorm is a per-channel affine map, so ``bn(conv(x))`` equals one
 convolution with rescaled weights and a bias. Folding removes a full pass over every
 feature map (docs/speed.md measures the gain). Probabilities agree with the unfused model
-to float rounding (tests/test_fast_paths.py).
+to float rounding (tests/test_detector.py).
 
 The folded copy is for evaluation only: it has no BatchNorm to train and its state dict
 no longer matches the checkpoint format, so it is never saved.

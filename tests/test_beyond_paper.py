@@ -12,6 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import run_script, tiny_run
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
@@ -22,7 +23,6 @@ from data.transforms import train_transform
 from metrics import compute_metrics, threshold_at_fpr
 from options import parse_train_args
 from util import UserError
-from conftest import run_script
 
 
 def transform(*extra):
@@ -123,13 +123,12 @@ def test_bad_augmentation_values_are_one_line_errors():
 # ----------------------------------------------------------------------------- EMA
 
 def common(root, ckdir):
-    return ["--dataroot", str(root), "--checkpoints_dir", str(ckdir), "--batch_size", "4", "--loadSize", "32",
-            "--cropSize", "24", "--gpu_ids", "-1", "--num_threads", "0", "--niter", "2", "--deterministic"]
+    return tiny_run(root, ckdir, "--niter", "2", "--deterministic")
 
 
 @pytest.mark.slow
 def test_ema_is_kept_saved_resumed_and_leaves_the_raw_training_unchanged(tiny_dataset, tmp_path, monkeypatch):
-    from test_resume import StopAfter
+    from conftest import StopAfter
     args = common(tiny_dataset, tmp_path)
     assert train.main(args + ["--name", "plain"]) == 0
     assert train.main(args + ["--name", "ema", "--ema", "0.5"]) == 0

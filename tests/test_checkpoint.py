@@ -1,13 +1,17 @@
+import contextlib
 import hashlib
 import os
+import signal
 import tempfile
 import zipfile
 
 import pytest
 import torch
+from conftest import StopAfter, tiny_run
 from hypothesis import given
 from hypothesis import strategies as st
 
+import train
 from networks import CheckpointError, load_detector, predict_proba, resnet50, save_checkpoint
 from networks.checkpoint import load_checkpoint
 
@@ -122,6 +126,8 @@ ODD_VALUES = {
     "half": lambda v: v.half(), "whole numbers": lambda v: v.long(), "empty": lambda v: torch.empty(0),
     "0-d": lambda v: torch.tensor(1.0), "bool": lambda v: v > 0,
 }
+
+
 ODD_KEYS = {"an int": lambda k: 7, "a tuple": lambda k: (k,), "prefixed": lambda k: "module." + k,
             "dropped": None, "bytes": lambda k: k.encode()}
 
@@ -239,7 +245,6 @@ def test_declared_sizes_around_the_limit(tmp_path, monkeypatch, record, over):
 BOMBS = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from networks import CheckpointError, load_detector
 load_detector({base!r}, device="cpu")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 said = []
@@ -307,3 +312,115 @@ def test_nesting_is_bounded_and_one_line(tmp_path, depth, refused, where):
         with pytest.raises(CheckpointError, match="keys are not parameter names") as e:
             load_detector(path, device="cpu")
     assert not refused or "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- damaged or foreign checkpoints
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """(the arguments, a run folder with the ends of epoch 0 and a 'latest' 3 steps into epoch 1)."""
+    import shutil
+
+    from conftest import write_leaf
+    root = tmp_path_factory.mktemp("resume")
+    data = root / "data"
+    for split, n in (("train", 6), ("val", 3)):
+        write_leaf(str(data / split / "car"), n, n, seed=len(split))
+    common = tiny_run(data, root / "runs", "--name", "r")
+    assert train.main(common + ["--niter", "1"]) == 0
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train, "GracefulStop", lambda: StopAfter(2))
+        assert train.main(common + ["--niter", "3", "--continue_train", "--epoch", "last"]) == 128 + signal.SIGTERM
+    shutil.rmtree(root / "runs" / "r" / "tensorboard")
+    return common + ["--niter", "3"], root / "runs" / "r"
+
+
+def resume_edited(stopped_run, tmp_path, edit, monkeypatch, capfd):
+    """Resume a copy of the stopped run whose latest checkpoint ``edit`` changed; what happened:
+    'resumed', or the UserError's line. Nothing printed a traceback (a logging error does)."""
+    import shutil
+
+    from util import UserError
+    common, run = stopped_run
+    where = tmp_path / f"c{os.getpid()}{len(os.listdir(tmp_path))}"
+    shutil.copytree(run, where / "r")
+    latest = where / "r" / "model_epoch_latest.pth"
+    ckpt = torch.load(latest, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, latest)
+    args = [a if a != str(run.parent) else str(where) for a in common]
+    monkeypatch.setattr(train, "GracefulStop", lambda: StopAfter(0))  # one step shows the state was taken
+    capfd.readouterr()
+    try:
+        assert train.main(args + ["--continue_train"]) == 128 + signal.SIGTERM
+        said = "resumed"
+    except UserError as e:
+        assert "\n" not in str(e) and "Traceback" not in str(e)
+        said = str(e)
+    assert "Traceback" not in capfd.readouterr().err
+    return said
+
+
+ODD = [None, "x", 1.5, -3, 10**9, True, [], {}, torch.zeros(3), torch.zeros(7, dtype=torch.uint8)]
+
+
+def checkpoint_edits():
+    """Every field of a training checkpoint, deleted or given a value of another kind, shape or range."""
+    def delete(path):
+        def f(ckpt):
+            *parents, last = path
+            for p in parents:
+                ckpt = ckpt[p]
+            ckpt.pop(last, None)
+        return f
+
+    def put(path, value):
+        def f(ckpt):
+            *parents, last = path
+            for p in parents:
+                ckpt = ckpt[p]
+            ckpt[last] = value
+        return f
+
+    def reshape_moment(i):
+        def f(ckpt):
+            state = ckpt["optimizer"]["state"]
+            entry = state[sorted(state)[i % len(state)]]
+            entry["exp_avg"] = torch.zeros(*entry["exp_avg"].shape, 2)
+        return f
+    top = ["model", "optimizer", "rng", "epoch", "step_in_epoch", "total_steps", "best_ap", "epochs_no_improve",
+           "threshold", "train_images", "opt", "lr", "scaler", "model_ema", "world_size"]
+    inner = [("rng", k) for k in ("python", "numpy", "numpy_pos", "torch", "cuda")] + \
+        [("optimizer", "state"), ("optimizer", "param_groups")]
+    paths = st.sampled_from([(k,) for k in top] + inner)
+    return st.one_of(st.builds(delete, paths), st.builds(put, paths, st.sampled_from(ODD)),
+                     st.builds(put, st.sampled_from([(k,) for k in ("epoch", "step_in_epoch", "total_steps")]),
+                               st.integers(-5, 10**9)),
+                     st.builds(reshape_moment, st.integers(0, 200)))
+
+
+@pytest.mark.slow
+@given(edits=st.lists(checkpoint_edits(), min_size=1, max_size=2))
+def test_any_edit_of_a_training_checkpoint_resumes_or_is_one_line_naming_the_others(stopped_run, tmp_path,
+                                                                                   monkeypatch, capfd, edits):
+    def edit(ckpt):
+        for e in edits:
+            with contextlib.suppress(KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError):
+                e(ckpt)  # an edit of what an earlier one removed does nothing
+    said = resume_edited(stopped_run, tmp_path, edit, monkeypatch, capfd)
+    if said != "resumed" and "cannot be resumed" in said:
+        assert "resume from another checkpoint of this run with --epoch (" in said and "last" in said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit, says", [
+    (lambda c: c.pop("rng"), "it has no 'rng' entry"),  # KeyError: 'rng'
+    (lambda c: c["rng"].update(torch=torch.zeros(100, dtype=torch.uint8)), "random state 'torch' is not"),
+    (lambda c: c.update(optimizer={}), "'optimizer' entry is not an optimizer's state"),  # KeyError: 'param_groups'
+    (lambda c: c.update(epoch=-3), "counter 'epoch' is -3, not a whole number"),
+    (lambda c: c.update(epoch=10**9), "at epoch 1000000000, past --niter 3"),
+    (lambda c: c.update(step_in_epoch=10**6, total_steps=10**6), "1000000 steps into epoch 1, where an epoch of"),
+])
+def test_what_the_attack_found_is_one_line(stopped_run, tmp_path, monkeypatch, capfd, edit, says):
+    said = resume_edited(stopped_run, tmp_path, edit, monkeypatch, capfd)
+    assert says in said and "cannot be resumed" in said and "--epoch (" in said, said

@@ -14,13 +14,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import need_extra, run_script, write_leaf
+from conftest import need_extra, run_script, tiny_run, write_leaf
 from PIL import Image
 
 from data.loaders import make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
-from networks import EvalConfig, load_detector, predict_proba, prepare_model, resnet50, score_images
 from devices import set_numerics
+from networks import EvalConfig, load_detector, predict_proba, prepare_model, resnet50, score_images
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -101,8 +101,7 @@ def test_predict_py_and_the_demo_on_gpu(images, tmp_path):
 
 
 def train_args(data, ckpts, name, *extra):
-    return ["train.py", "--dataroot", str(data), "--checkpoints_dir", str(ckpts), "--name", name, "--batch_size", "4",
-            "--loadSize", "32", "--cropSize", "24", "--niter", "1", "--num_threads", "2", *extra]
+    return ["train.py", *tiny_run(data, ckpts, "--name", name, "--niter", "1", "--num_threads", "2", *extra)]
 
 
 def state(ckpts, name, which="model_epoch_last.pth"):

@@ -8,13 +8,12 @@ package or browser is a failure.
 import json
 import os
 import shutil
-import socket
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import need_extra, need_program, run_script
+from conftest import free_port, need_extra, need_program, run_script
 from PIL import Image
 
 import demo
@@ -25,12 +24,6 @@ need_extra("gradio")
 need_extra("demo_limits")
 
 pytestmark = [pytest.mark.slow, pytest.mark.extra]  # a server, a browser and predict.py launches
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

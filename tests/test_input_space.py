@@ -6,7 +6,7 @@ one named skip (NaN and a warning), and never raises.
 The tile grid is scaled down here (16 px tiles above a 32 x 32 budget, with the same
 remainder rule) so that sizes around every multiple of the grid cost milliseconds; the
 paper-scale sizes (1025 x 1024, a 4097 x 3072 photo) run at full scale below and in
-tests/test_door_scans.py."""
+tests/test_detector.py."""
 import io
 import json
 import math

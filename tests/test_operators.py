@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_run
 
 import predict
 import test as test_script
@@ -50,9 +51,7 @@ def test_toy_operator_is_what_the_first_convolution_sees(toy):
 @pytest.mark.slow
 def test_toy_operator_trains_saves_loads_and_evaluates(toy, tiny_dataset, tmp_path, capsys):
     ck = str(tmp_path / "ck")
-    assert train.main(["--dataroot", str(tiny_dataset), "--name", "toy", "--checkpoints_dir", ck, "--operator", "toy",
-                       "--niter", "2", "--batch_size", "4", "--loadSize", "32", "--cropSize", "24",
-                       "--gpu_ids", "-1", "--num_threads", "0"]) == 0
+    assert train.main(tiny_run(tiny_dataset, ck, "--name", "toy", "--operator", "toy", "--niter", "2")) == 0
     path = os.path.join(ck, "toy", "model_epoch_last.pth")
     assert torch.load(path, weights_only=True)["operator"] == "toy"
     model = load_detector(path, device="cpu")

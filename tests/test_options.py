@@ -1,23 +1,24 @@
 """Each script's options: --help shows what the script uses, the reference's commands still
 run, one type per flag; and the README stays a front door whose links resolve."""
 import importlib
-import os
 import re
-import shlex
 import subprocess
 
 import pytest
-from conftest import EXTRA_INSTALL, EXTRA_PACKAGES, ROOT, missing_extra, run_script
+from conftest import EXTRA_INSTALL, EXTRA_PACKAGES, missing_extra, ROOT, run_script
 
 import options
 from options import parse_train_args, predict_parser, train_parser, validate_parser
 from options.base_options import REFERENCE_OPTIONS
 from util import UserError
 
+
 TRAINING_ONLY = ("blur_prob", "blur_sig", "jpg_prob", "jpg_method", "jpg_qual", "rz_interp", "delr_freq", "class_bal",
                  "serial_batches", "no_flip", "name", "epoch", "checkpoints_dir", "niter", "lr", "beta1", "optim",
                  "earlystop_epoch", "loss_freq", "save_latest_freq", "save_epoch_freq", "continue_train", "new_optim",
                  "train_split", "val_split", "seed", "rotate", "color_jitter", "mask_prob", "ema", "cache_dir")
+
+
 NO_OPS = ("mode", "arch", "resize_or_crop", "init_type", "init_gain", "suffix", "data_aug", "epoch_count", "last_epoch",
           "eval")
 
@@ -60,7 +61,6 @@ def test_one_type_per_flag():
         parse_train_args(["--blur_sig", "1,2,3"])
 
 
-
 @pytest.mark.parametrize("parser", [train_parser, options.test_parser, validate_parser, predict_parser])
 def test_no_numeric_option_takes_nan_or_inf(parser):
     """nan passes every range check (nan < 0 and nan > 1 are both False): a --threshold nan
@@ -85,57 +85,6 @@ def test_gpu_ids_that_are_not_ids_are_refused_by_every_script(parser):
     for bad in ("abc", "0,-1", "", "1.5"):
         with pytest.raises(UserError, match="--gpu_ids"):
             p.parse_args(must + ["--gpu_ids", bad])
-
-
-def markdown_commands(text):
-    """(script, argv) of every python / torchrun / srun command in a Markdown page's code blocks:
-    the script is what runs (``train``, ``tools.download``), argv what it is given."""
-    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
-    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
-    for line in lines:
-        for part in line.split("#")[0].split("&&"):
-            words = shlex.split(part.replace("<same arguments>", ""))
-            if not words or words[0] not in ("python", "torchrun", "srun"):
-                continue
-            if words[:2] == ["python", "-m"] and words[2].startswith("tools."):
-                yield words[2], words[3:]
-                continue
-            script = next((i for i, w in enumerate(words) if w.endswith(".py")), None)
-            if script is not None:
-                yield os.path.basename(words[script])[:-3], words[script + 1:]
-
-
-def parse_command(script, argv):
-    """Parse ``argv`` with ``script``'s own parser (a UserError if it refuses them; files named
-    need not exist)."""
-    import importlib
-
-    from options import test_parser
-    parsers = {"train": train_parser, "test": test_parser, "validate": validate_parser, "predict": predict_parser}
-    parser = parsers[script]() if script in parsers else importlib.import_module(script).get_args_parser()
-    return parser.parse_args(argv)
-
-
-def test_every_readme_command_parses():
-    """The README's commands use flags and values the scripts accept (checked by their parsers)."""
-    seen = set()
-    for script, argv in markdown_commands(open(os.path.join(ROOT, "README.md")).read()):
-        parse_command(script, argv)
-        seen.add(script)
-    assert {"train", "test", "predict", "tools.download", "tools.verify"} <= seen
-
-
-def test_readme_is_a_front_door_whose_links_resolve():
-    text = open(os.path.join(ROOT, "README.md")).read()
-    links = re.findall(r"\]\(((?:docs/|DIFFERENCES)[^)#]+)", text)
-    assert any(link.startswith("docs/") for link in links)
-    for page in set(links) | {f"docs/{p}" for p in os.listdir(os.path.join(ROOT, "docs")) if p.endswith(".md")}:
-        assert os.path.exists(os.path.join(ROOT, page)), page
-        body = open(os.path.join(ROOT, page), "rb").read().decode("utf-8", "replace") if page.endswith(".md") else ""
-        for rel in re.findall(r"\]\(([^)#:]+\.(?:md|png))", body):
-            assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), rel)), (page, rel)
-        assert "issue #" not in body.lower(), page  # pages describe the code, not the project's history
-    assert "issue #" not in text.lower()
 
 
 @pytest.mark.slow  # a process of its own imports every script

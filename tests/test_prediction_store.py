@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import leftovers, PAGE, ROOT
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -23,6 +23,7 @@ import predict
 import prediction_store
 from networks import resnet50
 from util import UserError
+
 
 N_IMAGES = 7
 
@@ -526,3 +527,34 @@ def test_the_same_checkpoint_spelled_two_ways_merges_and_a_shard_scored_again_is
     assert after["merged_from"][0] != before["merged_from"][0] and after["merged_from"][1] == before["merged_from"][1]
     assert after["predictions"][0]["prob_fake"] != before["predictions"][0]["prob_fake"]
     assert after["predictions"][1:] == before["predictions"][1:]
+
+
+@pytest.mark.slow
+@given(free_pages=st.integers(0, 12), shards=st.sampled_from([1, 2]))
+def test_predict_on_a_disk_that_fills(setup, small_disk, free_pages, shards):  # noqa: F811
+    imgs, ckpt, ref = setup
+    disk = getattr(test_predict_on_a_disk_that_fills, "disk", None)
+    if disk is None or not os.path.ismount(disk.path):
+        disk = test_predict_on_a_disk_that_fills.disk = small_disk(1 << 20)
+    for name in os.listdir(disk.path):
+        os.remove(os.path.join(disk.path, name))
+    out = os.path.join(disk.path, "p")
+    disk.fill(free_pages * PAGE)
+    for k in range(1, shards + 1):
+        extra = ["--shard", f"{k}/{shards}"] if shards > 1 else []
+        try:
+            said = run_predict(imgs, ckpt, out, *extra)
+            assert "not merged: cannot write" in said or "merged" in said or shards == 1
+        except UserError as e:
+            assert "No space left on device" in str(e) and "free some space and run the same command again" in str(e)
+            assert "\n" not in str(e)
+        assert leftovers(disk.path) == []
+        part = prediction_store.shard_name(out, k, shards) if shards > 1 else out
+        files = prediction_store.PredictionFiles(part, {"threshold": 0.5}, [])
+        if os.path.exists(part + ".jsonl"):  # what was written is whole rows, bar a cut last one
+            data = open(part + ".jsonl", "rb").read()
+            assert data.count(b"\n") <= N_IMAGES and files is not None
+    disk.unfill()
+    for k in range(1, shards + 1):
+        run_predict(imgs, ckpt, out, *(["--shard", f"{k}/{shards}"] if shards > 1 else []))
+    assert_same_as(ref, out)

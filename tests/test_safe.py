@@ -15,11 +15,11 @@ import sys
 import types
 
 import pytest
-from conftest import run_script
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as T
+from conftest import run_script, tiny_run
 from test_train_parity import RefResNet
 
 import hubconf
@@ -265,9 +265,8 @@ def test_safe_recipe_preset_and_flags_given_win():
 @pytest.mark.slow
 def test_train_dwt_safe_recipe_then_every_script_without_a_flag(tiny_dataset, tmp_path):
     ck = str(tmp_path / "ck")
-    r = run_script("train.py", "--dataroot", str(tiny_dataset), "--name", "safe", "--checkpoints_dir", ck,
-                   "--operator", "dwt", "--recipe", "safe", "--niter", "2", "--batch_size", "4", "--loadSize", "32",
-                   "--cropSize", "24", "--mask_patch", "4", "--gpu_ids", "-1", "--num_threads", "0")
+    r = run_script("train.py", *tiny_run(tiny_dataset, ck, "--name", "safe", "--operator", "dwt", "--recipe", "safe",
+                                         "--niter", "2", "--mask_patch", "4"))
     assert r.returncode == 0, r.stderr + r.stdout
     assert "Operator dwt, recipe safe: adamw" in r.stdout
     path = os.path.join(ck, "safe", "model_epoch_last.pth")

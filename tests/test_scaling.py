@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +13,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import finish, free_port, ROOT, tiny_run, torchrun, weights
 from PIL import Image
+from test_readme import markdown_commands, parse_command
 
 from data.discovery import make_samples
 from data.images import ImageRule
@@ -25,33 +25,8 @@ from distributed import samples_done, sync_batchnorm
 from networks import resnet50
 from networks.checkpoint import TrainState
 from options import parse_train_args
-from test_options import markdown_commands, parse_command
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(script, *args, nodes=1, nproc=2, port=None, cwd=ROOT):
-    """A torchrun launch (``Popen``): one node of ``nproc`` processes (``--standalone``), or one of
-    ``nodes`` node launches meeting at 127.0.0.1:``port``."""
-    where = ["--standalone", f"--nproc_per_node={nproc}"] if nodes == 1 else \
-        ["--nnodes", str(nodes), "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
-         f"127.0.0.1:{port}", "--rdzv_id", f"npr-test-{port}"]
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *where, os.path.join(ROOT, script),
-                             *map(str, args)], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-
-
-def finish(*procs, timeout=300):
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
-    return outs
 
 
 def two_nodes(script, *args, cwds):
@@ -59,13 +34,8 @@ def two_nodes(script, *args, cwds):
     return finish(*(torchrun(script, *args, nodes=2, port=port, cwd=c) for c in cwds))
 
 
-def weights(path):
-    return torch.load(path, weights_only=True)["model"]
-
-
-def train_args(data, *extra):
-    return ["--dataroot", data, "--name", "run", "--batch_size", "4", "--loadSize", "32", "--cropSize", "24",
-            "--gpu_ids", "-1", "--num_threads", "0", "--loss_freq", "1", *extra]
+def train_args(data, ckpts, *extra):
+    return tiny_run(data, ckpts, "--name", "run", "--loss_freq", "1", *extra)
 
 
 @pytest.mark.slow
@@ -75,19 +45,19 @@ def test_two_node_launches_train_and_resume_as_one_node_does(tiny_dataset, tmp_p
     filesystem does) and both resume; the weights equal a one-node two-process run's, bit for
     bit (two processes: a sum of two gradients is the same in either order)."""
     data = str(tiny_dataset)
-    finish(torchrun("train.py", *train_args(data, "--niter", "1", "--checkpoints_dir", tmp_path / "one")))
-    finish(torchrun("train.py", *train_args(data, "--niter", "2", "--checkpoints_dir", tmp_path / "one",
+    finish(torchrun("train.py", *train_args(data, tmp_path / "one", "--niter", "1")))
+    finish(torchrun("train.py", *train_args(data, tmp_path / "one", "--niter", "2",
                                             "--continue_train")))
     nodes = [tmp_path / "node_a", tmp_path / "node_b"]
     for n in nodes:
         n.mkdir()
-    two_nodes("train.py", *train_args(data, "--niter", "1", "--checkpoints_dir", "ck"), cwds=nodes)
+    two_nodes("train.py", *train_args(data, "ck", "--niter", "1"), cwds=nodes)
     wrote = [n for n in nodes if (n / "ck").exists()]
     assert len(wrote) == 1, [os.listdir(n) for n in nodes]  # the rank-0 node alone writes
     other = next(n for n in nodes if n != wrote[0])
     assert os.listdir(other) == []  # the other node wrote nothing at all
     shutil.copytree(wrote[0] / "ck", other / "ck")  # what a shared filesystem does
-    two_nodes("train.py", *train_args(data, "--niter", "2", "--checkpoints_dir", "ck", "--continue_train"), cwds=nodes)
+    two_nodes("train.py", *train_args(data, "ck", "--niter", "2", "--continue_train"), cwds=nodes)
     # rank 0 may be either node this time: one copy went on to step 12, the other was left as it was
     ends = {n: torch.load(n / "ck" / "run" / "model_epoch_last.pth", weights_only=True) for n in nodes}
     assert sorted(e["total_steps"] for e in ends.values()) == [6, 12]
@@ -127,7 +97,7 @@ def test_a_scan_split_over_two_node_launches_merges_into_one_process_output(tmp_
 def keys_of(tiny_dataset, world, rank, state=None, epoch=1, steps=None):
     """The (image, augmentation seed) keys process ``rank`` of ``world`` takes in ``epoch``: from
     where ``state`` left it, and ``steps`` steps of it (None: to the end)."""
-    args = parse_train_args(train_args(str(tiny_dataset)) + ["--checkpoints_dir", "x"])
+    args = parse_train_args(train_args(tiny_dataset, "x"))
     samples = make_samples(os.path.join(args.dataroot, args.train_split), args.classes)
     _, sampler = train_loader(samples, train_transform(args), args.batch_size // world,
                               {"seed": args.seed, "shuffle": not args.serial_batches, "class_balance": args.class_bal},
@@ -154,7 +124,7 @@ def test_an_epoch_resumed_on_another_number_of_processes_sees_each_image_once(ti
 def test_a_two_process_run_stopped_mid_epoch_resumes_on_one(tiny_dataset, tmp_path):
     """SIGTERM to one of two processes: both stop after the same step, rank 0 saves the latest
     checkpoint; one process resumes it to the end of the run, from the step it stopped at."""
-    args = train_args(str(tiny_dataset), "--niter", "2", "--checkpoints_dir", tmp_path)
+    args = train_args(tiny_dataset, tmp_path, "--niter", "2")
     run = torchrun("train.py", *args)
     log = tmp_path / "run" / "log.log"
     deadline = time.time() + 240

@@ -1,17 +1,48 @@
+"""data/images.py: decoding every file a user can bring, or naming why not: a corpus of broken files,
+decompression bombs, images above the decode limit refused before decoding, and the loader's skips,
+counts and strict mode."""
 import io
 import os
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from data.discovery import make_samples
-from data.images import ImageDecodeError, ImageRule, UnusableImageError, load_rgb
+from data.images import ImageDecodeError, ImageRule, load_rgb, UnusableImageError
 from data.loaders import BinaryImageDataset, make_eval_loader
 from data.transforms import EvalTransform
+from data.verification import verify
+from networks import resnet50
+
+
+def test_a_decompression_bomb_is_unreadable_not_a_traceback(tmp_path, monkeypatch):
+    leaf = tmp_path / "suite" / "gen"
+    for name in ("0_real", "1_fake"):
+        os.makedirs(leaf / name)
+        Image.new("RGB", (40, 40)).save(leaf / name / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 40x40 is above twice this: Pillow raises
+    report = verify(str(tmp_path), (), workers=1)
+    gen = report["suites"][0]["generators"][0]
+    assert len(gen["unreadable_files"]) == 2 and "2 unreadable" in gen["verdict"]
+
+
+def test_an_image_above_the_decode_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    import data.images as images
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 32 * 32)
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self, _load=Image.Image.load: decoded.append(self.size) or
+                        _load(self))
+    skipped = []
+    rule = ImageRule(report=lambda name, err: skipped.append(str(err)))
+    assert rule.load(str(tmp_path / "big.png"), None)[2] == "too large"
+    assert "too large: 40x40 pixels" in skipped[0] and (40, 40) not in decoded
+    assert rule.load(str(tmp_path / "ok.png"), None)[2] is None
 
 
 def png_bytes(arr, mode=None, **kw):
@@ -137,7 +168,6 @@ def test_strict_images_one_line_error_from_worker(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     write_leaf(str(tmp_path / "suite" / "gen"), 3, 3)
     (tmp_path / "suite" / "gen" / "1_fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    from networks import resnet50
     torch.save(resnet50().state_dict(), str(tmp_path / "m.pth"))
     base = [sys.executable, os.path.join(root, "test.py"), "--dataroot", str(tmp_path), "--model_path",
             str(tmp_path / "m.pth"), "--gpu_ids", "-1", "--num_threads", "1", "--results_dir", str(tmp_path / "r")]

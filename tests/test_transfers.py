@@ -1,22 +1,20 @@
-"""The downloader where a disk fills, a server misbehaves or a file is not what it claims
-(servers on 127.0.0.1 only; every transfer here is bounded)."""
+"""data/transfers.py where a server misbehaves or a file is not what it claims: weights that are a web
+page or cut short, a resume at the wrong offset, HTTP 416 on a whole file, a malformed Content-Length, a
+server that drips (servers on 127.0.0.1 only; every transfer here is bounded)."""
 import io
 import os
-import tarfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from test_data_tools import source, suite_tar
+from conftest import local_server, QuietHandler
+from test_download import source, suite_tar
 
 from data import download as dl
 from data import transfers
-import files
 
 
-class Odd(BaseHTTPRequestHandler):
+class Odd(QuietHandler):
     """Serves ``files``; ``how[path]`` picks a misbehaviour: 'no-length-cut' (no Content-Length,
     half the body), 'bad-length', 'wrong-range' (resumes at byte 0 with a 206), 'drip' (a byte
     every 0.5 s), '416' (refuses every range with 'bytes */N')."""
@@ -57,18 +55,12 @@ class Odd(BaseHTTPRequestHandler):
             self.wfile.write(data)
         self.close_connection = True
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def odd():
     Odd.files, Odd.how = {}, {}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Odd)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", Odd
-    httpd.shutdown()
-    httpd.server_close()
+    with local_server(Odd) as base:
+        yield base, Odd
 
 
 def checkpoint_bytes():
@@ -140,56 +132,3 @@ def test_a_drip_server_is_abandoned_and_the_part_kept(odd, tmp_path, monkeypatch
     with pytest.raises(dl.DownloadError, match="stalled") as err:
         dl.download(source(base + "/a.tar.gz"), str(tmp_path / "d"), progress=False)
     assert time.time() - start < 15 and "resumes" in str(err.value)
-
-
-def test_a_full_disk_keeps_the_archive(tmp_path, monkeypatch):
-    root = tmp_path / "d"
-    folder = root / ".downloads" / "MySuite"
-    folder.mkdir(parents=True)
-    (folder / "mysuite.tar.gz").write_bytes(suite_tar())
-    real = files.shutil.disk_usage
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: real(p)._replace(free=10))
-    with pytest.raises(dl.DownloadError, match="GB free in .* only 0.00 GB are") as err:
-        dl.download(source("http://127.0.0.1:9/never"), str(root), progress=False)
-    assert "the archive is kept" in str(err.value) and "corrupt" not in str(err.value)
-    assert (folder / "mysuite.tar.gz").exists() and not (root / "MySuite").exists()
-    monkeypatch.setattr(files.shutil, "disk_usage", real)
-    assert os.path.isdir(dl.download(source("http://127.0.0.1:9/never"), str(root), progress=False))
-
-
-def tar_with(entries):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def place(root, data):
-    folder = root / ".downloads" / "MySuite"
-    folder.mkdir(parents=True)
-    (folder / "mysuite.tar.gz").write_bytes(data)
-    return folder / "mysuite.tar.gz"
-
-
-def test_an_unsafe_archive_is_called_unsafe_not_corrupt(tmp_path):
-    archive = place(tmp_path, tar_with([("../escape.png", b"x")]))
-    with pytest.raises(dl.DownloadError, match="unsafe archive") as err:
-        dl.download(source("http://127.0.0.1:9/never"), str(tmp_path), progress=False)
-    assert "corrupt" not in str(err.value) and archive.exists()
-    assert not (tmp_path.parent / "escape.png").exists()
-
-
-def test_a_top_folder_holding_its_own_name_is_flattened(tmp_path):
-    place(tmp_path, tar_with([("MySuite/MySuite/0_real/a.png", b"x"), ("MySuite/MySuite/1_fake/b.png", b"y")]))
-    target = dl.download(source("http://127.0.0.1:9/never"), str(tmp_path), progress=False)
-    assert os.path.isfile(os.path.join(target, "MySuite", "0_real", "a.png"))
-
-
-def test_a_published_checksum_applies_to_an_archive_placed_by_hand(tmp_path):
-    place(tmp_path, suite_tar())
-    src = source("http://127.0.0.1:9/never", sha256=(("mysuite.tar.gz", "0" * 64),))
-    with pytest.raises(dl.DownloadError, match="does not match the published SHA-256"):
-        dl.download(src, str(tmp_path), progress=False)

@@ -1,8 +1,10 @@
-"""Archives that lie (member sizes, where they end, names, entry types), drawn by hypothesis and
-installed by the downloader as an archive placed by hand: nothing is ever written outside the
-target, and a source is never "ready" with a file of the archive missing or changed."""
+"""data/archives.py, through the downloader's install of an archive placed by hand: archives that
+lie (member sizes, where they end, names, entry types) drawn by hypothesis are never ready with files
+missing and never write outside the target; unsafe archives are called unsafe; split zips are joined."""
 import io
 import os
+import shutil
+import struct
 import tarfile
 import warnings
 import zipfile
@@ -10,9 +12,82 @@ import zipfile
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_data_tools import source
+from test_download import place, source, suite_tar
 
+from data import archives
 from data import download as dl
+from data.benchmarks import SOURCES
+
+
+def make_split_zip(folder, files, part_size=300):
+    """A PKZIP split archive (x.z01, x.z02, ..., x.zip): the spanning marker, local entries cut
+    into parts, the central directory in the last part with per-part offsets."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    data = buf.getvalue()
+    eocd = data.rfind(b"PK\x05\x06")
+    _, _, _, _, n, cd_size, cd_offset, _ = struct.unpack("<4sHHHHIIH", data[eocd:eocd + 22])
+    body = b"PK\x07\x08" + data[:cd_offset]
+    parts = [body[i:i + part_size] for i in range(0, len(body), part_size)]
+    last = len(parts)
+    cd = bytearray(data[cd_offset:cd_offset + cd_size])
+    pos = 0
+    for _ in range(n):
+        name_len, extra_len, comment_len = struct.unpack("<HHH", cd[pos + 28:pos + 34])
+        local = struct.unpack("<I", cd[pos + 42:pos + 46])[0] + 4
+        struct.pack_into("<H", cd, pos + 34, local // part_size)
+        struct.pack_into("<I", cd, pos + 42, local % part_size)
+        pos += 46 + name_len + extra_len + comment_len
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", last, last, n, n, cd_size, 0, 0)
+    for i, p in enumerate(parts):
+        with open(os.path.join(folder, f"test.z{i + 1:02d}"), "wb") as f:
+            f.write(p)
+    with open(os.path.join(folder, "test.zip"), "wb") as f:
+        f.write(bytes(cd) + end)
+
+
+@pytest.mark.parametrize("with_zip_tool", [True, False])
+def test_split_zip_is_joined_and_extracted(tmp_path, monkeypatch, with_zip_tool):
+    if not with_zip_tool:
+        monkeypatch.setattr(archives.shutil, "which", lambda name: None)
+    elif not shutil.which("zip"):
+        pytest.skip("the zip tool is not installed; the pure-Python join is tested without it")
+    root = str(tmp_path / "d")
+    folder = os.path.join(root, ".downloads", "AIGCDetectBenchmark")
+    os.makedirs(folder)
+    files = {f"test/progan/{lab}/{i}.bin": os.urandom(150) for lab in ("0_real", "1_fake") for i in range(4)}
+    make_split_zip(folder, files)
+    src = next(s for s in SOURCES if s.name == "AIGCDetectBenchmark")
+    target = dl.download(src, root, progress=False)
+    for name, data in files.items():
+        with open(os.path.join(target, *name.split("/")[1:]), "rb") as f:
+            assert f.read() == data, name
+
+
+def tar_with(entries):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_an_unsafe_archive_is_called_unsafe_not_corrupt(tmp_path):
+    archive = place(tmp_path, tar_with([("../escape.png", b"x")]))
+    with pytest.raises(dl.DownloadError, match="unsafe archive") as err:
+        dl.download(source("http://127.0.0.1:9/never"), str(tmp_path), progress=False)
+    assert "corrupt" not in str(err.value) and archive.exists()
+    assert not (tmp_path.parent / "escape.png").exists()
+
+
+def test_a_top_folder_holding_its_own_name_is_flattened(tmp_path):
+    place(tmp_path, tar_with([("MySuite/MySuite/0_real/a.png", b"x"), ("MySuite/MySuite/1_fake/b.png", b"y")]))
+    target = dl.download(source("http://127.0.0.1:9/never"), str(tmp_path), progress=False)
+    assert os.path.isfile(os.path.join(target, "MySuite", "0_real", "a.png"))
 
 
 def header_with_size(block, size):
@@ -115,6 +190,8 @@ def test_a_lying_tar_is_never_ready_with_files_missing(tmp_path_factory, entries
         got = installed_files(target)
         for name, content in expected.items():
             assert got.get(name) == content, f"{name} missing or changed ({how})"
+
+
     # An overstated first size that reaches exactly over later members whose bytes are zeros (or
     # into the end marker) reads as a valid, different archive: the tar format has no checksum
     # to tell. There only safety is asserted; published counts catch a release short of images.
@@ -172,7 +249,6 @@ def test_a_lying_zip_is_never_ready_with_files_missing(tmp_path_factory, names, 
 def test_fewer_images_than_published_are_not_ready(tmp_path, monkeypatch):
     """A release missing images: installed counts are compared with the published ones."""
     from data import benchmarks
-    from test_data_tools import suite_tar
     suite = benchmarks.Suite("MySuite", ("MySuite",), (benchmarks.G("gen", "gen", published=(3, 4)),), False, False)
     monkeypatch.setattr(benchmarks, "SUITES", (suite,))
     folder = tmp_path / ".downloads" / "MySuite"

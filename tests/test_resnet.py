@@ -1,3 +1,5 @@
+"""networks/resnet.py: the NPR residual by hand and against the reference's interpolation, odd sizes,
+the parameter count and state-dict names of the official NPR.pth, any input size, the 2/3 input scaling."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,40 +72,3 @@ def test_input_scaling_two_thirds():
 def test_pretrained_refused():
     with pytest.raises(ValueError):
         resnet50(pretrained=True)
-
-
-def _model_with_statistics():
-    torch.manual_seed(0)
-    m = resnet50(num_classes=1)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.1, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
-    return m
-
-
-@pytest.mark.parametrize("size", [40, pytest.param(1100, marks=pytest.mark.slow)])  # whole, and in tiles (> 1 Mpx)
-def test_scoring_a_model_that_is_training_uses_and_keeps_its_running_statistics(size):
-    """A notebook scores between epochs: the scores are the eval-mode ones, BatchNorm's running
-    statistics do not move, and each submodule keeps its mode."""
-    from networks import predict_proba
-    m = _model_with_statistics()
-    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
-    expected = predict_proba(m.eval(), x)
-    m.train()
-    m.layer1.eval()
-    before = {k: v.clone() for k, v in m.state_dict().items()}
-    assert torch.equal(predict_proba(m, x), expected)
-    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
-    assert m.training and not m.layer1.training and m.layer2.training
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_a_model_in_another_precision_scores_images(dtype):
-    from networks import predict_proba
-    m = _model_with_statistics().eval()
-    x = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
-    expected = predict_proba(m, x)
-    got = predict_proba(m.to(dtype), x)  # raised "Input type (torch.FloatTensor) and weight type ... should be the same"
-    assert got.dtype == torch.float32
-    assert torch.allclose(got, expected, atol=0.05)

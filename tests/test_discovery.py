@@ -1,18 +1,59 @@
-"""Listing a folder's images: the reference's order over any tree (torchvision's ImageFolder,
-which follows links to folders), link loops listed once, trees of any depth."""
+"""data/discovery.py: listing a folder's images in the reference's order over any tree
+(torchvision's ImageFolder, which follows links to folders), link loops listed once, trees of any depth,
+FIFOs and device links named and never opened, unreadable folders reported, and the layouts a
+benchmark folder comes in."""
 import os
 import tempfile
 
+import pytest
+from conftest import hostile_leaf, write_leaf
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 from torchvision.datasets.folder import make_dataset
 
-from data.discovery import IMG_EXTENSIONS, scan_images
+from data.discovery import DatasetLayoutError, discover_leaves, IMG_EXTENSIONS, list_images, make_samples, scan_images
+from data.verification import verify
+
+
+def test_fifo_and_device_links_are_named_never_opened(tmp_path):
+    leaf = hostile_leaf(tmp_path / "suite" / "gen")
+    scan = scan_images(str(leaf))
+    assert len(scan.images) == 4
+    kinds = {os.path.basename(p): k for p, k in scan.not_regular}
+    assert kinds == {"fifo.png": "a FIFO", "zero.png": "a character device behind a link"}
+    assert "2 image name(s) that are not regular files" in scan.skipped_line(str(leaf))
+    # verify() must not hang on the FIFO nor read /dev/zero without end
+    report = verify(str(tmp_path), (), workers=1)
+    gen = report["suites"][0]["generators"][0]
+    assert {os.path.basename(e["path"]) for e in gen["not_regular_files"]} == {"fifo.png", "zero.png"}
+    assert "2 not regular files" in gen["verdict"]
+
+
+def test_an_unreadable_folder_is_reported(tmp_path, monkeypatch, caplog):
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "locked").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok" / "a.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == "locked":  # what a folder without read permission raises
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level("WARNING", logger="npr"):
+        assert list_images(str(tmp_path)) == [str(tmp_path / "ok" / "a.png")]
+    assert "1 folder(s) that could not be read" in caplog.text and "Permission denied" in caplog.text
+
 
 # names whose sort order differs between "path by path" and "folder after folder" ('-' and '.'
 # sort before '/', '_' after it; capitals before lower case)
 FOLDERS = st.sampled_from(["a", "a-b", "a.b", "a_", "B", "b"])
+
+
 FILES = st.sampled_from(["x.png", "Y.JPG", "a-.webp", "_.tif", "notes.txt", "z.jpeg"])
+
+
 TREES = st.lists(st.tuples(st.lists(FOLDERS, max_size=3), FILES), min_size=1, max_size=12)
 
 
@@ -72,15 +113,22 @@ def test_a_tree_deeper_than_pythons_recursion_limit_is_listed(tmp_path):
             deep = os.path.dirname(deep)
 
 
-def test_the_verifier_names_a_link_loop_and_counts_each_image_once(tmp_path):
-    from conftest import write_leaf
+def test_discovery_nested_flat_and_classes(tmp_path):
+    write_leaf(str(tmp_path / "flat"), 2, 3)
+    assert discover_leaves(str(tmp_path / "flat")) == [("", str(tmp_path / "flat"))]
+    s = make_samples(str(tmp_path / "flat"))
+    assert [label for _, label in s] == [0, 0, 1, 1, 1]
+    for c in ("car", "cat", "horse"):
+        write_leaf(str(tmp_path / "nested" / c), 1, 1)
+    assert [c for c, _ in discover_leaves(str(tmp_path / "nested"))] == ["car", "cat", "horse"]
+    assert [c for c, _ in discover_leaves(str(tmp_path / "nested"), ["horse", "car"])] == ["car", "horse"]
+    with pytest.raises(DatasetLayoutError, match="not found"):
+        discover_leaves(str(tmp_path / "nested"), ["chair"])
 
-    from data.verification import verify
-    gen = tmp_path / "suite" / "gen"
-    write_leaf(str(gen), 2, 2)
-    os.symlink("..", gen / "1_fake" / "up")  # back to gen: its 0_real would be counted as fakes too
-    report = verify(str(tmp_path), (), workers=1)
-    g = report["suites"][0]["generators"][0]
-    assert (g["real"]["n"], g["fake"]["n"]) == (2, 4)  # 1_fake's own two, and 0_real's two through the link
-    assert g["repeated_folder_links"] == [str(gen / "1_fake" / "up" / "1_fake")]
-    assert "1 links to folders already listed (not counted twice)" in g["verdict"]
+
+def test_discovery_bad_layouts(tmp_path):
+    (tmp_path / "empty" / "real").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="0_real"):
+        discover_leaves(str(tmp_path / "empty"))
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        discover_leaves(str(tmp_path / "missing"))
