@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import expit, logit
-from scipy.stats import norm
+from scipy.stats import t as t_dist
 
 LEVEL = 0.95
 RESAMPLES = 1000  # test.py --bootstrap
@@ -113,6 +113,11 @@ def metrics_of(labels, probs, threshold, weights=None, pseudo=None):
     return out
 
 
+def ap_logit(ap):
+    """AP (%) on the logit scale, where its intervals are normal."""
+    return logit(np.clip(np.asarray(ap) / 100, LOGIT_EDGE, 1 - LOGIT_EDGE))
+
+
 def jackknife_sd(labels, probs, groups=20):
     """The standard deviation of AP (%) by the delete-a-group jackknife: each class dealt into
     ``groups`` groups, one left out at a time (the class keeping its size), the classes' parts
@@ -135,9 +140,10 @@ def jackknife_sd(labels, probs, groups=20):
 def replicates(gen, n, seed=SEED):
     """{metric: (detectors, n)} values of ``gen``'s metrics in ``n`` replicates, the same
     replicates (images and pseudo-images weighed alike) for every detector: paired. A detector's
-    AP replicates are stretched around its AP to the grouped jackknife's spread where that is
-    wider (``jackknife_sd``): with few images of one class and an AP near 100, the bootstrap's
-    spread falls short of AP's own by about a tenth (tests/test_bootstrap.py)."""
+    AP replicates are stretched around its AP, on the logit scale (none passes 100), to the
+    grouped jackknife's spread where that is wider (``jackknife_sd``): with few images of one
+    class and an AP near 100, the bootstrap's spread falls short of AP's own by about a tenth
+    (tests/test_bootstrap.py)."""
     rng = replicate_rng(seed, gen.rng_key)
     out = {}
     for start in range(0, n, CHUNK):
@@ -147,8 +153,10 @@ def replicates(gen, n, seed=SEED):
                 out.setdefault(k, np.empty((len(gen.probs), n)))[d, start:start + len(v)] = v
     for d, p in enumerate(gen.probs):
         ap, spread = metrics_of(gen.labels, p, None)["ap"][0], np.std(out["ap"][d])
-        if np.isfinite(ap) and spread > 0:
-            out["ap"][d] = ap + (out["ap"][d] - ap) * max(1.0, jackknife_sd(gen.labels, p) / spread)
+        stretch = jackknife_sd(gen.labels, p) / spread if np.isfinite(ap) and spread > 0 else 0.0
+        if stretch > 1:  # on the logit scale: no replicate passes 100
+            z = ap_logit(out["ap"][d])
+            out["ap"][d] = 100 * expit(ap_logit(ap) + (z - ap_logit(ap)) * stretch)
     return out
 
 
@@ -162,29 +170,30 @@ def interval(values, level=LEVEL):
     return float(lo), float(hi)
 
 
-def logit_interval(values, estimate, level=LEVEL):
-    """A normal interval on the logit scale of a percentage: ``estimate`` plus and minus z times
-    the replicates' spread there. It bends as AP does near 100 % (its percentiles fall short
-    there); an AP that no replicate moves (perfect separation, all scores tied) is its own
-    interval."""
+def logit_interval(values, estimate, level=LEVEL, smaller_class=None):
+    """``estimate`` plus and minus Student's t (``smaller_class`` - 1 degrees of freedom: the test
+    set's smaller class) times the replicates' spread, on the logit scale of a percentage, which
+    bends as AP does near 100 % (percentiles fall short there); an AP that no replicate moves
+    (perfect separation, all scores tied) is its own interval."""
     v = np.asarray(values, dtype=np.float64)
     if not len(v) or not np.isfinite(v).all() or not np.isfinite(estimate):
         return float("nan"), float("nan")
-    scale = np.std(logit(np.clip(v / 100, LOGIT_EDGE, 1 - LOGIT_EDGE)))
+    scale = np.std(ap_logit(v))
     if scale == 0:
         return float(estimate), float(estimate)
-    centre = logit(np.clip(estimate / 100, LOGIT_EDGE, 1 - LOGIT_EDGE))
-    lo, hi = 100 * expit(centre + np.array([-1, 1]) * norm.ppf((1 + level) / 2) * scale)
+    centre = ap_logit(estimate)
+    df = smaller_class - 1 if smaller_class and smaller_class > 1 else np.inf  # inf: the normal z
+    lo, hi = 100 * expit(centre + np.array([-1, 1]) * t_dist.ppf((1 + level) / 2, df) * scale)
     return float(lo), float(hi)
 
 
-def metric_interval(key, values, estimate, level=LEVEL):
+def metric_interval(key, values, estimate, level=LEVEL, smaller_class=None):
     """The interval of the metric ``key`` from its replicate ``values``: logit-normal for AP,
     percentiles for the accuracies (their Jeffreys pseudo-images centre them), which stretch to
     hold the estimate (an accuracy of 100 % gets the upper bound 100: Brown, Cai and DasGupta's
-    rule for Jeffreys' interval)."""
+    rule for Jeffreys' interval). ``smaller_class``: see ``logit_interval``."""
     if key == "ap":
-        return logit_interval(values, estimate, level)
+        return logit_interval(values, estimate, level, smaller_class)
     lo, hi = interval(values, level)
     return (min(lo, estimate), max(hi, estimate)) if np.isfinite(lo) and np.isfinite(estimate) else (lo, hi)
 
@@ -200,9 +209,10 @@ def add_intervals(rows, mean, n=RESAMPLES, seed=SEED):
     for r in rows:
         gen = Generator.of(r["y_true"], r["y_prob"], [r.get("threshold")], rng_key=(r["suite"], r["generator"]))
         reps.append({k: v[0] for k, v in replicates(gen, n, seed).items()})
+        smaller = min(np.sum(gen.labels == 0), np.sum(gen.labels == 1))
         for k, v in reps[-1].items():
             if r.get(k) is not None:
-                r[k + "_lo"], r[k + "_hi"] = metric_interval(k, v, r[k])
+                r[k + "_lo"], r[k + "_hi"] = metric_interval(k, v, r[k], smaller_class=smaller)
     for k in KEYS:
         averaged = [rep[k] for r, rep in zip(rows, reps)
                     if r.get("in_mean", True) and k in rep and r.get(k) is not None and np.isfinite(r[k])]

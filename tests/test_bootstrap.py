@@ -112,7 +112,7 @@ def test_the_intervals_cover_the_truth_95_percent_of_the_time(n_real, n_fake, mu
         gen = bs.Generator.of(labels, probs, [THRESHOLD], rng_key=("coverage", s))
         reps, point = bs.replicates(gen, REPLICATES), bs.metrics_of(labels, probs, THRESHOLD)
         for k in truth:
-            lo, hi = bs.metric_interval(k, reps[k][0], point[k][0])
+            lo, hi = bs.metric_interval(k, reps[k][0], point[k][0], smaller_class=min(n_real, n_fake))
             covered[k] += lo <= truth[k] <= hi
     rates = {k: 100 * v / SETS for k, v in covered.items()}
     print(f"\ncoverage, {n_real} real : {n_fake} fake, AP {truth['ap']:.1f}, ACC {truth['acc']:.1f}: " +
@@ -151,7 +151,8 @@ def test_the_mean_rows_interval_covers_the_mean_of_the_truths():
 def intervals_of(labels, probs, threshold=None):
     gen = bs.Generator.of(labels, probs, [threshold], rng_key=("edge",))
     reps, point = bs.replicates(gen, 2000), bs.metrics_of(np.asarray(labels), np.asarray(probs, float), threshold)
-    return {k: (point[k][0], *bs.metric_interval(k, reps[k][0], point[k][0])) for k in reps}
+    smaller = min(np.sum(np.asarray(labels) == 0), np.sum(np.asarray(labels) == 1))
+    return {k: (point[k][0], *bs.metric_interval(k, reps[k][0], point[k][0], smaller_class=smaller)) for k in reps}
 
 
 def test_one_class_only_has_no_ap_and_no_accuracy_of_the_other_class():
@@ -233,3 +234,21 @@ def test_seeds_that_disagree_widen_the_interval_of_a_group_difference():
         lo, hi = bs.interval(out["ap"][1])
         widths.append(hi - lo)
     assert widths[1] > 1.5 * widths[0]
+
+
+def test_an_ap_near_100_keeps_every_replicate_below_100_and_a_tight_interval():
+    """One fake scored below every real among 200 + 200 images (AP 99.75): stretched to the
+    jackknife's spread on the percent scale, replicates passed 100 and the interval was
+    [20.3, 100.0]; on the logit scale they stay inside (0, 100) and the interval near its AP."""
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(200, int), np.ones(200, int)]
+    fake = rng.uniform(0.6, 1, 200)
+    fake[0] = rng.uniform(0, 0.1)
+    probs = np.r_[rng.uniform(0, 0.5, 200), fake]
+    gen = bs.Generator.of(labels, [probs], rng_key=("suite", "gen"))
+    reps = bs.replicates(gen, 1000)["ap"][0]
+    ap = bs.metrics_of(labels, probs, None)["ap"][0]
+    assert 99.5 < ap < 100 and ((reps > 0) & (reps < 100)).all()
+    lo, hi = bs.metric_interval("ap", reps, ap, smaller_class=200)
+    assert 95 < lo < ap < hi < 100
+
