@@ -73,8 +73,7 @@ def need_space(folder, nbytes, what):
     """Raise ``OSError`` (ENOSPC, naming ``what``) when ``folder``'s disk has less than ``nbytes`` free."""
     free = shutil.disk_usage(folder).free
     if nbytes > free:
-        raise OSError(errno.ENOSPC, f"{what} needs {nbytes / 1e9:.2f} GB free in {folder}, only {free / 1e9:.2f} GB "
-                                    "are")
+        raise OSError(errno.ENOSPC, f"{what} needs {nbytes / 1e9:.2f} GB free in {folder}, only {free / 1e9:.2f} GB are")
 
 
 def reserve_file(f, nbytes):

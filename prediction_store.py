@@ -24,13 +24,6 @@ from util import log, UserError
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
 
 
-def regular_file(path):
-    """Whether ``path`` itself (not what a link there points to) is a regular file: result files
-    that are anything else (a link, a FIFO a read would block on, a folder) are never read or
-    appended to, only replaced."""
-    return file_kind(path, follow=False) == "file"
-
-
 def failed_path(e, default):
     """The path an ``OSError`` is about (a rename's target rather than its temporary source)."""
     return getattr(e, "filename2", None) or getattr(e, "filename", None) or default
@@ -57,7 +50,7 @@ def row_problem(row, path, threshold):
 # ----------------------------------------------------------------------------- the lock
 
 class OutputLock(RunLock):
-    """The exclusive right to write ``<out>.*``: a ``util.RunLock`` on ``<out>.lock``. Network
+    """The exclusive right to write ``<out>.*``: a ``files.RunLock`` on ``<out>.lock``. Network
     filesystems lock this way when their locks reach the server (NFSv4; NFSv3 with lockd, not
     mounted ``nolock``): docs/scaling.md."""
 
@@ -85,7 +78,8 @@ class PredictionFiles:
     ``settings`` (with the fingerprint of every input added) identify the run: files of a run
     with other settings are replaced (and the log says so), as are any with ``overwrite``. The
     model is one of them, known by its checkpoint's SHA-256: the same file spelled two ways is one
-    model, and a checkpoint saved over the same path is another.
+    model, and a checkpoint saved over the same path is another. A result file that is not itself
+    a regular file (a link, a FIFO a read would block on, a folder) is never read, only replaced.
     """
 
     def __init__(self, out, settings, paths, all_paths=None, shard=None):
@@ -99,7 +93,7 @@ class PredictionFiles:
 
     def meta(self):
         """The ``<out>.json`` of a run (a dict with its settings), or None."""
-        if not regular_file(self.json):
+        if file_kind(self.json, follow=False) != "file":
             return None
         try:
             with open(self.json, encoding="utf-8") as f:
@@ -120,7 +114,7 @@ class PredictionFiles:
             diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
             log.info("%s holds predictions of another run (different %s): replacing them", self.json, ", ".join(diff))
             meta = None
-        if meta is not None and os.path.lexists(self.jsonl) and not regular_file(self.jsonl):
+        if meta is not None and file_kind(self.jsonl, follow=False) not in ("file", "nothing"):
             log.warning("%s is not a regular file: it is replaced and every input is scored again", self.jsonl)
             meta = None
         try:
@@ -151,7 +145,7 @@ class PredictionFiles:
         """(rows, bytes) of the valid prefix of ``jsonl`` (default ``<out>.jsonl``; absent: empty),
         and the reason the first other row was refused (None if every row is valid)."""
         done, keep, jsonl = 0, 0, jsonl or self.jsonl
-        if os.path.lexists(jsonl) and not regular_file(jsonl):
+        if file_kind(jsonl, follow=False) not in ("file", "nothing"):
             return 0, 0, "it is not a regular file"
         try:
             f = open(jsonl, "rb")

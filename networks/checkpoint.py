@@ -160,8 +160,7 @@ def declared_size(path, data):
 
 
 def nesting_depth(obj, limit=MAX_NESTING):
-    """How deeply containers nest in ``obj`` (a tensor or a number: 0), counted up to ``limit + 1``
-    without recursion."""
+    """How deeply containers nest in ``obj`` (a tensor: 0), counted to ``limit + 1`` without recursion."""
     deepest, stack = 0, [(obj, 0)]
     while stack:
         item, depth = stack.pop()
@@ -340,8 +339,7 @@ def load_state_dict_strict(model, state, source="checkpoint"):
 
 # ----------------------------------------------------------------------------- resuming
 
-# The counters of a training checkpoint, which no run makes negative.
-COUNTERS = ("epoch", "step_in_epoch", "total_steps", "epochs_no_improve")
+COUNTERS = ("epoch", "step_in_epoch", "total_steps", "epochs_no_improve")  # never negative in a real run
 
 
 def is_count(value):

@@ -245,6 +245,7 @@ def test_declared_sizes_around_the_limit(tmp_path, monkeypatch, record, over):
 BOMBS = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
+from networks import CheckpointError, load_detector
 load_detector({base!r}, device="cpu")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 said = []

@@ -6,9 +6,7 @@
     python -m tools.download weights                       # NPR.pth, to --weights_path
     python -m tools.download safe-weights                  # SAFE's checkpoint, beside it
 
-The work is ``data.download``'s: resumed transfers, checked archives extracted where ``test.py``
-looks, one line naming the manual source when a step fails. Google Drive needs the ``gdown``
-package (``pip install gdown``).
+The work is ``data.download``'s. Google Drive sources need ``pip install gdown``.
 """
 import sys
 
