@@ -23,7 +23,7 @@ from data.images import image_name, ImageRule
 from data.loaders import batches, default_workers, make_eval_loader
 from data.transforms import EvalTransform, normalize_batch
 from figures import figure_pixels
-from metrics import METRIC_KEYS, compute_metrics, decide_threshold, metrics_at
+from metrics import compute_metrics, decide_threshold, metric_columns
 from networks import EvalConfig, score_images
 from networks.detector import artifact_map, scored_batch
 from recipe import set_lr
@@ -175,12 +175,8 @@ def evaluate_suite(model, suite, suite_dir, transform, cfg, threshold=None, show
                "preprocessing": transform.describe(),
                "perturbation": perturb.name if perturb is not None else "none",
                "steps": perturb.steps if perturb is not None else ()}
-        row.update({k: 100.0 * m[k] for k in METRIC_KEYS})
-        row["threshold"] = threshold
-        if threshold is not None:
-            row.update(metrics_at(m, threshold))
-        row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "n_images", "n_scored", "n_skipped",
-                                      "n_truncated", "y_true", "y_prob", "images")})
+        row.update(metric_columns(m, threshold))
+        row.update({k: m[k] for k in ("n_images", "n_scored", "n_skipped", "n_truncated", "images")})
         row.update(paper_acc=gen.paper_acc, paper_ap=gen.paper_ap, seconds=round(time.time() - start, 2))
         if not (m["n_real"] and m["n_fake"]):  # AP needs both classes; an ACC of one class is not the paper's
             row["in_mean"] = False

@@ -3,6 +3,7 @@
 that never leave half a file or two writers behind. Imports nothing heavier than the standard
 library, so the tools that only touch files do not pay for torch."""
 import contextlib
+import csv
 import ctypes
 import datetime
 import errno
@@ -127,6 +128,17 @@ def check_output(path, what, folder=False, suffixes=("",)):
 # ----------------------------------------------------------------------------- writing
 
 @contextlib.contextmanager
+def writing(what, option, kept=""):
+    """The block writes ``what``: an ``OSError`` there (a full disk, a quota, a permission) is one
+    ``UserError`` saying why, what is ``kept``, and what to do (``option`` picks another place)."""
+    try:
+        yield
+    except OSError as e:
+        advice = "free some space, or choose another" if no_space(e) else "choose another"
+        raise UserError(f"cannot write {what} ({e.strerror or e}){kept}: {advice} {option}, and run again") from None
+
+
+@contextlib.contextmanager
 def atomic_file(path, mode="w", fsync=False, **open_kwargs):
     """Write ``path`` through a new temporary file beside it (one per writer), renamed over ``path``
     when the block ends without an error (after ``fsync`` if asked) and removed otherwise: no
@@ -158,6 +170,14 @@ def write_json_atomically(obj, path):
     written as null: the file is strict JSON, which every parser reads."""
     with atomic_file(path) as f:
         json.dump(finite_or_null(obj), f, indent=1, allow_nan=False)
+
+
+def write_csv_atomically(rows, path, fields):
+    """The dicts ``rows`` as a CSV of the columns ``fields`` (other keys left out), through ``atomic_file``."""
+    with atomic_file(path, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def finite_or_null(obj):

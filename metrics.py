@@ -145,6 +145,16 @@ def metrics_at(m, threshold):
     return {m.key: 100.0 * mt[m.at_threshold] for m in METRICS if m.at_threshold}
 
 
+def metric_columns(m, threshold):
+    """A table row's metric columns from ``compute_metrics``' ``m`` with its ``y_true`` and
+    ``y_prob``: the metrics in %, the threshold t and the metrics at it, the class counts."""
+    row = {k: 100.0 * m[k] for k in METRIC_KEYS}
+    row.update({k: m[k] for k in ("best_threshold", "n_real", "n_fake", "y_true", "y_prob")}, threshold=threshold)
+    if threshold is not None:
+        row.update(metrics_at(m, threshold))
+    return row
+
+
 def mean_row(rows, suite_name):
     """The suite's Mean row: averages over its generators, as the paper's tables, leaving out
     those marked ``in_mean=False`` (GenImage's training generator); counts are totals."""

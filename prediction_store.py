@@ -18,7 +18,8 @@ import json
 import os
 
 from data.images import SKIP_REASONS
-from files import atomic_file, check_output, file_kind, fingerprint, no_space, RunLock, sha256_of, write_json_atomically
+from files import (atomic_file, check_output, file_kind, fingerprint, no_space, RunLock, sha256_of, write_csv_atomically,
+                   write_json_atomically)
 from util import log, UserError
 
 PREDICTION_FIELDS = ["path", "prob_fake", "verdict", "truncated"]
@@ -187,11 +188,7 @@ class PredictionFiles:
                 yield json.loads(line)
 
     def rewrite_csv(self):
-        with atomic_file(self.csv, newline="") as f:
-            w = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            if os.path.exists(self.jsonl):
-                w.writerows(self.rows())
+        write_csv_atomically(self.rows() if os.path.exists(self.jsonl) else [], self.csv, PREDICTION_FIELDS)
 
     def count(self, row):
         self.counts[row["verdict"]] = self.counts.get(row["verdict"], 0) + 1

@@ -5,7 +5,6 @@ returns (one dict per generator: metrics in %, the paper's numbers, counts) or t
 of ``metrics.summarize_checkpoints``. Figures are ``figures.py``'s; predict.py's files are
 ``prediction_store.py``'s.
 """
-import csv
 import math
 import os
 import time
@@ -15,7 +14,7 @@ from bootstrap import KEYS as INTERVAL_KEYS
 from metrics import METRIC_KEYS, METRICS, SUMMARY_METRICS, THRESHOLD_KEYS, mean_row
 from scores import NAME as SCORES_NAME
 from scores import write_scores
-from files import atomic_file, sha256_of, write_json_atomically
+from files import atomic_file, sha256_of, write_csv_atomically, write_json_atomically
 
 # The paper's columns first; "perturbation" (none, or e.g. jpeg:75) sits at the end so the clean
 # table's layout does not depend on whether --perturb was given.
@@ -128,16 +127,10 @@ def write_results(rows, results_dir, model_paths, dataroot, options, ema=False, 
     os.makedirs(results_dir, exist_ok=True)
     flat = [{k: r.get(k) for k in RESULT_FIELDS} for r in rows]
     paths = {ext: os.path.join(results_dir, f"results.{ext}") for ext in ("csv", "json", "md")}
-    with atomic_file(paths["csv"], newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-        w.writeheader()
-        w.writerows(flat)
+    write_csv_atomically(flat, paths["csv"], RESULT_FIELDS)
     if summary:
         paths["summary"] = os.path.join(results_dir, "summary.csv")
-        with atomic_file(paths["summary"], newline="") as f:
-            w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(summary)
+        write_csv_atomically(summary, paths["summary"], SUMMARY_FIELDS)
     paths["scores"] = write_scores(rows, os.path.join(results_dir, SCORES_NAME), dataroot)
     known = {r["model_path"]: r["model_sha256"] for r in rows if r.get("model_sha256")}  # the bytes that were loaded
     hashes = {p: known.get(p) or sha256_of(p) for p in model_paths}
@@ -219,9 +212,6 @@ def comparison_table(rows, markdown=False):
 def write_comparison(rows, results_dir, meta):
     """compare.csv and compare.json (``meta``: what was compared, and how) in ``results_dir``."""
     paths = {"csv": os.path.join(results_dir, "compare.csv"), "json": os.path.join(results_dir, "compare.json")}
-    with atomic_file(paths["csv"], newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COMPARISON_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv_atomically(rows, paths["csv"], COMPARISON_FIELDS)
     write_json_atomically({"meta": meta, "comparison": rows}, paths["json"])
     return paths

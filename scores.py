@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 
 from data.images import SKIP_REASONS
-from metrics import METRIC_KEYS, compute_metrics, mean_row, metrics_at
+from metrics import compute_metrics, mean_row, metric_columns
 from files import atomic_file
 from util import UserError
 
@@ -121,16 +121,11 @@ def rows_from_scores(rows):
         scored = [r for r in images if r["status"] in SCORED]
         y_true = np.array([r["label"] for r in scored], dtype=np.int64)
         y_prob = np.array([r["prob_fake"] for r in scored], dtype=np.float64)
-        m = compute_metrics(y_true, y_prob)
-        threshold = images[0]["threshold"]
+        m = dict(compute_metrics(y_true, y_prob), y_true=y_true, y_prob=y_prob)
         row = {"suite": suite, "generator": gen, "perturbation": pert, "model_path": ckpt, "model_sha256": sha,
-               "in_mean": images[0]["in_mean"] and bool(m["n_real"] and m["n_fake"]), "threshold": threshold,
-               **{k: 100.0 * m[k] for k in METRIC_KEYS}, "best_threshold": m["best_threshold"],
-               "n_real": m["n_real"], "n_fake": m["n_fake"], "n_images": len(images), "n_scored": len(scored),
-               "n_skipped": len(images) - len(scored), "n_truncated": sum(r["status"] == "truncated" for r in scored),
-               "y_true": y_true, "y_prob": y_prob}
-        if threshold is not None:
-            row.update(metrics_at(row, threshold))
+               "in_mean": images[0]["in_mean"] and bool(m["n_real"] and m["n_fake"]),
+               **metric_columns(m, images[0]["threshold"]), "n_images": len(images), "n_scored": len(scored),
+               "n_skipped": len(images) - len(scored), "n_truncated": sum(r["status"] == "truncated" for r in scored)}
         suite_rows.setdefault((ckpt, sha, pert, suite), []).append(row)
     for (ckpt, sha, _, suite), srows in suite_rows.items():
         out += srows + [dict(mean_row(srows, suite), model_path=ckpt, model_sha256=sha)]

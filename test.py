@@ -32,7 +32,7 @@ from data.mini import build_mini
 from data.verification import format_report
 from data.verification import verify as verify_suites
 from devices import keep_freed_memory, select_device, set_numerics
-from files import atomic_file, check_output, staged_folder, write_json_atomically
+from files import atomic_file, check_output, staged_folder, write_json_atomically, writing
 from util import Interrupted, log, run_cli, setup_logging, UserError
 
 
@@ -93,11 +93,8 @@ def compare_detectors(args, rows):
             "bootstrap": {"replicates": args.bootstrap or RESAMPLES, "seed": args.bootstrap_seed},
             "method": "B - A; paired Bayesian bootstrap over images within each class (and Dirichlet weights over "
                       "each group's checkpoints); p two-sided; holds: Holm-adjusted p <= 0.05 over the generators"}
-    try:
+    with writing(f"the comparison in {args.results_dir}", "--results_dir"):
         paths = write_comparison(table, args.results_dir, meta)
-    except OSError as e:
-        raise UserError(f"cannot write the comparison in {args.results_dir} ({e.strerror or e}); free some space, or "
-                        "choose another --results_dir, and run test.py again") from None
     log.info("Comparison written to %s", ", ".join(paths.values()))
 
 
@@ -123,11 +120,8 @@ def main(argv=None):
     if args.check_data:
         report = verify_suites(args.dataroot, [s.name for s, _ in suites], default_workers(args.num_threads, None))
         log.info("Data check (python -m tools.verify):\n%s", format_report(report))
-        try:
+        with writing(os.path.join(args.results_dir, "data_check.json"), "--results_dir"):
             write_json_atomically(report, os.path.join(args.results_dir, "data_check.json"))
-        except OSError as e:
-            raise UserError(f"cannot write {os.path.join(args.results_dir, 'data_check.json')} ({e.strerror or e}): "
-                            "free some space, or choose another --results_dir") from None
     device = select_device(args.gpu_ids)
     cfg = eval_config(args, device)
     for model_path in args.model_path[1:]:  # a bad last checkpoint is one line now, not after the others are scored
@@ -146,20 +140,18 @@ def main(argv=None):
     for pert, suite, srows in groups(summary):
         log.info("\n%s%s: mean ± sd over %d checkpoints\n%s", suite, "" if pert == "none" else f", perturbation {pert}",
                  len(args.model_path), summary_table(srows))
-    try:  # all of them or none: a disk that fills leaves the previous results whole
-        with staged_folder(args.results_dir) as stage:
-            figures = []
-            if args.plots:
-                first = [r for r in all_rows if r["generator"] != "Mean" and r["model_path"] == args.model_path[0]]
-                figures = make_figures(first, stage)
-                log.info("Figures (of %s): %s", args.model_path[0], ", ".join(os.path.basename(f) for f in figures))
-            paths = write_results(all_rows, stage, args.model_path, args.dataroot, vars(args), args.ema_weights,
-                                  figures, summary, thresholds, (args.bootstrap, args.bootstrap_seed))
-            with atomic_file(os.path.join(stage, "opt.txt")) as f:
-                print_options(args, file=f)
-    except OSError as e:
-        raise UserError(f"cannot write the results in {args.results_dir} ({e.strerror or e}); the results there are as "
-                        "they were: free some space, or choose another --results_dir, and run test.py again") from None
+    # All of them or none: a disk that fills leaves the previous results whole.
+    with writing(f"the results in {args.results_dir}", "--results_dir", "; the results there are as they were"), \
+            staged_folder(args.results_dir) as stage:
+        figures = []
+        if args.plots:
+            first = [r for r in all_rows if r["generator"] != "Mean" and r["model_path"] == args.model_path[0]]
+            figures = make_figures(first, stage)
+            log.info("Figures (of %s): %s", args.model_path[0], ", ".join(os.path.basename(f) for f in figures))
+        paths = write_results(all_rows, stage, args.model_path, args.dataroot, vars(args), args.ema_weights,
+                              figures, summary, thresholds, (args.bootstrap, args.bootstrap_seed))
+        with atomic_file(os.path.join(stage, "opt.txt")) as f:
+            print_options(args, file=f)
     paths = {k: os.path.join(args.results_dir, os.path.basename(p)) for k, p in paths.items()}
     log.info("Results written to %s", ", ".join(paths.values()))
     if args.compare:

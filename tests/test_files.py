@@ -1,5 +1,6 @@
 """files.py: atomic writes (whole or not at all, any name, links replaced, concurrent writers), the one
 output check scripts call before long work, and locks that never hang on what is planted at their path."""
+import errno
 import importlib
 import os
 import threading
@@ -8,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from files import atomic_file
+from files import atomic_file, writing
+from util import UserError
 
 
 @given(old=st.binary(max_size=64), new=st.binary(max_size=64), fail_after=st.one_of(st.none(), st.integers(0, 3)))
@@ -107,3 +109,21 @@ def test_a_waiting_lock_with_something_planted_at_its_path_is_one_line_never_a_h
     t.start()
     t.join(10)
     assert not t.is_alive() and len(said) == 1 and "remove what is in the way" in said[0]
+
+
+@given(code=st.sampled_from(sorted(errno.errorcode)), kept=st.sampled_from(["", "; the results there are as they were"]))
+def test_a_write_that_fails_is_one_line_whose_advice_fits_the_error(code, kept):
+    """Any OSError inside ``writing`` is one UserError naming what, why, what was kept and the
+    option; freeing space is advised exactly when space is what ran out."""
+    with pytest.raises(UserError) as err, writing("results.csv", "--results_dir", kept):
+        raise OSError(code, os.strerror(code))
+    said = str(err.value)
+    assert "\n" not in said and said.startswith(f"cannot write results.csv ({os.strerror(code)}){kept}")
+    assert said.endswith("--results_dir, and run again")
+    assert ("free some space" in said) == (code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+
+
+def test_writing_lets_other_errors_through():
+    with pytest.raises(ValueError), writing("x", "--output"):
+        raise ValueError("not a file system's error")
+
